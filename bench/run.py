@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""pgquartz benchmarks: each figure is printed with its baseline, measured in the same run.
+
+    python3 dev.py bench            # all benchmarks, 5 runs each
+    python3 dev.py bench --runs 3 --only commands,matrix
+
+Benchmarks (targets from the issues; figures are min/median over the runs):
+
+- commands: 1000 trivial shell commands in one step, against a bash script that runs
+  ``bash -c '<line>'`` once per command (the physical floor: one bash per command). Target ≤ 1.3×.
+- matrix: 1000 instances at ``parallel: 8``, against ``xargs -P8`` running ``bash -c '<line>'``
+  per instance. Target ≤ 1.5×.
+- memory: the runner's peak RSS while one command prints 200 MB, against the same runner running
+  a command that prints nothing. Target < 150 MB.
+- startup: ``pgquartz validate`` cold start, against ``python -c pass`` and ``pgquartz -v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+PYTHON = sys.executable
+PGQUARTZ = [PYTHON, "-m", "pgquartz.runner"]
+COMMANDS = 1000
+INSTANCES = 1000
+LINE = "echo x > /dev/null"
+
+
+def timed(argv: list[str], cwd: pathlib.Path, **kwargs: object) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+    return time.perf_counter() - started
+
+
+def measure(runs: int, action: Callable[[], float]) -> tuple[float, float]:
+    samples = [action() for _ in range(runs)]
+    return min(samples), statistics.median(samples)
+
+
+def measure_pair(
+    runs: int, ours: Callable[[], float], base: Callable[[], float]
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Interleave the two, so a noisy neighbour slows both alike."""
+    ours_samples, base_samples = [], []
+    for _ in range(runs):
+        ours_samples.append(ours())
+        base_samples.append(base())
+    return (
+        (min(ours_samples), statistics.median(ours_samples)),
+        (min(base_samples), statistics.median(base_samples)),
+    )
+
+
+def report(
+    name: str,
+    *,
+    ours: tuple[float, float],
+    base: tuple[float, float],
+    baseline: str,
+    unit: str = "s",
+    target: str = "",
+) -> None:
+    ratio_min, ratio_median = ours[0] / base[0], ours[1] / base[1]
+    print(
+        f"{name:<10} pgquartz min {ours[0]:.3f}{unit} median {ours[1]:.3f}{unit} | {baseline} min "
+        f"{base[0]:.3f}{unit} median {base[1]:.3f}{unit} | ratio min {ratio_min:.2f}x median "
+        f"{ratio_median:.2f}x {target}",
+        flush=True,
+    )
+
+
+def bench_commands(work: pathlib.Path, runs: int) -> None:
+    job = work / "commands.yml"
+    commands = "\n".join(f"      - inline: '{LINE}'" for _ in range(COMMANDS))
+    job.write_text(f"git: {{disable: true}}\nsteps:\n  s:\n    commands:\n{commands}\n")
+    script = work / "commands.sh"
+    script.write_text("".join(f"bash -c '{LINE}'\n" for _ in range(COMMANDS)))
+    ours, base = measure_pair(
+        runs, lambda: timed([*PGQUARTZ, "-c", str(job)], work), lambda: timed(["bash", str(script)], work)
+    )
+    report("commands", ours=ours, base=base, baseline=f"bash -c x{COMMANDS}", target="(target <= 1.3x)")
+    print(
+        f"{'':<10} per command: pgquartz {ours[1] / COMMANDS * 1000:.2f} ms, bash "
+        f"{base[1] / COMMANDS * 1000:.2f} ms"
+    )
+
+
+def bench_matrix(work: pathlib.Path, runs: int) -> None:
+    job = work / "matrix.yml"
+    values = ", ".join(str(i) for i in range(INSTANCES))
+    job.write_text(
+        f"git: {{disable: true}}\nparallel: 8\nsteps:\n  s:\n    matrix: {{n: [{values}]}}\n"
+        f"    commands:\n      - inline: 'echo $PGQ_INSTANCE_N > /dev/null'\n"
+    )
+    inputs = "".join(f"{i}\n" for i in range(INSTANCES))
+
+    def xargs() -> float:
+        started = time.perf_counter()
+        subprocess.run(
+            ["xargs", "-P8", "-I{}", "bash", "-c", "echo {} > /dev/null"],
+            input=inputs.encode(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - started
+
+    ours, base = measure_pair(runs, lambda: timed([*PGQUARTZ, "-c", str(job)], work), xargs)
+    report("matrix", ours=ours, base=base, baseline="xargs -P8", target="(target <= 1.5x)")
+
+
+def peak_rss(argv: list[str], cwd: pathlib.Path) -> float:
+    """The process's peak RSS (VmHWM) in MB, read until it exits."""
+    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    status = pathlib.Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    return peak / 1024
+
+
+def bench_memory(work: pathlib.Path, runs: int) -> None:
+    loud = work / "loud.yml"
+    loud.write_text(
+        "git: {disable: true}\nsteps:\n  s:\n    commands:\n"
+        "      - inline: 'head -c 200000000 /dev/zero | tr \"\\\\0\" x'\n"
+    )
+    quiet = work / "quiet.yml"
+    quiet.write_text("git: {disable: true}\nsteps:\n  s:\n    commands:\n      - inline: 'true'\n")
+    ours_samples = [peak_rss([*PGQUARTZ, "-c", str(loud)], work) for _ in range(runs)]
+    base_samples = [peak_rss([*PGQUARTZ, "-c", str(quiet)], work) for _ in range(runs)]
+    ours = (min(ours_samples), statistics.median(ours_samples))
+    base = (min(base_samples), statistics.median(base_samples))
+    report(
+        "memory",
+        ours=ours,
+        base=base,
+        baseline="silent job",
+        unit="MB",
+        target="(target: < 150 MB while printing 200 MB)",
+    )
+
+
+def bench_startup(work: pathlib.Path, runs: int) -> None:
+    job = work / "startup.yml"
+    job.write_text(
+        "steps:\n  s:\n    commands: [{inline: 'true'}]\n    when: ['eq .Steps[\"t\"].Rc 0']\n"
+        "  t: {commands: [{inline: 'true'}]}\n"
+    )
+    ours, base = measure_pair(
+        runs,
+        lambda: timed([*PGQUARTZ, "validate", str(job)], work),
+        lambda: timed([PYTHON, "-c", "pass"], work),
+    )
+    version = measure(runs, lambda: timed([*PGQUARTZ, "-v"], work))
+    report(
+        "startup", ours=ours, base=base, baseline="python -c pass", target="(pgquartz validate cold start)"
+    )
+    print(f"{'':<10} pgquartz -v: min {version[0]:.3f}s median {version[1]:.3f}s")
+
+
+BENCHMARKS = {
+    "commands": bench_commands,
+    "matrix": bench_matrix,
+    "memory": bench_memory,
+    "startup": bench_startup,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", default=",".join(BENCHMARKS))
+    args = parser.parse_args()
+    if shutil.which("bash") is None or shutil.which("xargs") is None:
+        raise SystemExit("bash and xargs are needed")
+    print(f"pgquartz benchmarks: {args.runs} runs each, {os.cpu_count()} CPUs, {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory(prefix="pgquartz-bench-") as scratch:
+        for name in args.only.split(","):
+            BENCHMARKS[name](pathlib.Path(scratch), args.runs)
+
+
+if __name__ == "__main__":
+    main()

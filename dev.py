@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Set up a development environment and run the demo or the whole test suite.
+
+    python3 dev.py demo    # the runner on a demo job, with a readable report
+    python3 dev.py test    # ruff, mypy --strict, import-linter, then pytest
+    python3 dev.py bench   # the benchmarks under bench/, printing ratios to their baselines
+
+Needs only Python 3.11+: everything else is installed into ./.venv (once; again
+when pyproject.toml changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+STAMP = VENV / ".pgquartz-installed"
+
+
+def run(*argv: str | os.PathLike[str], cwd: pathlib.Path = ROOT, env: dict[str, str] | None = None) -> None:
+    print("+", " ".join(str(a) for a in argv), flush=True)
+    completed = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(completed.returncode)
+
+
+def setup() -> None:
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted and (BIN / "pgquartz").exists():
+        return
+    if not (BIN / "python").exists():
+        run(sys.executable, "-m", "venv", VENV)
+    run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]")
+    STAMP.write_text(wanted)
+
+
+def type_tree() -> pathlib.Path:
+    """A tree where the folders appear under their import names, for mypy and import-linter."""
+    tree = ROOT / "build" / "typecheck"
+    package = tree / "pgquartz"
+    package.mkdir(parents=True, exist_ok=True)
+    for name in ("runner", "operator"):
+        link = package / name
+        if not link.is_symlink():
+            if link.exists():
+                shutil.rmtree(link)
+            link.symlink_to(pathlib.Path("..", "..", "..", name))
+    return tree
+
+
+def lint() -> None:
+    run(BIN / "ruff", "check", "runner", "operator", "tests", "bench", "dev.py")
+    run(BIN / "ruff", "format", "--check", "runner", "operator", "tests", "bench", "dev.py")
+    tree = type_tree()
+    env = {**os.environ, "MYPYPATH": str(tree), "PYTHONPATH": str(tree)}
+    run(
+        BIN / "mypy",
+        "--config-file",
+        ROOT / "pyproject.toml",
+        "-p",
+        "pgquartz.runner",
+        "-p",
+        "pgquartz.operator",
+        cwd=tree,
+        env=env,
+    )
+    run(BIN / "lint-imports", "--config", ROOT / "pyproject.toml", cwd=tree, env=env)
+
+
+def test(extra: list[str]) -> None:
+    lint()
+    run(BIN / "python", "-m", "pytest", "-q", "-ra", *extra)
+
+
+def demo() -> None:
+    example = ROOT / "examples" / "01-shell-matrix"
+    with tempfile.TemporaryDirectory(prefix="pgquartz-demo-") as scratch:
+        workdir = pathlib.Path(scratch) / example.name
+        shutil.copytree(example, workdir)
+        print(f"\n== pgquartz plan {example.name}/nightly-archive.yml\n", flush=True)
+        run(BIN / "pgquartz", "plan", "nightly-archive.yml", cwd=workdir)
+        print(f"\n== pgquartz -c {example.name}/nightly-archive.yml\n", flush=True)
+        completed = subprocess.run(
+            [str(BIN / "pgquartz"), "-c", "nightly-archive.yml"], cwd=workdir, check=False
+        )
+        print(f"\n(exit code {completed.returncode}: 0 means every check passed)")
+        raise SystemExit(completed.returncode)
+
+
+def bench(extra: list[str]) -> None:
+    run(BIN / "python", "bench/run.py", *extra)
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else "help"
+    if command not in ("demo", "test", "bench", "lint", "setup"):
+        print(__doc__)
+        raise SystemExit(0 if command in ("help", "-h", "--help") else 2)
+    setup()
+    if command == "demo":
+        demo()
+    elif command == "test":
+        test(sys.argv[2:])
+    elif command == "lint":
+        lint()
+    elif command == "bench":
+        bench(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Allows ``python -m pgquartz.runner``, the same as the ``pgquartz`` command."""
+
+from pgquartz.runner.cli import main
+
+raise SystemExit(main.main())

@@ -1,0 +1,1 @@
+"""The command line: argument parsing, and wiring loader, engine and reporters together."""

@@ -1,0 +1,142 @@
+"""``pgquartz validate`` and ``pgquartz plan``: look at a job without running anything."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from pgquartz.runner import loader
+from pgquartz.runner.model.exitcodes import ExitCode
+from pgquartz.runner.model.problems import JobFileError
+from pgquartz.runner.plan import matrix
+from pgquartz.runner.plan.graph import Plan
+
+SHOWN_INSTANCES = 8
+
+
+def load_or_report(path: str) -> loader.LoadedJob | None:
+    try:
+        return loader.load(path)
+    except JobFileError as error:
+        report_problems(error)
+        return None
+
+
+def report_problems(error: JobFileError) -> None:
+    count = len(error.problems)
+    print(f"pgquartz: the job file is invalid ({count} problem{'s' if count != 1 else ''}):", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def validate(path: str) -> int:
+    loaded = load_or_report(path)
+    if loaded is None:
+        return ExitCode.INVALID_JOB
+    plan = loaded.plan
+    checks = sum(len(check.instances) for check in plan.checks)
+    print(
+        f"{path}: valid: job {loaded.name!r}, {len(plan.steps)} steps, {plan.instance_count} instances,"
+        f" {checks} checks"
+    )
+    return ExitCode.SUCCESS
+
+
+def plan(path: str, *, as_json: bool) -> int:
+    loaded = load_or_report(path)
+    if loaded is None:
+        return ExitCode.INVALID_JOB
+    if as_json:
+        print(json.dumps(plan_data(loaded.name, loaded.plan), indent=2))
+    else:
+        print("\n".join(describe(loaded.name, loaded.plan)))
+    return ExitCode.SUCCESS
+
+
+def plan_data(name: str, plan: Plan) -> dict[str, Any]:
+    job = plan.job
+    return {
+        "job": name,
+        "parallel": job.parallel,
+        "timeout": job.timeout.total_seconds() if job.timeout else None,
+        "lock": None
+        if job.etcd_config is None
+        else {
+            "key": job.etcd_config.lock_key or name,
+            "endpoints": job.etcd_config.endpoints,
+            "ttl": job.etcd_config.lock_timeout.total_seconds(),
+        },
+        "order": list(plan.order),
+        "steps": [
+            {
+                "name": step.name,
+                "depends": list(step.depends),
+                "impliedDepends": list(step.implied),
+                "when": [
+                    {"rule": rule.source, "syntax": rule.syntax.value, "reads": sorted(rule.reads)}
+                    for rule in step.rules
+                ],
+                "instances": [dict(args) for args in step.instances],
+                "commands": [{"name": c.label, "type": c.type} for c in step.step.commands],
+            }
+            for step in (plan.steps[name] for name in plan.order)
+        ],
+        "checks": [
+            {
+                "name": check.check.label,
+                "type": check.check.type,
+                "rc": check.check.rc,
+                "instances": [dict(args) for args in check.instances],
+            }
+            for check in plan.checks
+        ],
+    }
+
+
+def describe(name: str, plan: Plan) -> list[str]:
+    job = plan.job
+    timeout = f", timeout {job.timeout}" if job.timeout else ", no timeout"
+    lines = [f"job {name}: parallel {job.parallel}{timeout}"]
+    if job.etcd_config is not None:
+        lines.append(
+            f"lock: etcd key {job.etcd_config.lock_key or name!r} on"
+            f" {', '.join(job.etcd_config.endpoints)} (TTL {job.etcd_config.lock_timeout})"
+        )
+    lines.append("")
+    lines.append("steps (in the order they can start):")
+    for step_name in plan.order:
+        step = plan.steps[step_name]
+        count = len(step.instances)
+        lines.append(
+            f"  {step_name!r}: {count} instance{'s' if count != 1 else ''},"
+            f" {len(step.step.commands)} command{'s' if len(step.step.commands) != 1 else ''}"
+        )
+        if step.depends:
+            lines.append(f"      after: {', '.join(repr(d) for d in step.depends)}")
+        if step.implied:
+            lines.append(
+                f"      after (read by its rules, added automatically):"
+                f" {', '.join(repr(d) for d in step.implied)}"
+            )
+        for rule in step.rules:
+            lines.append(f"      runs only if [{rule.syntax.value}]: {rule.source}")
+        for args in step.instances[:SHOWN_INSTANCES]:
+            if args:
+                lines.append(f"      instance {matrix.label(args)}")
+        if count > SHOWN_INSTANCES and step.instances[0]:
+            lines.append(f"      … and {count - SHOWN_INSTANCES} more instances")
+        for command in step.step.commands:
+            lines.append(f"      - {command.label!r} ({command.type})")
+    if plan.checks:
+        lines.append("")
+        lines.append("checks (after the steps, one at a time):")
+        for check in plan.checks:
+            expect = [f"rc {check.check.rc}"]
+            if check.check.expected is not None:
+                expect.append(f"expects {check.check.expected!r}")
+            if check.check.unexpected is not None:
+                expect.append(f"refuses {check.check.unexpected!r}")
+            many = f" × {len(check.instances)}" if len(check.instances) > 1 else ""
+            lines.append(f"  {check.check.label!r} ({check.check.type}){many}: {', '.join(expect)}")
+    return lines

@@ -1,0 +1,148 @@
+"""The ``pgquartz`` command: PgQuartz's flags, plus ``run``, ``validate``, ``plan`` and ``schema``.
+
+``pgquartz -c job.yml`` (or ``PGQUARTZ_CONFIG=job.yml pgquartz``) runs a job
+exactly as PgQuartz's command does; ``-d`` adds debug output, ``-v`` prints the
+version. Heavy imports (pydantic, jinja2) wait until a command needs them, so
+``pgquartz -v`` and ``--help`` answer at once.
+
+Exit codes are a contract (see :class:`pgquartz.runner.model.exitcodes.ExitCode`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from pgquartz.runner import __version__
+
+DEFAULT_CONFIG = "/etc/pgquartz/config.yaml"
+SUBCOMMANDS = ("run", "validate", "plan", "schema")
+
+EPILOG = """\
+exit codes:
+  0    success: steps ran (or were skipped by rules) and all checks passed
+  1    the run failed: a check failed, or the job's timeout expired
+  2    the job file (or command line) is invalid: nothing ran
+  3    a connection's server has the wrong role: nothing ran
+  4    the etcd lock was not acquired before the timeout: nothing ran
+  5    the etcd lock was lost while steps ran: they were stopped
+  130  interrupted (SIGINT); 143 terminated (SIGTERM): commands stopped, lock released
+"""
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-d", "--debug", action="store_true", help="show every command's output")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("PGQUARTZ_LOG_FORMAT", "text"),
+        help="text for people (default), json for log collectors: one object per event",
+    )
+    parser.add_argument(
+        "--summary-file",
+        default=os.environ.get("PGQUARTZ_SUMMARY_FILE"),
+        help="write a short JSON summary of the run here (e.g. /dev/termination-log)",
+    )
+    parser.add_argument(
+        "--max-output",
+        default=os.environ.get("PGQUARTZ_MAX_OUTPUT", "2MiB"),
+        help="output kept per command and stream, head and tail halves (default 2MiB)",
+    )
+    parser.add_argument(
+        "--no-git-pull", action="store_true", help="do not update the job's git repository first"
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=float,
+        default=5.0,
+        help="seconds between SIGTERM and SIGKILL when stopping a command (default 5)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgquartz",
+        description="Run PgQuartz jobs: steps of shell and SQL commands, rules, matrices, checks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--version", action="version", version=f"pgquartz {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a job (the default)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("file", nargs="?", help="the job file (default: -c, $PGQUARTZ_CONFIG)")
+    run.add_argument("-c", "--config", dest="config", help="the job file")
+    _run_options(run)
+
+    validate = sub.add_parser("validate", help="check a job file; report every problem")
+    validate.add_argument("file", nargs="?")
+    validate.add_argument("-c", "--config", dest="config")
+
+    plan = sub.add_parser("plan", help="show what would run, in which order, gated by which rules")
+    plan.add_argument("file", nargs="?")
+    plan.add_argument("-c", "--config", dest="config")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    sub.add_parser("schema", help="print the job file's JSON Schema")
+    return parser
+
+
+def _legacy_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgquartz",
+        usage="pgquartz [-c FILE] [-d] [-v] | pgquartz {run,validate,plan,schema} ...",
+        description="Run PgQuartz jobs: steps of shell and SQL commands, rules, matrices, checks."
+        " Subcommands: run, validate, plan, schema (pgquartz COMMAND --help).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", dest="config", help="the job file (default: $PGQUARTZ_CONFIG)")
+    parser.add_argument("-v", "--version", action="version", version=f"pgquartz {__version__}")
+    _run_options(parser)
+    parser.set_defaults(command="run", file=None)
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    if argv and argv[0] in SUBCOMMANDS:
+        return build_parser().parse_args(argv)
+    return _legacy_parser().parse_args(argv)
+
+
+def config_path(args: argparse.Namespace) -> str:
+    return args.file or args.config or os.environ.get("PGQUARTZ_CONFIG") or DEFAULT_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(arguments)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if isinstance(exit_.code, int) else 2
+    if args.command == "schema":
+        import json
+
+        from pgquartz.runner.model import job
+
+        print(json.dumps(job.json_schema(), indent=2))
+        return 0
+    if args.command in ("validate", "plan"):
+        from pgquartz.runner.cli import inspect
+
+        if args.command == "validate":
+            return inspect.validate(config_path(args))
+        return inspect.plan(config_path(args), as_json=args.json)
+    from pgquartz.runner.cli import runjob
+
+    return runjob.main(args, config_path(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

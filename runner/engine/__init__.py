@@ -1,0 +1,1 @@
+"""The asyncio engine: schedules steps, runs commands through executors, then checks."""

@@ -1,0 +1,143 @@
+"""What happens during a run, as values: the engine emits them, reporters render them.
+
+The engine knows nothing about terminals, JSON or files; it calls one
+``emit(event)`` callback. Every event converts to a flat JSON-able dict for log
+collectors (``kind`` names it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pgquartz.runner.model.results import CommandResult, StepState
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Event:
+    time: datetime.datetime = dataclasses.field(default_factory=_now)
+
+    @property
+    def kind(self) -> str:
+        name = type(self).__name__
+        return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"event": self.kind, "time": self.time.isoformat()}
+        for field in dataclasses.fields(self):
+            if field.name != "time":
+                data[field.name] = _jsonable(getattr(self, field.name))
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, CommandResult):
+        return {
+            "name": value.name,
+            "state": value.state.value,
+            "rc": value.rc,
+            "duration": round(value.duration, 6),
+            "error": value.error,
+            "stdout_bytes": value.stdout.total_bytes,
+            "stderr_bytes": value.stderr.total_bytes,
+        }
+    if isinstance(value, StepState):
+        return value.value
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobStarted(Event):
+    job: str
+    file: str
+    steps: int
+    instances: int
+    checks: int
+    parallel: int
+    timeout: float | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepStarted(Event):
+    step: str
+    instances: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepSkipped(Event):
+    step: str
+    reason: str
+    rule_error: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommandStarted(Event):
+    step: str | None
+    """None for a check."""
+    instance: Mapping[str, str]
+    command: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommandFinished(Event):
+    step: str | None
+    instance: Mapping[str, str]
+    command: str
+    result: CommandResult
+    debug: bool = False
+    """Whether reporters should show the command's output (the job's or the CLI's ``debug``)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepFinished(Event):
+    step: str
+    state: StepState
+    rc: int
+    duration: float
+    failed_instances: tuple[Mapping[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChecksStarted(Event):
+    checks: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckFinished(Event):
+    check: str
+    instance: Mapping[str, str]
+    passed: bool
+    reason: str | None
+    result: CommandResult
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Notice(Event):
+    """Something a person should read that is not a step or check (git, log file, lock…)."""
+
+    level: str  # "info", "warning" or "error"
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobFinished(Event):
+    summary: Any  # engine.summary.Summary; Any keeps this module free of a cycle
+
+
+Emit = Callable[[Event], None]

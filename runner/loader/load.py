@@ -1,0 +1,155 @@
+"""Job file → a validated, planned job, or every problem with its file and line.
+
+Loading is all-or-nothing and happens before anything runs: YAML syntax, the
+schema (unknown keys, types, durations), the plan (unknown or cyclic
+dependencies, rules that do not parse or read unknown steps), command types
+that name no connection, and ``file:`` scripts that are missing or not
+executable are all collected into one :class:`JobFileError`.
+
+Paths are resolved here: ``workdir`` defaults to the job file's directory and a
+relative ``workdir`` is relative to it; ``file:`` paths are relative to the
+workdir. The job's name is the job file's base name without its extension, as
+in PgQuartz (it names the lock key and log files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+import pydantic
+
+from pgquartz.runner.loader import schema_errors, yamlmarks
+from pgquartz.runner.model.job import Command, Job
+from pgquartz.runner.model.problems import JobFileError, Path, Problem
+from pgquartz.runner.plan import graph
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedJob:
+    """A job that passed every check: ready to run."""
+
+    path: pathlib.Path
+    name: str
+    job: Job
+    plan: graph.Plan
+    workdir: pathlib.Path
+
+    def script_path(self, command: Command) -> pathlib.Path:
+        """Where a command's ``file:`` is (absolute)."""
+        assert command.file is not None
+        return resolve_file(command.file, self.workdir)
+
+
+def job_name(path: pathlib.Path) -> str:
+    return path.name.split(".", 1)[0] if not path.name.startswith(".") else path.stem
+
+
+def load(path: str | os.PathLike[str]) -> LoadedJob:
+    """Read, validate and plan a job file; raise :class:`JobFileError` listing every problem."""
+    file_path = pathlib.Path(path)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobFileError([Problem((), "job file not found", file=str(file_path))]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise JobFileError([Problem((), f"cannot read job file: {error}", file=str(file_path))]) from None
+    return load_text(text, path=file_path)
+
+
+def load_text(text: str, *, path: pathlib.Path) -> LoadedJob:
+    shown = str(path)
+    try:
+        marked = yamlmarks.load(text)
+    except yamlmarks.YamlProblem as error:
+        raise JobFileError(
+            [
+                problem.located(file=shown, line=problem.line, column=problem.column)
+                for problem in error.problems
+            ]
+        ) from None
+
+    if not isinstance(marked.data, dict):
+        what = "empty" if marked.data is None else f"a {type(marked.data).__name__}"
+        raise _located(
+            [Problem((), f"a job file must be a mapping with at least 'steps', it is {what}")], marked, shown
+        )
+    try:
+        job = Job.model_validate(marked.data)
+    except pydantic.ValidationError as error:
+        raise _located(schema_errors.problems_from(error), marked, shown) from None
+
+    base = path.resolve().parent
+    workdir = base if job.workdir is None else (base / os.path.expanduser(job.workdir)).resolve()
+    problems: list[Problem] = []
+    if not workdir.is_dir():
+        problems.append(Problem(("workdir",), f"workdir {str(workdir)!r} is not a directory"))
+    plan, plan_problems = graph.build(job)
+    problems += plan_problems
+    problems += _command_problems(job, workdir)
+    if problems or plan is None:
+        raise _located(problems, marked, shown)
+    return LoadedJob(path=path, name=job_name(path), job=job, plan=plan, workdir=workdir)
+
+
+def _located(problems: list[Problem], marked: yamlmarks.MarkedData, shown: str) -> JobFileError:
+    located = []
+    for problem in problems:
+        position = marked.locate(problem.path)
+        located.append(
+            problem.located(
+                file=shown,
+                line=position.line if position else None,
+                column=position.column if position else None,
+            )
+        )
+    located.sort(key=lambda problem: (problem.line or 0, problem.column or 0))
+    return JobFileError(located)
+
+
+def resolve_file(file: str, workdir: pathlib.Path) -> pathlib.Path:
+    return (workdir / os.path.expanduser(file)).absolute()
+
+
+def _command_problems(job: Job, workdir: pathlib.Path) -> list[Problem]:
+    problems: list[Problem] = []
+    commands: list[tuple[Path, Command]] = []
+    for name, step in job.steps.items():
+        commands += [
+            (("steps", name, "commands", index), command) for index, command in enumerate(step.commands)
+        ]
+    commands += [(("checks", index), check) for index, check in enumerate(job.checks)]
+    for path, command in commands:
+        if not command.is_shell and command.type not in job.connections:
+            problems.append(Problem((*path, "type"), _unknown_type(command.type, job)))
+        if command.file is not None and workdir.is_dir():
+            problem = _file_problem(resolve_file(command.file, workdir), shell=command.is_shell)
+            if problem:
+                problems.append(Problem((*path, "file"), problem))
+    return problems
+
+
+def _unknown_type(kind: str, job: Job) -> str:
+    if not job.connections:
+        return f"type {kind!r} is neither 'shell' nor a connection (no connections are defined)"
+    known = ", ".join(repr(name) for name in job.connections)
+    return f"type {kind!r} is neither 'shell' nor a connection (connections: {known})"
+
+
+def _file_problem(file: pathlib.Path, *, shell: bool) -> str | None:
+    if not file.exists():
+        return f"{str(file)!r} does not exist"
+    if not file.is_file():
+        return f"{str(file)!r} is not a file"
+    if shell and not os.access(file, os.X_OK):
+        return f"script {str(file)!r} is not executable (chmod +x it)"
+    if not os.access(file, os.R_OK):
+        return f"{str(file)!r} is not readable"
+    return None
+
+
+def dump(job: Job) -> dict[str, Any]:
+    """The job as job-file data (aliases, durations as text), e.g. for ``pgquartz plan --json``."""
+    return job.model_dump(by_alias=True, exclude_defaults=True, mode="json")

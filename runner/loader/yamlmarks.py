@@ -1,0 +1,117 @@
+"""YAML → plain Python data, remembering where every key and value was written.
+
+PyYAML's safe loader gives data but forgets positions; pydantic gives errors by
+key path. This module keeps a map from key path to (line, column) so any
+problem, whether the schema's or the planner's, can name the file and line the
+user must edit. It also refuses duplicate keys, which YAML loaders silently
+resolve by keeping the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import yaml
+
+from pgquartz.runner.model.problems import Path, Problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+@dataclasses.dataclass
+class MarkedData:
+    data: Any
+    positions: dict[Path, Position]
+
+    def locate(self, path: Path) -> Position | None:
+        """The position of the longest prefix of ``path`` that was written in the file."""
+        for end in range(len(path), -1, -1):
+            position = self.positions.get(tuple(path[:end]))
+            if position is not None:
+                return position
+        return None
+
+
+# libyaml's parser when PyYAML was built with it (the wheels are): ~10x faster on big job files.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class YamlProblem(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(problem) for problem in problems))
+
+
+def load(text: str) -> MarkedData:
+    """Parse one YAML document; raise :class:`YamlProblem` with line numbers on bad YAML."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        positions: dict[Path, Position] = {}
+        problems: list[Problem] = []
+        if node is None:
+            return MarkedData(None, {(): Position(1, 1)})
+        positions[()] = _position(node.start_mark)
+        data = _construct(loader, node, (), positions, problems)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        message = " ".join(part for part in (error.context, error.problem) if part) or str(error)
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        raise YamlProblem([Problem((), f"invalid YAML: {message}", line=line, column=column)]) from None
+    except yaml.YAMLError as error:
+        raise YamlProblem([Problem((), f"invalid YAML: {error}")]) from None
+    finally:
+        loader.dispose()
+    if problems:
+        raise YamlProblem(problems)
+    return MarkedData(data, positions)
+
+
+def _position(mark: yaml.Mark) -> Position:
+    return Position(mark.line + 1, mark.column + 1)
+
+
+def _construct(
+    loader: Any,
+    node: yaml.Node,
+    path: Path,
+    positions: dict[Path, Position],
+    problems: list[Problem],
+) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolves `<<` merge keys
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark
+                )
+            # Keys are names (steps, arguments, connections): keep them as written, so a
+            # step called `1` or `on` is the string the user typed, not an int or a bool.
+            key = key_node.value
+            key_path = (*path, key)
+            if key in result:
+                problems.append(
+                    Problem(
+                        key_path,
+                        f"duplicate key {key!r} (YAML would silently keep only the last one)",
+                        line=key_node.start_mark.line + 1,
+                        column=key_node.start_mark.column + 1,
+                    )
+                )
+            positions[key_path] = _position(key_node.start_mark)
+            result[key] = _construct(loader, value_node, key_path, positions, problems)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for index, item in enumerate(node.value):
+            positions[(*path, index)] = _position(item.start_mark)
+            items.append(_construct(loader, item, (*path, index), positions, problems))
+        return items
+    return loader.construct_object(node, deep=True)

@@ -1,0 +1,279 @@
+"""The job definition: every key of a PgQuartz job file, as typed, frozen data.
+
+This is the one source of truth for what a job file may say. The loader fills
+it from YAML (adding file and line to every error), the planner and engine read
+it, and the operator turns its JSON Schema into the CRD's ``spec.job``. Keys and
+defaults follow PgQuartz's manual; where PgQuartz's defaults are harmful they are
+replaced by sane ones and the difference is documented on the field
+(``parallel``, ``lockTimeout``).
+
+Unknown keys are errors (PgQuartz silently ignores a typo such as ``depend:``;
+a maintenance job that silently loses its dependencies is worse than one that
+does not start).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import re
+from typing import Annotated, Any
+
+import pydantic
+
+from pgquartz.runner.model import durations
+
+SHELL = "shell"
+"""The command type that runs a body with bash; any other type names a connection."""
+
+_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Frozen(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        str_strip_whitespace=False,
+    )
+
+
+class Role(enum.StrEnum):
+    """The role a PostgreSQL server must have for a command to run against it."""
+
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    ALL = "all"
+
+
+def _matrix_values(value: Any) -> Any:
+    # PgQuartz's matrix values are strings; YAML writes `arg1: [1, 2]` as ints.
+    if isinstance(value, dict):
+        return {key: _scalar_list(items) for key, items in value.items()}
+    return value
+
+
+def _scalar_list(items: Any) -> Any:
+    if isinstance(items, list):
+        return [_scalar_text(item) for item in items]
+    return items
+
+
+def _scalar_text(item: Any) -> Any:
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, int | float):
+        return str(item)
+    return item
+
+
+def _check_matrix(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    for name, items in value.items():
+        if not _ARG_NAME.match(name):
+            raise ValueError(
+                f"matrix argument {name!r} must be a name of letters, digits and '_' (not starting with a"
+                " digit): it becomes the environment variable PGQ_INSTANCE_"
+                + name.upper()
+                + " and the SQL parameter :"
+                + name
+            )
+        if not items:
+            raise ValueError(f"matrix argument {name!r} has no values, so the step would never run")
+    return value
+
+
+Matrix = Annotated[
+    dict[str, list[str]],
+    pydantic.BeforeValidator(_matrix_values),
+    pydantic.AfterValidator(_check_matrix),
+]
+"""Argument name → values; the step runs once per combination (cartesian product)."""
+
+
+class Command(_Frozen):
+    """One command of a step: a shell body or a query, inline or from a file."""
+
+    name: str = ""
+    type: str = pydantic.Field(
+        default=SHELL,
+        description="'shell' (the default) runs the body with bash; any other value names a connection.",
+    )
+    role: Role | None = pydantic.Field(
+        default=None,
+        description="Run only when the connection's server has this role (overrides the connection's).",
+    )
+    inline: str | None = None
+    file: str | None = pydantic.Field(default=None, description="A script or SQL file, relative to workdir.")
+    batch_mode: bool = pydantic.Field(
+        default=False,
+        alias="batchMode",
+        description="Split a SQL body into statements and run them one at a time.",
+    )
+
+    @pydantic.field_validator("type", mode="before")
+    @classmethod
+    def _empty_type_is_shell(cls, value: Any) -> Any:
+        return SHELL if value in (None, "") else value
+
+    @pydantic.model_validator(mode="after")
+    def _one_body(self) -> Command:
+        if self.inline is not None and self.file is not None:
+            raise ValueError("set either 'inline' or 'file', not both")
+        if self.inline is None and self.file is None:
+            raise ValueError("set 'inline' (the command itself) or 'file' (a script or SQL file)")
+        return self
+
+    @property
+    def is_shell(self) -> bool:
+        return self.type == SHELL
+
+    @property
+    def label(self) -> str:
+        """A name for reports: the command's name, or the start of its body."""
+        if self.name:
+            return self.name
+        if self.file is not None:
+            return self.file
+        first_line = (self.inline or "").strip().splitlines()[:1]
+        text = first_line[0] if first_line else ""
+        return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Step(_Frozen):
+    """A unit of work: commands run in order (per matrix instance) until one fails."""
+
+    commands: list[Command] = pydantic.Field(min_length=1)
+    depends: list[str] = pydantic.Field(
+        default_factory=list, description="Steps that must be done (or skipped) before this one."
+    )
+    when: list[str] = pydantic.Field(
+        default_factory=list,
+        description=(
+            "Rules that must all hold for the step to run (Go-template or Jinja2 expressions). Steps they"
+            " read become dependencies automatically."
+        ),
+    )
+    matrix: Matrix = pydantic.Field(default_factory=dict)
+
+
+class Check(Command):
+    """A command run after all steps, whose exit code and output decide the run's result."""
+
+    rc: int = pydantic.Field(default=0, description="The exit code the check must end with, exactly.")
+    expected: str | None = pydantic.Field(
+        default=None, description="Text that must appear in the check's stdout or stderr."
+    )
+    unexpected: str | None = pydantic.Field(
+        default=None, description="Text that must not appear in the check's stdout or stderr."
+    )
+    matrix: Matrix = pydantic.Field(default_factory=dict)
+
+
+class Connection(_Frozen):
+    """A PostgreSQL endpoint that commands name in their ``type``."""
+
+    type: str = pydantic.Field(default="postgresql", description="Informational, as in PgQuartz.")
+    role: Role = pydantic.Field(
+        default=Role.ALL, description="The role the server must have; 'all' accepts any."
+    )
+    conn_params: dict[str, str] = pydantic.Field(
+        default_factory=dict, description="libpq connection keywords (host, port, dbname, user, …)."
+    )
+
+    @pydantic.field_validator("conn_params", mode="before")
+    @classmethod
+    def _params_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: _scalar_text(item) for key, item in value.items()}
+        return value
+
+
+class EtcdConfig(_Frozen):
+    """The etcd lock that serialises runs of one job across nodes or pods."""
+
+    endpoints: list[str] = pydantic.Field(default_factory=lambda: ["localhost:2379"], min_length=1)
+    lock_key: str | None = pydantic.Field(
+        default=None, alias="lockKey", description="Defaults to the job name (the job file's base name)."
+    )
+    lock_timeout: durations.Duration = pydantic.Field(
+        default=datetime.timedelta(minutes=1),
+        alias="lockTimeout",
+        description=(
+            "The lease TTL: how long a crashed holder keeps the lock. PgQuartz defaults to 100h; pgquartz"
+            " to 1m."
+        ),
+    )
+
+    @pydantic.field_validator("lock_timeout")
+    @classmethod
+    def _positive_ttl(cls, value: datetime.timedelta) -> datetime.timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("lockTimeout must be at least 1s (it is the lease's TTL)")
+        return value
+
+
+class GitConfig(_Frozen):
+    """Update the job's directory from its git remote before running, as PgQuartz does."""
+
+    dir: str | None = pydantic.Field(
+        default=None, description="The repository's directory; defaults to the job file's directory."
+    )
+    remote: str = "origin"
+    revision: str | None = pydantic.Field(
+        default=None, description="A branch, tag or commit to run; defaults to the current branch."
+    )
+    rsa_path: str | None = pydantic.Field(default=None, alias="rsaPath")
+    http_user: str | None = pydantic.Field(default=None, alias="httpUser")
+    http_password: pydantic.SecretStr | None = pydantic.Field(default=None, alias="httpPassword")
+    disable: bool = False
+
+
+class Job(_Frozen):
+    """A PgQuartz job: steps, then checks, optionally under an etcd lock."""
+
+    steps: dict[str, Step] = pydantic.Field(min_length=1)
+    checks: list[Check] = pydantic.Field(default_factory=list)
+    connections: dict[str, Connection] = pydantic.Field(default_factory=dict)
+    etcd_config: EtcdConfig | None = pydantic.Field(default=None, alias="etcdConfig")
+    git: GitConfig | None = None
+    parallel: int = pydantic.Field(
+        default=1,
+        ge=1,
+        description=(
+            "How many instances run at once. Defaults to 1 (PgQuartz's 0 silently runs nothing; pgquartz"
+            " refuses it)."
+        ),
+    )
+    timeout: durations.Duration | None = pydantic.Field(
+        default=None,
+        description="Ends the whole run (lock wait, steps and checks) with an error; default: none.",
+    )
+    workdir: str | None = pydantic.Field(
+        default=None, description="Where scripts are found and run; defaults to the job file's directory."
+    )
+    log_file: str | None = pydantic.Field(
+        default=None,
+        alias="logFile",
+        description="Also write the log here; a directory gets one dated file per run of the job.",
+    )
+    debug: bool = False
+    run_on_role_error: bool = pydantic.Field(
+        default=False,
+        alias="runOnRoleError",
+        description="Skip commands against a connection with the wrong role instead of refusing to run.",
+    )
+
+    @pydantic.field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: datetime.timedelta | None) -> datetime.timedelta | None:
+        if value is not None and value.total_seconds() <= 0:
+            raise ValueError("timeout must be positive (leave it out for no timeout)")
+        return value
+
+
+def json_schema() -> dict[str, Any]:
+    """The job file's JSON Schema (keys as written in job files)."""
+    schema = Job.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "PgQuartz job"
+    return schema

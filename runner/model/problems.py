@@ -1,0 +1,58 @@
+"""A problem in a job file: where it is (key path, and file and line once located) and what is wrong.
+
+Every check that runs before a job starts (YAML syntax, schema, dependencies,
+rules, scripts, connections) reports :class:`Problem` values rather than raising
+at the first one, so a user sees everything to fix in one report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+Path = tuple[str | int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+    file: str | None = None
+    line: int | None = None  # 1-based
+    column: int | None = None  # 1-based
+
+    def located(self, *, file: str | None, line: int | None, column: int | None) -> Problem:
+        return dataclasses.replace(self, file=file, line=line, column=column)
+
+    @property
+    def key_path(self) -> str:
+        return format_path(self.path)
+
+    def __str__(self) -> str:
+        where = self.file or "<job>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        key = f" {self.key_path}:" if self.path else ""
+        return f"{where}:{key} {self.message}"
+
+
+def format_path(path: Path) -> str:
+    """``('steps', 'step 1', 'commands', 0, 'file')`` → ``steps["step 1"].commands[0].file``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.isidentifier():
+            text += f".{part}" if text else part
+        else:
+            text += f'["{part}"]' if text else f'"{part}"'
+    return text
+
+
+class JobFileError(Exception):
+    """The job file cannot run; carries every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))

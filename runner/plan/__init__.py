@@ -1,0 +1,1 @@
+"""Pure planning: matrix instances and the step graph, before anything runs."""

@@ -1,0 +1,155 @@
+"""The step graph: explicit ``depends`` plus the steps each ``when`` rule reads.
+
+PgQuartz evaluates a rule when its step is scheduled and asks users to add the
+steps a rule reads to ``depends`` by hand; forgetting one makes the rule read
+results that do not exist yet (Rc 0, empty output) and decide wrongly. Here the
+steps a rule reads are added as dependencies automatically. The graph is
+checked for unknown steps and cycles, reporting every problem with its key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from pgquartz.runner.conditions import rules
+from pgquartz.runner.model.job import Check, Job, Step
+from pgquartz.runner.model.problems import Problem
+from pgquartz.runner.plan import matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedStep:
+    """A step ready to schedule: its rules parsed, its instances expanded."""
+
+    name: str
+    step: Step
+    depends: tuple[str, ...]
+    """Explicit dependencies, in file order."""
+    implied: tuple[str, ...]
+    """Steps read by rules but not listed in ``depends`` (added automatically)."""
+    rules: tuple[rules.Rule, ...]
+    instances: tuple[matrix.Args, ...]
+
+    @property
+    def waits_for(self) -> tuple[str, ...]:
+        return self.depends + self.implied
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedCheck:
+    check: Check
+    instances: tuple[matrix.Args, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What will run, in which order, and what gates what. Pure data."""
+
+    job: Job
+    steps: Mapping[str, PlannedStep]
+    order: tuple[str, ...]
+    """A topological order (ties in file order): the order steps can start in with one runner."""
+    checks: tuple[PlannedCheck, ...]
+
+    @property
+    def instance_count(self) -> int:
+        return sum(len(step.instances) for step in self.steps.values())
+
+    def dependants(self) -> dict[str, tuple[str, ...]]:
+        """Step → the steps waiting for it."""
+        result: dict[str, list[str]] = {name: [] for name in self.steps}
+        for name in self.order:
+            for dependency in self.steps[name].waits_for:
+                result[dependency].append(name)
+        return {name: tuple(names) for name, names in result.items()}
+
+
+def build(job: Job) -> tuple[Plan | None, list[Problem]]:
+    """Plan a job; return the plan (None if it cannot run) and every problem found."""
+    problems: list[Problem] = []
+    planned: dict[str, PlannedStep] = {}
+    for name, step in job.steps.items():
+        planned[name] = _plan_step(name, step, job, problems)
+    order = _order(planned, problems)
+    checks = tuple(PlannedCheck(check, tuple(matrix.expand(check.matrix))) for check in job.checks)
+    if problems:
+        return None, problems
+    return Plan(job=job, steps=planned, order=order, checks=checks), problems
+
+
+def _plan_step(name: str, step: Step, job: Job, problems: list[Problem]) -> PlannedStep:
+    depends: list[str] = []
+    for index, dependency in enumerate(step.depends):
+        path = ("steps", name, "depends", index)
+        if dependency == name:
+            problems.append(Problem(path, f"step {name!r} cannot depend on itself"))
+        elif dependency not in job.steps:
+            problems.append(Problem(path, f"unknown step {dependency!r}{_suggest(dependency, job)}"))
+        elif dependency not in depends:
+            depends.append(dependency)
+    parsed: list[rules.Rule] = []
+    implied: list[str] = []
+    for index, source in enumerate(step.when):
+        path = ("steps", name, "when", index)
+        try:
+            rule = rules.compile_rule(source)
+        except rules.RuleSyntaxError as error:
+            problems.append(Problem(path, f"rule {source!r} does not parse: {error}"))
+            continue
+        parsed.append(rule)
+        for read in sorted(rule.reads):
+            if read == name:
+                problems.append(Problem(path, f"a rule of step {name!r} cannot read its own results"))
+            elif read not in job.steps:
+                problems.append(Problem(path, f"rule reads unknown step {read!r}{_suggest(read, job)}"))
+            elif read not in depends and read not in implied:
+                implied.append(read)
+    return PlannedStep(
+        name=name,
+        step=step,
+        depends=tuple(depends),
+        implied=tuple(implied),
+        rules=tuple(parsed),
+        instances=tuple(matrix.expand(step.matrix)),
+    )
+
+
+def _suggest(name: str, job: Job) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(job.steps), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _order(planned: Mapping[str, PlannedStep], problems: list[Problem]) -> tuple[str, ...]:
+    """Kahn's algorithm with file-order ties; report each cycle once."""
+    names = list(planned)
+    position = {name: index for index, name in enumerate(names)}
+    waiting = {
+        name: {dep for dep in planned[name].waits_for if dep in planned and dep != name} for name in names
+    }
+    order: list[str] = []
+    done: set[str] = set()
+    while len(order) < len(names):
+        ready = [name for name in names if name not in done and not waiting[name] - done]
+        if not ready:
+            break
+        ready.sort(key=position.__getitem__)
+        order.append(ready[0])
+        done.add(ready[0])
+    if len(order) < len(names):
+        stuck = [name for name in names if name not in done]
+        cycle = _find_cycle(stuck, waiting, done)
+        shown = " → ".join(repr(name) for name in [*cycle, cycle[0]])
+        problems.append(Problem(("steps", cycle[0]), f"dependency cycle: {shown}"))
+    return tuple(order)
+
+
+def _find_cycle(stuck: list[str], waiting: Mapping[str, set[str]], done: set[str]) -> list[str]:
+    path: list[str] = []
+    current = stuck[0]
+    while current not in path:
+        path.append(current)
+        current = sorted(waiting[current] - done, key=stuck.index)[0]
+    return path[path.index(current) :]

@@ -1,0 +1,69 @@
+"""Shared helpers: write job files, run the real ``pgquartz`` command, find leftover processes."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+from pgquartz.runner import loader
+
+PGQUARTZ = [sys.executable, "-m", "pgquartz.runner"]
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+@pytest.fixture
+def write_job(tmp_path: pathlib.Path) -> Callable[..., pathlib.Path]:
+    """Write a job file (dedented) into tmp_path and return its path."""
+
+    def write(text: str, name: str = "job.yml") -> pathlib.Path:
+        path = tmp_path / name
+        path.write_text(dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def load_job(write_job: Callable[..., pathlib.Path]) -> Callable[..., loader.LoadedJob]:
+    def load(text: str, name: str = "job.yml") -> loader.LoadedJob:
+        return loader.load(write_job(text, name))
+
+    return load
+
+
+def run_pgquartz(
+    *args: str, cwd: pathlib.Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PGQUARTZ, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def processes_with_marker(marker: str) -> list[psutil.Process]:
+    """Live processes whose command line contains ``marker`` (zombies excluded)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if marker in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
