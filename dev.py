@@ -27,6 +27,9 @@ STAMP = VENV / ".pgquartz-installed"
 
 def run(*argv: str | os.PathLike[str], cwd: pathlib.Path = ROOT, env: dict[str, str] | None = None) -> None:
     print("+", " ".join(str(a) for a in argv), flush=True)
+    # Never put the current directory on sys.path: the repository's folders must not shadow
+    # modules (see operator/README.md).
+    env = {**(env or os.environ), "PYTHONSAFEPATH": "1"}
     completed = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, check=False)
     if completed.returncode != 0:
         raise SystemExit(completed.returncode)
@@ -62,17 +65,10 @@ def lint() -> None:
     run(BIN / "ruff", "format", "--check", "runner", "operator", "tests", "bench", "dev.py")
     tree = type_tree()
     env = {**os.environ, "MYPYPATH": str(tree), "PYTHONPATH": str(tree)}
-    run(
-        BIN / "mypy",
-        "--config-file",
-        ROOT / "pyproject.toml",
-        "-p",
-        "pgquartz.runner",
-        "-p",
-        "pgquartz.operator",
-        cwd=tree,
-        env=env,
-    )
+    packages = ["-p", "pgquartz.runner"]
+    if any((ROOT / "operator").rglob("*.py")):
+        packages += ["-p", "pgquartz.operator"]
+    run(BIN / "mypy", "--config-file", ROOT / "pyproject.toml", *packages, cwd=tree, env=env)
     run(BIN / "lint-imports", "--config", ROOT / "pyproject.toml", cwd=tree, env=env)
 
 
