@@ -1,0 +1,26 @@
+"""The runner starts fast: it never loads the operator, kopf or a Kubernetes client."""
+
+import subprocess
+import sys
+
+PROBE = """
+import sys
+from pgquartz.runner.cli import main, runjob, inspect
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("kopf", "kubernetes", "aiohttp")
+               or m.startswith("pgquartz.operator"))
+print(",".join(heavy))
+"""
+
+
+def test_running_a_job_loads_no_operator_code() -> None:
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_version_and_help_need_no_heavy_imports() -> None:
+    probe = (
+        "import sys; from pgquartz.runner.cli import main; main.parse_args(['-c', 'x']);"
+        "print('pydantic' in sys.modules, 'jinja2' in sys.modules, 'asyncio' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False False False"
