@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,7 +70,8 @@ class ShellExecutor:
         self._workdir = workdir
         self._limits = limits
         self._kill_grace = kill_grace
-        self._bash = bash
+        # Resolved once: given a bare name, every spawn would try each PATH entry in turn.
+        self._bash = shutil.which(bash) or bash
         # Encoded once: subprocess would otherwise encode the whole environment per command.
         self._base_env = {
             os.fsencode(key): os.fsencode(value)
