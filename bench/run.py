@@ -81,6 +81,21 @@ def report(
     )
 
 
+Timings = dict[int, tuple[tuple[float, float], tuple[float, float]]]
+
+
+def report_marginal(unit: str, timings: Timings, extra: int, *, baseline: str, target: str) -> None:
+    """The cost of one more command: the slope between SMALL and SMALL + extra, min and median."""
+    ours = [(timings[SMALL + extra][0][i] - timings[SMALL][0][i]) / extra for i in (0, 1)]
+    base = [(timings[SMALL + extra][1][i] - timings[SMALL][1][i]) / extra for i in (0, 1)]
+    print(
+        f"{'':<10} per {unit} (marginal): pgquartz min {ours[0] * 1000:.2f} ms median"
+        f" {ours[1] * 1000:.2f} ms | {baseline} min {base[0] * 1000:.2f} ms median"
+        f" {base[1] * 1000:.2f} ms | ratio min {ours[0] / base[0]:.2f}x median"
+        f" {ours[1] / base[1]:.2f}x {target}"
+    )
+
+
 def commands_job(work: pathlib.Path, count: int) -> tuple[pathlib.Path, pathlib.Path]:
     job = work / f"commands-{count}.yml"
     commands = "\n".join(f"      - inline: '{LINE}'" for _ in range(count))
@@ -93,7 +108,7 @@ def commands_job(work: pathlib.Path, count: int) -> tuple[pathlib.Path, pathlib.
 def bench_commands(work: pathlib.Path, runs: int) -> None:
     """Total time for 1000 commands, and the marginal cost of a command (the slope between
     SMALL and SMALL + 1000 commands), which leaves out both sides' fixed start-up."""
-    timings: dict[int, tuple[tuple[float, float], tuple[float, float]]] = {}
+    timings: Timings = {}
     for count in (SMALL, SMALL + COMMANDS, COMMANDS):
         job, script = commands_job(work, count)
         timings[count] = measure_pair(
@@ -103,14 +118,7 @@ def bench_commands(work: pathlib.Path, runs: int) -> None:
         )
     ours, base = timings[COMMANDS]
     report("commands", ours=ours, base=base, baseline=f"bash -c x{COMMANDS}", target="(total time)")
-    slope_ours = [(timings[SMALL + COMMANDS][0][i] - timings[SMALL][0][i]) / COMMANDS for i in (0, 1)]
-    slope_base = [(timings[SMALL + COMMANDS][1][i] - timings[SMALL][1][i]) / COMMANDS for i in (0, 1)]
-    print(
-        f"{'':<10} per command (marginal): pgquartz min {slope_ours[0] * 1000:.2f} ms median"
-        f" {slope_ours[1] * 1000:.2f} ms | bash min {slope_base[0] * 1000:.2f} ms median"
-        f" {slope_base[1] * 1000:.2f} ms | ratio min {slope_ours[0] / slope_base[0]:.2f}x median"
-        f" {slope_ours[1] / slope_base[1]:.2f}x (target <= 1.3x)"
-    )
+    report_marginal("command", timings, COMMANDS, baseline="bash", target="(target <= 1.3x)")
 
 
 def matrix_job(work: pathlib.Path, count: int) -> pathlib.Path:
@@ -135,7 +143,7 @@ def bench_matrix(work: pathlib.Path, runs: int) -> None:
         )
         return time.perf_counter() - started
 
-    timings = {}
+    timings: Timings = {}
     for count in (SMALL, SMALL + INSTANCES, INSTANCES):
         job = matrix_job(work, count)
         timings[count] = measure_pair(
@@ -145,14 +153,7 @@ def bench_matrix(work: pathlib.Path, runs: int) -> None:
         )
     ours, base = timings[INSTANCES]
     report("matrix", ours=ours, base=base, baseline="xargs -P8", target="(total time, target <= 1.5x)")
-    slope_ours = [(timings[SMALL + INSTANCES][0][i] - timings[SMALL][0][i]) / INSTANCES for i in (0, 1)]
-    slope_base = [(timings[SMALL + INSTANCES][1][i] - timings[SMALL][1][i]) / INSTANCES for i in (0, 1)]
-    print(
-        f"{'':<10} per instance (marginal): pgquartz min {slope_ours[0] * 1000:.2f} ms median"
-        f" {slope_ours[1] * 1000:.2f} ms | xargs min {slope_base[0] * 1000:.2f} ms median"
-        f" {slope_base[1] * 1000:.2f} ms | ratio min {slope_ours[0] / slope_base[0]:.2f}x median"
-        f" {slope_ours[1] / slope_base[1]:.2f}x"
-    )
+    report_marginal("instance", timings, INSTANCES, baseline="xargs", target="")
 
 
 def peak_rss(argv: list[str], cwd: pathlib.Path) -> float:

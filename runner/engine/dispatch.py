@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from pgquartz.runner.executors.shell import ShellExecutor
+from pgquartz.runner.loader.load import resolve_file
 from pgquartz.runner.model.job import Command
 from pgquartz.runner.model.results import CommandResult, CommandState
 from pgquartz.runner.plan import matrix
@@ -42,7 +43,7 @@ class Dispatcher:
 
     def file_of(self, command: Command) -> pathlib.Path:
         assert command.file is not None
-        return (self._workdir / pathlib.Path(command.file).expanduser()).absolute()
+        return resolve_file(command.file, self._workdir)
 
     async def run(self, command: Command, *, args: Mapping[str, str]) -> CommandResult:
         if command.is_shell:

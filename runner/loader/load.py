@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any
 
 import pydantic
 
@@ -148,8 +147,3 @@ def _file_problem(file: pathlib.Path, *, shell: bool) -> str | None:
     if not os.access(file, os.R_OK):
         return f"{str(file)!r} is not readable"
     return None
-
-
-def dump(job: Job) -> dict[str, Any]:
-    """The job as job-file data (aliases, durations as text), e.g. for ``pgquartz plan --json``."""
-    return job.model_dump(by_alias=True, exclude_defaults=True, mode="json")

@@ -139,3 +139,23 @@ def test_credentials_in_urls_are_scrubbed_from_messages() -> None:
     assert (
         gitpull._scrub(text, ["hunter2"]) == "fatal: unable to access 'https://***@git.example/x.git/': 403"
     )
+
+
+def test_rsa_path_is_the_key_ssh_is_given(
+    repos: tuple[pathlib.Path, pathlib.Path], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, clone = repos
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    recorded = tmp_path / "ssh-args"
+    ssh = fake_bin / "ssh"
+    ssh.write_text(f'#!/bin/sh\necho "$@" > {recorded}\necho "fake ssh: no route" >&2\nexit 255\n')
+    ssh.chmod(0o755)
+    git("remote", "set-url", "origin", "ssh://git@git.example.invalid/repo.git", cwd=clone)
+    key = tmp_path / "deploy key"
+    key.write_text("not really a key\n")
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    result = gitpull.update(GitConfig.model_validate({"rsaPath": str(key)}), job_dir=clone)
+    assert result is not None and result.level == "warning" and "fake ssh: no route" in result.message
+    args = recorded.read_text()
+    assert f"-i {key}" in args and "IdentitiesOnly=yes" in args and "BatchMode=yes" in args
