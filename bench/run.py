@@ -229,6 +229,14 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("bash") is None or shutil.which("xargs") is None:
         raise SystemExit("bash and xargs are needed")
+    # An installed pgquartz has bytecode; an editable checkout under PYTHONDONTWRITEBYTECODE
+    # would recompile every module on every start. Measure what users run.
+    import compileall
+
+    import pgquartz.runner
+
+    for folder in pgquartz.runner.__path__:
+        compileall.compile_dir(folder, quiet=1)
     print(f"pgquartz benchmarks: {args.runs} runs each, {os.cpu_count()} CPUs, {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="pgquartz-bench-") as scratch:
         for name in args.only.split(","):
