@@ -7,12 +7,13 @@ import pathlib
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
 
 from pgquartz.runner import loader
+from tests.support.pgcluster import PgCluster, running_cluster
 
 PGQUARTZ = [sys.executable, "-m", "pgquartz.runner"]
 
@@ -67,3 +68,10 @@ def processes_with_marker(marker: str) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A real PostgreSQL primary and streaming standby for the whole test session."""
+    with running_cluster() as cluster:
+        yield cluster

@@ -21,7 +21,7 @@ from pgquartz.runner import gitpull, loader, report
 from pgquartz.runner.cli import inspect
 from pgquartz.runner.engine import events
 from pgquartz.runner.engine import run as engine
-from pgquartz.runner.engine.dispatch import Dispatcher
+from pgquartz.runner.engine.dispatch import ConnectionExecutor, Dispatcher
 from pgquartz.runner.engine.summary import Outcome, Summary
 from pgquartz.runner.executors import shell as shell_executor
 from pgquartz.runner.executors.capture import Limits
@@ -146,7 +146,21 @@ async def _run(
         record(notice)
     shell_executor.use_pidfd_child_watcher()
     shell = ShellExecutor(workdir=loaded.workdir, limits=limits, kill_grace=kill_grace)
-    dispatcher = Dispatcher(workdir=loaded.workdir, shell=shell)
+    connections: dict[str, ConnectionExecutor] = {}
+    if loaded.job.connections:
+        from pgquartz.runner.executors import postgres  # psycopg only for jobs that use it
+
+        connections = {
+            name: postgres.PostgresExecutor(
+                name=name,
+                connection=connection,
+                application_name=f"pgquartz/{loaded.name}",
+                max_sessions=loaded.job.parallel,
+                limits=limits,
+            )
+            for name, connection in loaded.job.connections.items()
+        }
+    dispatcher = Dispatcher(workdir=loaded.workdir, shell=shell, connections=connections)
     try:
         return await engine.run(
             loaded,

@@ -26,6 +26,12 @@ class ConnectionExecutor(Protocol):
 
     async def run(self, command: Command, *, body: str, args: Mapping[str, str]) -> CommandResult: ...
 
+    async def role(self) -> str:
+        """The role of the server reached now (``primary``/``standby``); raises when unreachable."""
+        ...
+
+    async def aclose(self) -> None: ...
+
 
 class Dispatcher:
     def __init__(
@@ -40,6 +46,15 @@ class Dispatcher:
         self._connections = dict(connections or {})
         self.run_env: dict[str, str] = {}
         """Variables every shell command gets for the rest of the run (e.g. ``PGQ_LOCK_REVISION``)."""
+
+    @property
+    def connections(self) -> Mapping[str, ConnectionExecutor]:
+        return self._connections
+
+    async def aclose(self) -> None:
+        """Close every connection's sessions."""
+        for executor in self._connections.values():
+            await executor.aclose()
 
     def file_of(self, command: Command) -> pathlib.Path:
         assert command.file is not None

@@ -32,11 +32,11 @@ from contextlib import AbstractAsyncContextManager
 
 from pgquartz.runner.conditions import expectations, rules
 from pgquartz.runner.conditions.views import StepSnapshot
-from pgquartz.runner.engine import events
+from pgquartz.runner.engine import events, roles
 from pgquartz.runner.engine.dispatch import Dispatcher
 from pgquartz.runner.engine.summary import Outcome, StepSummary, Summary
 from pgquartz.runner.loader import LoadedJob
-from pgquartz.runner.model.job import Command
+from pgquartz.runner.model.job import Command, Job
 from pgquartz.runner.model.results import CommandResult, CommandState, InstanceResult, StepState
 from pgquartz.runner.plan import matrix
 
@@ -91,6 +91,8 @@ async def run(
         async with asyncio.timeout(timeout):
             try:
                 async with steps_guard() as guard_env:
+                    # Roles are checked once the lock is held: a failover while waiting counts.
+                    await _check_roles(job, dispatcher, emit)
                     dispatcher.run_env.update(guard_env)
                     await steps.run()
             except GuardFailed as failure:
@@ -117,6 +119,8 @@ async def run(
             )
         )
         raise
+    finally:
+        await asyncio.shield(dispatcher.aclose())
     if outcome is Outcome.SUCCEEDED:
         failed = [name for name, summary in steps.summaries().items() if summary.failed_instances]
         message = "all checks passed" if job.checks else "no checks defined"
@@ -127,6 +131,17 @@ async def run(
     )
     emit(events.JobFinished(summary=summary))
     return summary
+
+
+async def _check_roles(job: Job, dispatcher: Dispatcher, emit: events.Emit) -> None:
+    wrong_roles = await roles.mismatches(job, dispatcher.connections)
+    if wrong_roles and not job.run_on_role_error:
+        raise GuardFailed(
+            Outcome.ROLE_MISMATCH,
+            "; ".join(wrong_roles) + " (nothing ran; set runOnRoleError to skip its commands instead)",
+        )
+    for mismatch in wrong_roles:
+        emit(events.Notice(level="warning", message=f"{mismatch}: its commands will be skipped"))
 
 
 def _summary(

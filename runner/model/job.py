@@ -179,6 +179,31 @@ class Connection(_Frozen):
     conn_params: dict[str, str] = pydantic.Field(
         default_factory=dict, description="libpq connection keywords (host, port, dbname, user, …)."
     )
+    password_file: str | None = pydantic.Field(
+        default=None,
+        alias="passwordFile",
+        description="Read the password from this file (e.g. a mounted Kubernetes Secret).",
+    )
+    password_env: str | None = pydantic.Field(
+        default=None,
+        alias="passwordEnv",
+        description="Read the password from this environment variable.",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _one_password_source(self) -> Connection:
+        sources = [
+            key
+            for key, present in (
+                ("conn_params.password", "password" in self.conn_params),
+                ("passwordFile", self.password_file is not None),
+                ("passwordEnv", self.password_env is not None),
+            )
+            if present
+        ]
+        if len(sources) > 1:
+            raise ValueError(f"give the password one way, not {' and '.join(sources)}")
+        return self
 
     @pydantic.field_validator("conn_params", mode="before")
     @classmethod

@@ -1,0 +1,304 @@
+"""PostgreSQL commands: queries against a named connection, with roles, bounded output and cancellation.
+
+One :class:`PostgresExecutor` serves one connection name for a whole run. It
+opens sessions lazily, keeps them for reuse, and never holds more than
+``max_sessions`` (the job's ``parallel``): a job with ``parallel: 1`` uses one
+session for every command, as PgQuartz does; parallel instances naming the same
+connection get sessions of their own instead of queueing behind one.
+
+Sessions run in autocommit (``VACUUM``, ``CREATE INDEX CONCURRENTLY`` and
+friends need it), with ``application_name`` set to identify the job in
+``pg_stat_activity``. Each new session learns its server's role with
+``pg_is_in_recovery()``; a command whose expected role (its own ``role``, else
+the connection's) differs from the server's is skipped, never run.
+
+``:name`` arguments become server-side parameters (``$n``, sent as text of
+unknown type so the server infers or casts them); a value never becomes SQL
+text. Rows are rendered as PgQuartz's manual describes, one line per row of
+``{column}={value}`` pairs (values in PostgreSQL's text format, ``'`` doubled as
+the manual says, NULL as a bare ``NULL``), into the same bounded capture as
+shell output; the rendered text is bounded, the result itself is held by libpq
+while it is rendered (keep result sets small, as PgQuartz's manual asks).
+
+Cancelling a command (timeout, signal, lost lock) cancels the query on the
+server, then closes that session: no query is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+import psycopg.adapt
+import psycopg.conninfo
+import psycopg.postgres
+import psycopg.pq
+from psycopg.abc import Buffer
+
+from pgquartz.runner.executors import sqltext
+from pgquartz.runner.executors.capture import BoundedCapture, Limits
+from pgquartz.runner.model.job import Command, Connection, Role
+from pgquartz.runner.model.results import CommandResult, CommandState
+
+DEFAULT_CONNECT_TIMEOUT = "10"
+_FETCH_BATCH = 500
+
+
+class _Text(psycopg.adapt.Loader):
+    """Every value as PostgreSQL's own text, as psql shows it (``t``, ``2026-11-23``, ``{1,2}``)."""
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode("utf-8", errors="replace")
+
+
+def _text_adapters() -> psycopg.adapt.AdaptersMap:
+    adapters = psycopg.adapt.AdaptersMap(psycopg.adapters)
+    for info in psycopg.postgres.types:
+        adapters.register_loader(info.oid, _Text)
+        if info.array_oid:
+            adapters.register_loader(info.array_oid, _Text)
+    return adapters
+
+
+_ADAPTERS = _text_adapters()
+
+
+class ConnectionFailed(Exception):
+    """The server could not be reached or refused us; the message is safe to show."""
+
+
+class PostgresExecutor:
+    """Runs commands against one named connection."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        connection: Connection,
+        application_name: str,
+        max_sessions: int = 1,
+        limits: Limits = Limits(),  # noqa: B008 - a frozen value
+    ) -> None:
+        self.name = name
+        self._connection = connection
+        self._application_name = application_name
+        self._limits = limits
+        self._slots = asyncio.Semaphore(max(1, max_sessions))
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._open: set[psycopg.AsyncConnection[Any]] = set()
+        self._roles: dict[int, str] = {}
+        self._secrets: list[str] = []
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def _params(self) -> dict[str, str]:
+        params = dict(self._connection.conn_params)
+        if "application_name" not in params and "PGAPPNAME" not in os.environ:
+            params["application_name"] = self._application_name
+        params.setdefault("connect_timeout", os.environ.get("PGCONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT))
+        password = self._password()
+        if password is not None:
+            params["password"] = password
+        if params.get("password"):
+            self._secrets = [params["password"]]
+        return params
+
+    def _password(self) -> str | None:
+        connection = self._connection
+        if connection.password_file is not None:
+            try:
+                return pathlib.Path(connection.password_file).expanduser().read_text().rstrip("\r\n")
+            except OSError as error:
+                raise ConnectionFailed(
+                    f"cannot read passwordFile {connection.password_file!r}: {error}"
+                ) from None
+        if connection.password_env is not None:
+            value = os.environ.get(connection.password_env)
+            if value is None:
+                raise ConnectionFailed(
+                    f"the environment variable {connection.password_env} (passwordEnv) is not set"
+                )
+            return value
+        return None
+
+    async def _session(self) -> psycopg.AsyncConnection[Any]:
+        while self._idle:
+            session = self._idle.pop()
+            if not session.closed and not session.broken:
+                return session
+            await self._discard(session)
+        try:
+            conninfo = psycopg.conninfo.make_conninfo("", **self._params())
+            session = await psycopg.AsyncConnection.connect(conninfo, autocommit=True, context=_ADAPTERS)
+        except psycopg.Error as error:
+            raise ConnectionFailed(
+                self._scrub(f"cannot connect to {self.name!r}: {_message(error)}")
+            ) from None
+        self._open.add(session)
+        try:
+            cursor = await session.execute("select pg_is_in_recovery()")
+            row = await cursor.fetchone()
+        except psycopg.Error as error:
+            await self._discard(session)
+            raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
+        self._roles[id(session)] = "standby" if row and row[0] == "t" else "primary"
+        return session
+
+    async def _discard(self, session: psycopg.AsyncConnection[Any]) -> None:
+        self._open.discard(session)
+        self._roles.pop(id(session), None)
+        with contextlib.suppress(Exception):
+            await session.close()
+
+    async def role(self) -> str:
+        """The role of the server this connection reaches now: ``primary`` or ``standby``."""
+        async with self._slots:
+            session = await self._session()
+            role = self._roles[id(session)]
+            self._idle.append(session)
+            return role
+
+    async def aclose(self) -> None:
+        """Close every session (at the end of the run)."""
+        for session in list(self._open):
+            await self._discard(session)
+        self._idle.clear()
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    async def run(self, command: Command, *, body: str, args: Mapping[str, str]) -> CommandResult:
+        started = datetime.datetime.now(datetime.UTC)
+        clock = time.monotonic()
+        stdout = BoundedCapture(self._limits)
+        stderr = BoundedCapture(self._limits)
+
+        def result(state: CommandState, rc: int, error: str | None = None) -> CommandResult:
+            return CommandResult(
+                name=command.label,
+                state=state,
+                rc=rc,
+                stdout=stdout.result(),
+                stderr=stderr.result(),
+                started=started,
+                duration=time.monotonic() - clock,
+                error=error,
+            )
+
+        async with self._slots:
+            try:
+                session = await self._session()
+            except ConnectionFailed as error:
+                stderr.feed(f"{error}\n".encode())
+                return result(CommandState.FAILED, 1, str(error))
+            keep = True
+            try:
+                expected = command.role or self._connection.role
+                actual = self._roles[id(session)]
+                if expected is not Role.ALL and expected.value != actual:
+                    return result(
+                        CommandState.SKIPPED,
+                        0,
+                        f"expects a {expected.value}, {self.name!r} reaches a {actual}",
+                    )
+                await self._execute(session, command, body, args, stdout)
+                return result(CommandState.SUCCEEDED, 0)
+            except asyncio.CancelledError:
+                keep = False
+                await _cancel(session)
+                raise
+            except psycopg.Error as error:
+                keep = not session.broken
+                message = self._scrub(_message(error))
+                stderr.feed(f"{message}\n".encode())
+                return result(CommandState.FAILED, 1, message.splitlines()[0])
+            finally:
+                if keep and not session.closed:
+                    self._idle.append(session)
+                else:
+                    await asyncio.shield(self._discard(session))
+
+    async def _execute(
+        self,
+        session: psycopg.AsyncConnection[Any],
+        command: Command,
+        body: str,
+        args: Mapping[str, str],
+        out: BoundedCapture,
+    ) -> None:
+        statements = sqltext.split_statements(body)
+        if command.batch_mode:
+            for statement in statements:
+                await self._run_statement(session, statement, args, out)
+        elif len(statements) > 1:
+            query, params = sqltext.bind_named(body, args)
+            if params:
+                raise psycopg.ProgrammingError(
+                    "a body with several statements cannot take :arguments; set batchMode: true to run them"
+                    " one at a time, or give each statement its own command"
+                )
+            cursor = session.cursor()
+            await cursor.execute(query)  # no parameters: the simple protocol runs every statement
+            await _render_results(cursor, out)
+        elif statements:
+            await self._run_statement(session, statements[0], args, out)
+
+    async def _run_statement(
+        self,
+        session: psycopg.AsyncConnection[Any],
+        statement: str,
+        args: Mapping[str, str],
+        out: BoundedCapture,
+    ) -> None:
+        query, params = sqltext.bind_named(statement, args)
+        cursor = psycopg.AsyncRawCursor(session)
+        await cursor.execute(query, params or None)
+        await _render_results(cursor, out)
+
+
+async def _render_results(cursor: psycopg.AsyncCursor[Any], out: BoundedCapture) -> None:
+    """Render every result set of the cursor, a batch of rows at a time."""
+    while True:
+        if cursor.description is not None:
+            names = [column.name for column in cursor.description]
+            while rows := await cursor.fetchmany(_FETCH_BATCH):
+                for row in rows:
+                    out.feed(_render(names, row))
+        if not cursor.nextset():
+            return
+
+
+def _render(names: list[str], row: Any) -> bytes:
+    parts = []
+    for name, value in zip(names, row, strict=True):
+        shown = "NULL" if value is None else "{" + str(value).replace("'", "''") + "}"
+        parts.append(f"{{{name}}}={shown}")
+    return (" ".join(parts) + "\n").encode()
+
+
+def _message(error: psycopg.Error) -> str:
+    text = str(error).strip() or type(error).__name__
+    sqlstate = getattr(error, "sqlstate", None)
+    return f"ERROR {sqlstate}: {text}" if sqlstate else text
+
+
+async def _cancel(session: psycopg.AsyncConnection[Any]) -> None:
+    """Cancel the running query on the server; shielded, so a second cancellation cannot skip it."""
+
+    async def cancel() -> None:
+        with contextlib.suppress(Exception):
+            await session.cancel_safe(timeout=5.0)
+
+    await asyncio.shield(cancel())

@@ -1,0 +1,192 @@
+"""The PostgreSQL executor against a real primary and standby: rows, arguments, batches, roles, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from pgquartz.runner.executors.postgres import PostgresExecutor
+from pgquartz.runner.model import Command, Connection
+from pgquartz.runner.model.results import CommandState
+from tests.support.pgcluster import PgCluster
+
+
+@pytest.fixture
+def database(pg_cluster: PgCluster) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pg_cluster.primary.query(f"create database {name}")
+    yield name
+    pg_cluster.primary.query(f"drop database if exists {name} with (force)")
+
+
+def executor_for(params: dict[str, str], *, role: str = "all", sessions: int = 1) -> PostgresExecutor:
+    connection = Connection.model_validate({"role": role, "conn_params": params})
+    return PostgresExecutor(
+        name="pg", connection=connection, application_name="pgquartz/test", max_sessions=sessions
+    )
+
+
+@pytest.fixture
+async def primary(pg_cluster: PgCluster, database: str) -> AsyncIterator[PostgresExecutor]:
+    executor = executor_for({**pg_cluster.primary.params, "dbname": database})
+    yield executor
+    await executor.aclose()
+
+
+def command(body: str, **keys: object) -> Command:
+    return Command.model_validate({"type": "pg", "inline": body, **keys})
+
+
+async def run(executor: PostgresExecutor, body: str, args: dict[str, str] | None = None, **keys: object):  # type: ignore[no-untyped-def]
+    return await executor.run(command(body, **keys), body=body, args=args or {})
+
+
+async def test_rows_render_as_column_value_pairs(primary: PostgresExecutor) -> None:
+    result = await run(primary, "select datname, 42 as answer from pg_database where datname = 'postgres'")
+    assert result.state is CommandState.SUCCEEDED and result.rc == 0
+    assert result.stdout.text == "{datname}={postgres} {answer}={42}\n"
+
+
+async def test_values_use_postgres_text_nulls_are_distinct_and_quotes_doubled(
+    primary: PostgresExecutor,
+) -> None:
+    result = await run(
+        primary,
+        "select true as b, null::text as n, 'NULL' as s, array[1,2] as a, 'O''Brien' as q,"
+        " '2026-11-23'::date as d",
+    )
+    assert result.stdout.text == "{b}={t} {n}=NULL {s}={NULL} {a}={{1,2}} {q}={O''Brien} {d}={2026-11-23}\n"
+
+
+async def test_statements_without_rows_print_nothing(primary: PostgresExecutor) -> None:
+    result = await run(primary, "create table quiet (id int)")
+    assert result.rc == 0 and result.stdout.text == ""
+
+
+async def test_the_manuals_matrix_insert_stores_values_verbatim(primary: PostgresExecutor) -> None:
+    await run(primary, "create table t1 (id int, txt text)")
+    hostile = "x'); drop table t1; --"
+    for arg1, arg2 in (("1", "A"), ("2", hostile)):
+        result = await run(
+            primary, "insert into t1 (id, txt) values(:arg1::integer, :arg2)", {"arg1": arg1, "arg2": arg2}
+        )
+        assert result.rc == 0, result.stderr.text
+    rows = await run(primary, "select id, txt from t1 order by id")
+    assert rows.stdout.text == "{id}={1} {txt}={A}\n{id}={2} {txt}={x''); drop table t1; --}\n"
+
+
+async def test_several_statements_run_as_written_without_batch_mode(primary: PostgresExecutor) -> None:
+    result = await run(
+        primary,
+        "CREATE TABLE IF NOT EXISTS t1 (id int, txt text);\nCREATE TABLE IF NOT EXISTS t2 (id int, id2 int);",
+    )
+    assert result.rc == 0, result.stderr.text
+    tables = await run(primary, "select count(*) as n from pg_tables where tablename in ('t1', 't2')")
+    assert tables.stdout.text == "{n}={2}\n"
+
+
+async def test_batch_mode_runs_statements_one_at_a_time_with_arguments(primary: PostgresExecutor) -> None:
+    body = """
+        create table b (id int, txt text);
+        insert into b values (:n::int, 'semi;colon');
+        create function bump() returns int language plpgsql as $$ begin return 1; end; $$;
+        select id, txt, bump() as f from b;
+    """
+    result = await run(primary, body, {"n": "7"}, batchMode=True)
+    assert result.rc == 0, result.stderr.text
+    assert result.stdout.text == "{id}={7} {txt}={semi;colon} {f}={1}\n"
+
+
+async def test_a_failing_batch_stops_at_the_failing_statement(primary: PostgresExecutor) -> None:
+    result = await run(
+        primary, "create table c (id int); select nope from c; create table d (id int)", batchMode=True
+    )
+    assert result.state is CommandState.FAILED and result.rc == 1
+    assert "ERROR 42703" in result.stderr.text and 'column "nope" does not exist' in result.stderr.text
+    check = await run(primary, "select to_regclass('c') is not null as c, to_regclass('d') is null as d")
+    assert check.stdout.text == "{c}={t} {d}={t}\n"
+
+
+async def test_arguments_in_a_multi_statement_body_need_batch_mode(primary: PostgresExecutor) -> None:
+    result = await run(primary, "select :a; select :a", {"a": "1"})
+    assert result.rc == 1 and "batchMode" in result.stderr.text
+
+
+async def test_sql_errors_are_rc_1_with_sqlstate(primary: PostgresExecutor) -> None:
+    result = await run(primary, "select * from no_such_table")
+    assert result.state is CommandState.FAILED and result.rc == 1
+    assert result.error is not None and result.error.startswith("ERROR 42P01")
+
+
+async def test_the_session_survives_an_error_and_is_reused(primary: PostgresExecutor) -> None:
+    first = await run(primary, "select pg_backend_pid() as pid")
+    await run(primary, "select 1/0")
+    second = await run(primary, "select pg_backend_pid() as pid")
+    assert first.stdout.text == second.stdout.text
+
+
+async def test_application_name_identifies_the_job(primary: PostgresExecutor) -> None:
+    result = await run(primary, "select current_setting('application_name') as app")
+    assert result.stdout.text == "{app}={pgquartz/test}\n"
+
+
+async def test_a_standby_only_command_is_skipped_on_the_primary(pg_cluster: PgCluster) -> None:
+    executor = executor_for(pg_cluster.primary.params)
+    try:
+        skipped = await run(executor, "select 1", role="standby")
+        ran = await run(executor, "select 1 as one", role="primary")
+    finally:
+        await executor.aclose()
+    assert skipped.state is CommandState.SKIPPED and skipped.rc == 0
+    assert skipped.error == "expects a standby, 'pg' reaches a primary"
+    assert ran.stdout.text == "{one}={1}\n"
+
+
+async def test_roles_are_detected(pg_cluster: PgCluster) -> None:
+    for server, role in ((pg_cluster.primary, "primary"), (pg_cluster.standby, "standby")):
+        executor = executor_for(server.params)
+        try:
+            assert await executor.role() == role
+        finally:
+            await executor.aclose()
+
+
+async def test_parallel_commands_get_their_own_sessions_up_to_the_limit(pg_cluster: PgCluster) -> None:
+    executor = executor_for(pg_cluster.primary.params, sessions=3)
+    try:
+        results = await asyncio.gather(
+            *(run(executor, "select pg_backend_pid() as p, pg_sleep(0.3)") for _ in range(6))
+        )
+    finally:
+        await executor.aclose()
+    pids = {result.stdout.text.split()[0] for result in results}
+    assert len(pids) == 3
+
+
+async def test_cancelling_a_query_cancels_it_on_the_server(pg_cluster: PgCluster) -> None:
+    executor = executor_for(pg_cluster.primary.params)
+    marker = f"cancel-{uuid.uuid4().hex}"
+    task = asyncio.ensure_future(run(executor, f'select pg_sleep(60) as "{marker}"'))
+    await asyncio.sleep(0.5)
+    query = "select count(*) from pg_stat_activity where query like %s and pid <> pg_backend_pid()"
+    assert pg_cluster.primary.query(query, (f"%{marker}%",))[0][0] == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if pg_cluster.primary.query(query, (f"%{marker}%",))[0][0] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert pg_cluster.primary.query(query, (f"%{marker}%",))[0][0] == 0
+    await executor.aclose()
+
+
+async def test_unreachable_server_is_a_clear_command_error(tmp_path: object) -> None:
+    executor = executor_for({"host": "/nonexistent/socket/dir", "port": "5999", "user": "postgres"})
+    result = await run(executor, "select 1")
+    assert result.state is CommandState.FAILED and result.rc == 1
+    assert result.error is not None and result.error.startswith("cannot connect to 'pg'")
+    assert "Traceback" not in result.stderr.text
