@@ -88,6 +88,7 @@ def load_text(text: str, *, path: pathlib.Path) -> LoadedJob:
     plan, plan_problems = graph.build(job)
     problems += plan_problems
     problems += _command_problems(job, workdir)
+    problems += _connection_problems(job)
     if problems or plan is None:
         raise _located(problems, marked, shown)
     return LoadedJob(path=path, name=job_name(path), job=job, plan=plan, workdir=workdir)
@@ -127,6 +128,26 @@ def _command_problems(job: Job, workdir: pathlib.Path) -> list[Problem]:
             problem = _file_problem(resolve_file(command.file, workdir), shell=command.is_shell)
             if problem:
                 problems.append(Problem((*path, "file"), problem))
+    return problems
+
+
+def _connection_problems(job: Job) -> list[Problem]:
+    """``conn_params`` keys must be libpq keywords (a typo would otherwise fail only at connect)."""
+    if not job.connections:
+        return []
+    import difflib
+
+    import psycopg.pq  # only jobs with connections pay for importing the driver
+
+    keywords = sorted(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
+    problems = []
+    for name, connection in job.connections.items():
+        for key in connection.conn_params:
+            if key not in keywords:
+                close = difflib.get_close_matches(key, keywords, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else " (see libpq's connection keywords)"
+                path = ("connections", name, "conn_params", key)
+                problems.append(Problem(path, f"{key!r} is not a libpq connection keyword{hint}"))
     return problems
 
 

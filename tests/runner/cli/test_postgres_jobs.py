@@ -26,8 +26,14 @@ def database(pg_cluster: PgCluster) -> Iterator[str]:
     pg_cluster.primary.query(f"drop database if exists {name} with (force)")
 
 
-def connections(cluster: PgCluster, database: str, *, primary_role: str = "primary",
-                standby_role: str = "standby", extra: str = "") -> str:
+def connections(
+    cluster: PgCluster,
+    database: str,
+    *,
+    primary_role: str = "primary",
+    standby_role: str = "standby",
+    extra: str = "",
+) -> str:
     p, s = cluster.primary, cluster.standby
     return f"""
 connections:
@@ -44,7 +50,8 @@ connections:
 def test_the_manuals_commands_and_checks_examples_run_unchanged(
     write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster, database: str
 ) -> None:
-    write_job(f"""
+    write_job(
+        """
         steps:
           step 1:
             commands:
@@ -61,7 +68,7 @@ def test_the_manuals_commands_and_checks_examples_run_unchanged(
             commands:
               - name: Run step 2.1
                 type: shell
-                inline: 'touch "${{PGQ_INSTANCE_ARG1}}_${{PGQ_INSTANCE_ARG2}}"'
+                inline: 'touch "${PGQ_INSTANCE_ARG1}_${PGQ_INSTANCE_ARG2}"'
               - name: Run step 2.2
                 type: pg
                 inline: insert into t1 (id, txt) values(:arg1::integer, :arg2)
@@ -75,22 +82,29 @@ def test_the_manuals_commands_and_checks_examples_run_unchanged(
           - name: Tables exist
             type: pg
             inline: "select * from pg_tables where schemaname='public' and tablename = :tblname"
-            expected: "{{tablename}}="
+            expected: "{tablename}="
             matrix:
               tblname: [t1, t2]
         parallel: 6
-        """ + connections(pg_cluster, database).replace("\n", "\n        "))
+        """
+        + connections(pg_cluster, database).replace("\n", "\n        ")
+    )
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = pg_cluster.primary.connect(dbname=database).execute(
-        "select id, txt from t1 order by id, txt").fetchall()
+    rows = (
+        pg_cluster.primary.connect(dbname=database)
+        .execute("select id, txt from t1 order by id, txt")
+        .fetchall()
+    )
     assert rows == [(1, "A"), (1, "B"), (1, "C"), (2, "A"), (2, "B"), (2, "C")]
     assert sorted(p.name for p in tmp_path.glob("?_?")) == ["1_A", "1_B", "1_C", "2_A", "2_B", "2_C"]
 
 
-def test_when_rules_read_query_output(write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster,
-                                      database: str) -> None:
-    write_job(f"""
+def test_when_rules_read_query_output(
+    write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster, database: str
+) -> None:
+    write_job(
+        f"""
         steps:
           step 2:
             commands:
@@ -103,23 +117,36 @@ def test_when_rules_read_query_output(write_job: Write, tmp_path: pathlib.Path, 
             when:
               - '.Steps["step 2"].Instances.StdOut.Contains "{{datname}}={{nosuchdb}}"'
             commands: [{{inline: touch wrong}}]
-        """ + connections(pg_cluster, database).replace("\n", "\n        "))
+        """
+        + connections(pg_cluster, database).replace("\n", "\n        ")
+    )
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "found").exists() and not (tmp_path / "wrong").exists()
 
 
-@pytest.mark.parametrize(("primary_role", "standby_role", "culprit"),
-                         [("standby", "standby", "pg"), ("primary", "primary", "standby")])
+@pytest.mark.parametrize(
+    ("primary_role", "standby_role", "culprit"),
+    [("standby", "standby", "pg"), ("primary", "primary", "standby")],
+)
 def test_a_role_mismatch_stops_the_job_before_anything_runs(
-    write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster, database: str,
-    primary_role: str, standby_role: str, culprit: str,
+    write_job: Write,
+    tmp_path: pathlib.Path,
+    pg_cluster: PgCluster,
+    database: str,
+    primary_role: str,
+    standby_role: str,
+    culprit: str,
 ) -> None:
-    write_job("""
+    write_job(
+        """
         steps:
           s: {commands: [{inline: touch ran}]}
-        """ + connections(pg_cluster, database, primary_role=primary_role,
-                          standby_role=standby_role).replace("\n", "\n        "))
+        """
+        + connections(pg_cluster, database, primary_role=primary_role, standby_role=standby_role).replace(
+            "\n", "\n        "
+        )
+    )
     result = run_pgquartz("-c", "job.yml", "--summary-file", "summary.json", cwd=tmp_path)
     assert result.returncode == 3
     wrong = "primary" if culprit == "standby" else "standby"
@@ -132,7 +159,8 @@ def test_a_role_mismatch_stops_the_job_before_anything_runs(
 def test_run_on_role_error_skips_commands_and_checks_against_the_wrong_server(
     write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster, database: str
 ) -> None:
-    write_job("""
+    write_job(
+        """
         runOnRoleError: true
         steps:
           s:
@@ -144,22 +172,28 @@ def test_run_on_role_error_skips_commands_and_checks_against_the_wrong_server(
               - {type: standby, role: all, inline: "select 1 as one"}
         checks:
           - {name: skipped check, type: pg, inline: "select 1/0"}
-        """ + connections(pg_cluster, database, primary_role="standby").replace("\n", "\n        "))
+        """
+        + connections(pg_cluster, database, primary_role="standby").replace("\n", "\n        ")
+    )
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "connection 'pg' expects a standby but reaches a primary" in result.stderr
     assert "its commands will be skipped" in result.stderr
     assert "skipped: expects a standby, 'pg' reaches a primary" in result.stdout
     assert (tmp_path / "shell-ran").exists()  # a skipped command does not fail the instance
-    tables = pg_cluster.primary.connect(dbname=database).execute(
-        "select to_regclass('should_not_exist')").fetchone()
+    tables = (
+        pg_cluster.primary.connect(dbname=database)
+        .execute("select to_regclass('should_not_exist')")
+        .fetchone()
+    )
     assert tables == (None,)
 
 
 def test_standby_only_commands_run_only_on_the_standby(
     write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster, database: str
 ) -> None:
-    write_job("""
+    write_job(
+        """
         steps:
           s:
             matrix: {server: [pg, standby]}
@@ -171,8 +205,11 @@ def test_standby_only_commands_run_only_on_the_standby(
               - '.Steps["s"].Instances.StdOut.Contains "{standby}={t}"'
               - 'not ("ran on pg" in steps["s"].stdout)'
             commands: [{inline: touch as-expected}]
-        """ + connections(pg_cluster, database, primary_role="all",
-                          standby_role="all").replace("\n", "\n        "))
+        """
+        + connections(pg_cluster, database, primary_role="all", standby_role="all").replace(
+            "\n", "\n        "
+        )
+    )
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "as-expected").exists()
@@ -182,17 +219,22 @@ def test_timeout_cancels_a_running_query_on_the_server(
     write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster, database: str
 ) -> None:
     marker = f"sleeper_{uuid.uuid4().hex[:8]}"
-    write_job(f"""
+    write_job(
+        f"""
         timeout: 1s
         steps:
           s: {{commands: [{{type: pg, inline: 'select pg_sleep(60) as {marker}'}}]}}
-        """ + connections(pg_cluster, database).replace("\n", "\n        "))
+        """
+        + connections(pg_cluster, database).replace("\n", "\n        ")
+    )
     started = time.monotonic()
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 1 and time.monotonic() - started < 15
     assert "timeout" in result.stderr
-    active = pg_cluster.primary.query("select count(*) from pg_stat_activity where query like %s"
-                                      " and pid <> pg_backend_pid()", (f"%{marker}%",))
+    active = pg_cluster.primary.query(
+        "select count(*) from pg_stat_activity where query like %s and pid <> pg_backend_pid()",
+        (f"%{marker}%",),
+    )
     assert active == [(0,)]
 
 
@@ -200,14 +242,20 @@ def test_sigterm_cancels_a_running_query_and_closes_the_session(
     write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster, database: str
 ) -> None:
     marker = f"sleeper_{uuid.uuid4().hex[:8]}"
-    write_job(f"""
+    write_job(
+        f"""
         steps:
           s: {{commands: [{{type: pg, inline: 'select pg_sleep(60) as {marker}'}}]}}
-        """ + connections(pg_cluster, database).replace("\n", "\n        "))
-    process = subprocess.Popen([*PGQUARTZ, "-c", "job.yml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    query = ("select count(*) from pg_stat_activity where application_name = 'pgquartz/job'"
-             " and pid <> pg_backend_pid()")
+        """
+        + connections(pg_cluster, database).replace("\n", "\n        ")
+    )
+    process = subprocess.Popen(
+        [*PGQUARTZ, "-c", "job.yml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    query = (
+        "select count(*) from pg_stat_activity where application_name = 'pgquartz/job'"
+        " and pid <> pg_backend_pid()"
+    )
     deadline = time.monotonic() + 15
     while pg_cluster.primary.query(query) == [(0,)] and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -221,22 +269,26 @@ def test_sigterm_cancels_a_running_query_and_closes_the_session(
 def test_a_server_restarted_mid_job_fails_one_command_and_later_ones_reconnect(
     write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster, database: str
 ) -> None:
-    write_job(f"""
+    write_job(
+        """
         steps:
           before:
-            commands: [{{type: pg, inline: "create table r (step text)"}}]
+            commands: [{type: pg, inline: "create table r (step text)"}]
           restart:
             depends: [before]
             commands:
-              - {{type: pg, inline: "insert into r values ('before restart')"}}
-              - {{inline: "touch restart-now; while [ ! -f restarted ]; do sleep 0.05; done"}}
-              - {{type: pg, inline: "insert into r values ('on the dead session')"}}
+              - {type: pg, inline: "insert into r values ('before restart')"}
+              - {inline: "touch restart-now; while [ ! -f restarted ]; do sleep 0.05; done"}
+              - {type: pg, inline: "insert into r values ('on the dead session')"}
           after:
             depends: [restart]
-            commands: [{{type: pg, inline: "insert into r values ('after restart')"}}]
-        """ + connections(pg_cluster, database).replace("\n", "\n        "))
-    process = subprocess.Popen([*PGQUARTZ, "-c", "job.yml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+            commands: [{type: pg, inline: "insert into r values ('after restart')"}]
+        """
+        + connections(pg_cluster, database).replace("\n", "\n        ")
+    )
+    process = subprocess.Popen(
+        [*PGQUARTZ, "-c", "job.yml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 20
         while not (tmp_path / "restart-now").exists() and time.monotonic() < deadline:
@@ -304,16 +356,18 @@ def test_a_wrong_password_is_a_clear_error_that_never_prints_it(
     user, _ = password_user
     wrong = f"wrong-{uuid.uuid4().hex}"
     write_job(password_job(pg_cluster, user, "passwordEnv: MAINT_PASSWORD"))
-    result = run_pgquartz("-c", "job.yml", "-d", "--log-format", "json", cwd=tmp_path,
-                          env={"MAINT_PASSWORD": wrong})
+    result = run_pgquartz(
+        "-c", "job.yml", "-d", "--log-format", "json", cwd=tmp_path, env={"MAINT_PASSWORD": wrong}
+    )
     assert result.returncode == 1
     assert "password authentication failed" in result.stdout
     assert wrong not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_a_missing_password_variable_is_reported(write_job: Write, tmp_path: pathlib.Path,
-                                                 pg_cluster: PgCluster) -> None:
+def test_a_missing_password_variable_is_reported(
+    write_job: Write, tmp_path: pathlib.Path, pg_cluster: PgCluster
+) -> None:
     write_job(password_job(pg_cluster, "postgres", "passwordEnv: PGQ_TEST_UNSET_VARIABLE"))
     env = {key: value for key, value in os.environ.items() if key != "PGQ_TEST_UNSET_VARIABLE"}
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path, env=env)

@@ -213,3 +213,35 @@ def test_yaml_anchors_and_merge_keys_work(load_job: Callable[..., loader.LoadedJ
     )
     assert loaded.job.steps["b"].matrix == {"n": ["1", "2"]}
     assert loaded.plan.steps["b"].depends == ("a",)
+
+
+def test_connection_parameters_must_be_libpq_keywords(write_job: Callable[..., pathlib.Path]) -> None:
+    problems = problems_of(
+        write_job,
+        """
+        connections:
+          pg:
+            conn_params: {hots: /tmp, port: 5432, dbname: app, target_session_attrs: read-write}
+        steps:
+          a: {commands: [{type: pg, inline: select 1}]}
+        """,
+    )
+    assert len(problems) == 1
+    assert "job.yml:3:19: connections.pg.conn_params.hots: 'hots' is not a libpq" in problems[0]
+    assert "(did you mean 'host'?)" in problems[0]
+
+
+def test_one_password_source_per_connection(write_job: Callable[..., pathlib.Path]) -> None:
+    [problem] = problems_of(
+        write_job,
+        """
+        connections:
+          pg:
+            conn_params: {host: /tmp, password: secret}
+            passwordEnv: PGPASS
+        steps:
+          a: {commands: [{type: pg, inline: select 1}]}
+        """,
+    )
+    assert "give the password one way, not conn_params.password and passwordEnv" in problem
+    assert "secret" not in problem
