@@ -6,6 +6,7 @@ import pathlib
 import shutil
 
 from tests.conftest import run_pgquartz
+from tests.support.pgcluster import PgCluster
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
@@ -44,3 +45,31 @@ def test_every_example_has_a_readme_and_valid_job_files() -> None:
         for job in example.glob("*.yml"):
             result = run_pgquartz("validate", str(job), cwd=example)
             assert result.returncode == 0, result.stderr
+
+
+def test_02_primary_and_standby_runs_with_roles_and_parameters(
+    tmp_path: pathlib.Path, pg_cluster: PgCluster
+) -> None:
+    workdir = tmp_path / "example"
+    shutil.copytree(EXAMPLES / "02-primary-and-standby", workdir)
+    services = pg_cluster.write_service_file(tmp_path / "pg_service.conf")
+    result = run_pgquartz("-c", "maintenance.yml", cwd=workdir, env={"PGSERVICEFILE": str(services)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "'only on a primary' skipped: expects a primary, 'node' reaches a standby" in result.stdout
+    assert "step 'report' done" in result.stdout
+    rows = pg_cluster.primary.query("select tbl from maintenance_audit order by tbl")
+    assert [row[0] for row in rows] == ["customers'); DROP TABLE maintenance_audit; --", "invoices", "orders"]
+
+
+def test_02_refuses_to_run_when_the_servers_are_swapped(
+    tmp_path: pathlib.Path, pg_cluster: PgCluster
+) -> None:
+    workdir = tmp_path / "example"
+    shutil.copytree(EXAMPLES / "02-primary-and-standby", workdir)
+    services = pg_cluster.write_service_file(tmp_path / "pg_service.conf")
+    text = services.read_text()
+    swapped = text.replace("pgquartz-primary", "X").replace("pgquartz-standby", "pgquartz-primary")
+    services.write_text(swapped.replace("X", "pgquartz-standby"))
+    result = run_pgquartz("-c", "maintenance.yml", cwd=workdir, env={"PGSERVICEFILE": str(services)})
+    assert result.returncode == 3
+    assert "connection 'primary' expects a primary but reaches a standby" in result.stderr

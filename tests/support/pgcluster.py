@@ -145,6 +145,15 @@ class PgCluster:
     primary: PgServer
     standby: PgServer
 
+    def write_service_file(self, path: pathlib.Path) -> pathlib.Path:
+        """A pg_service.conf naming the servers ``pgquartz-primary`` and ``pgquartz-standby``."""
+        sections = []
+        for server in (self.primary, self.standby):
+            params = "".join(f"{key}={value}\n" for key, value in server.params.items())
+            sections.append(f"[pgquartz-{server.name}]\n{params}")
+        path.write_text("\n".join(sections))
+        return path
+
     def wait_replicated(self, timeout: float = 30) -> None:
         """Until the standby has replayed everything the primary has written so far."""
         target = self.primary.query("select pg_current_wal_lsn()::text")[0][0]
