@@ -99,7 +99,8 @@ def demo() -> None:
 
 
 def bench(extra: list[str]) -> None:
-    run(BIN / "python", "bench/run.py", *extra)
+    # bench/ starts PostgreSQL with tests/support (safe on sys.path: see operator/README.md)
+    run(BIN / "python", "bench/run.py", *extra, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ Benchmarks (targets from the issues; figures are min/median over the runs):
 - memory: the runner's peak RSS while one command prints 200 MB, against the same runner running
   a command that prints nothing. Target < 150 MB.
 - startup: ``pgquartz validate`` cold start, against ``python -c pass`` and ``pgquartz -v``.
+- sql: 10 000 one-row statements as separate commands in one job over one connection, against
+  ``psql -X -q -f`` running the same statements over the same socket. Target ≤ 1.2×. Then a matrix
+  of 1000 instances of one query at ``parallel: 8``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ PGQUARTZ = [PYTHON, "-m", "pgquartz.runner"]
 COMMANDS = 1000
 INSTANCES = 1000
 SMALL = 250
+STATEMENTS = 10_000
 LINE = "echo x > /dev/null"
 
 
@@ -212,11 +216,68 @@ def bench_startup(work: pathlib.Path, runs: int) -> None:
     print(f"{'':<10} pgquartz -v: min {version[0]:.3f}s median {version[1]:.3f}s")
 
 
+def bench_sql(work: pathlib.Path, runs: int) -> None:
+    """10 000 one-row statements as separate commands over one connection, against psql -f."""
+    from tests.support.pgcluster import bin_dir, running_cluster
+
+    with running_cluster() as cluster:
+        params = cluster.primary.params
+        connection = (
+            f"connections:\n  pg: {{conn_params: {{host: '{params['host']}', port: {params['port']},"
+            f" user: postgres, dbname: postgres}}}}\n"
+        )
+        timings: Timings = {}
+        for count in (SMALL, SMALL + STATEMENTS, STATEMENTS):
+            script = work / f"statements-{count}.sql"
+            script.write_text("".join(f"select {i} as n;\n" for i in range(count)))
+            job = work / f"statements-{count}.yml"
+            commands = "\n".join(f"      - {{type: pg, inline: 'select {i} as n'}}" for i in range(count))
+            job.write_text(f"git: {{disable: true}}\n{connection}steps:\n  s:\n    commands:\n{commands}\n")
+            psql = [
+                str(bin_dir() / "psql"),
+                "-X",
+                "-q",
+                "-h",
+                params["host"],
+                "-p",
+                params["port"],
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-f",
+                str(script),
+            ]
+            timings[count] = measure_pair(
+                runs,
+                lambda job=job: timed([*PGQUARTZ, "-c", str(job)], work),  # type: ignore[misc]
+                lambda psql=psql: timed(psql, work),  # type: ignore[misc]
+            )
+        ours, base = timings[STATEMENTS]
+        report(
+            "sql", ours=ours, base=base, baseline=f"psql -f x{STATEMENTS}", target="(total, target <= 1.2x)"
+        )
+        report_marginal("statement", timings, STATEMENTS, baseline="psql", target="")
+
+        values = ", ".join(str(i) for i in range(INSTANCES))
+        job = work / "sql-matrix.yml"
+        job.write_text(
+            f"git: {{disable: true}}\nparallel: 8\n{connection}steps:\n  s:\n    matrix: {{n: [{values}]}}\n"
+            "    commands:\n      - {type: pg, inline: 'select :n::int * 2 as doubled'}\n"
+        )
+        matrix = measure(runs, lambda: timed([*PGQUARTZ, "-c", str(job)], work))
+        print(
+            f"{'sql-matrix':<10} {INSTANCES} instances of one query at parallel 8: min {matrix[0]:.3f}s"
+            f" median {matrix[1]:.3f}s ({matrix[1] / INSTANCES * 1000:.2f} ms per instance)"
+        )
+
+
 BENCHMARKS = {
     "commands": bench_commands,
     "matrix": bench_matrix,
     "memory": bench_memory,
     "startup": bench_startup,
+    "sql": bench_sql,
 }
 
 

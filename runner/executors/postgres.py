@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import os
 import pathlib
 import time
@@ -136,7 +137,9 @@ class PostgresExecutor:
             await self._discard(session)
         try:
             conninfo = psycopg.conninfo.make_conninfo("", **self._params())
-            session = await psycopg.AsyncConnection.connect(conninfo, autocommit=True, context=_ADAPTERS)
+            session = await psycopg.AsyncConnection.connect(
+                conninfo, autocommit=True, context=_ADAPTERS, prepare_threshold=None
+            )
         except psycopg.Error as error:
             raise ConnectionFailed(
                 self._scrub(f"cannot connect to {self.name!r}: {_message(error)}")
@@ -238,12 +241,12 @@ class PostgresExecutor:
         args: Mapping[str, str],
         out: BoundedCapture,
     ) -> None:
-        statements = sqltext.split_statements(body)
+        statements = _statements(body)
         if command.batch_mode:
             for statement in statements:
                 await self._run_statement(session, statement, args, out)
         elif len(statements) > 1:
-            query, params = sqltext.bind_named(body, args)
+            query, params = _bind(body, args)
             if params:
                 raise psycopg.ProgrammingError(
                     "a body with several statements cannot take :arguments; set batchMode: true to run them"
@@ -262,7 +265,7 @@ class PostgresExecutor:
         args: Mapping[str, str],
         out: BoundedCapture,
     ) -> None:
-        query, params = sqltext.bind_named(statement, args)
+        query, params = _bind(statement, args)
         cursor = psycopg.AsyncRawCursor(session)
         await cursor.execute(query, params or None)
         await _render_results(cursor, out)
@@ -273,11 +276,32 @@ async def _render_results(cursor: psycopg.AsyncCursor[Any], out: BoundedCapture)
     while True:
         if cursor.description is not None:
             names = [column.name for column in cursor.description]
-            while rows := await cursor.fetchmany(_FETCH_BATCH):
+            while True:
+                rows = await cursor.fetchmany(_FETCH_BATCH)
                 for row in rows:
                     out.feed(_render(names, row))
+                if len(rows) < _FETCH_BATCH:
+                    break
         if not cursor.nextset():
             return
+
+
+@functools.lru_cache(maxsize=4096)
+def _statements(body: str) -> list[str]:
+    """Parsed once per distinct body: a matrix runs the same command many times."""
+    return sqltext.split_statements(body)
+
+
+def _bind(statement: str, args: Mapping[str, str]) -> tuple[str, list[str]]:
+    query, names = _bind_names(statement, tuple(args))
+    return query, [args[name] for name in names]
+
+
+@functools.lru_cache(maxsize=4096)
+def _bind_names(statement: str, names: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """The query with ``$n`` placeholders and the argument names in parameter order."""
+    query, order = sqltext.bind_named(statement, {name: name for name in names})
+    return query, tuple(order)
 
 
 def _render(names: list[str], row: Any) -> bytes:

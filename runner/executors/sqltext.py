@@ -134,6 +134,9 @@ def bind_named(sql: str, args: Mapping[str, str]) -> tuple[str, list[str]]:
 
 def split_statements(sql: str) -> list[str]:
     """Split on the ``;`` that end statements; drop empty ones (blank or only comments)."""
+    if ";" not in sql and "--" not in sql and "/*" not in sql:  # the common one-statement command
+        stripped = sql.strip()
+        return [stripped] if stripped else []
     statements: list[str] = []
     position = 0
     atomic_depth = 0

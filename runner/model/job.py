@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import re
 from typing import Annotated, Any
 
@@ -127,7 +128,7 @@ class Command(_Frozen):
     def is_shell(self) -> bool:
         return self.type == SHELL
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
         """A name for reports: the command's name, or the start of its body."""
         if self.name:
