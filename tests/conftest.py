@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
 
 import psutil
@@ -75,3 +76,12 @@ def pg_cluster() -> Iterator[PgCluster]:
     """A real PostgreSQL primary and streaming standby for the whole test session."""
     with running_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def database(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh database on the primary (replicated to the standby), dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pg_cluster.primary.query(f"create database {name}")
+    yield name
+    pg_cluster.primary.query(f"drop database if exists {name} with (force)")

@@ -11,9 +11,14 @@ from tests.support.pgcluster import PgCluster
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
 
-def test_01_shell_matrix_runs_and_writes_what_its_readme_says(tmp_path: pathlib.Path) -> None:
+def copy_example(name: str, tmp_path: pathlib.Path) -> pathlib.Path:
     workdir = tmp_path / "example"
-    shutil.copytree(EXAMPLES / "01-shell-matrix", workdir)
+    shutil.copytree(EXAMPLES / name, workdir)
+    return workdir
+
+
+def test_01_shell_matrix_runs_and_writes_what_its_readme_says(tmp_path: pathlib.Path) -> None:
+    workdir = copy_example("01-shell-matrix", tmp_path)
     result = run_pgquartz("-c", "nightly-archive.yml", cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     csvs = sorted(path.name for path in (workdir / "out").glob("*.csv"))
@@ -25,8 +30,7 @@ def test_01_shell_matrix_runs_and_writes_what_its_readme_says(tmp_path: pathlib.
 
 
 def test_01_alerts_instead_of_reporting_when_an_archive_fails(tmp_path: pathlib.Path) -> None:
-    workdir = tmp_path / "example"
-    shutil.copytree(EXAMPLES / "01-shell-matrix", workdir)
+    workdir = copy_example("01-shell-matrix", tmp_path)
     script = workdir / "scripts" / "archive.sh"
     script.write_text(
         script.read_text().replace(
@@ -50,8 +54,7 @@ def test_every_example_has_a_readme_and_valid_job_files() -> None:
 def test_02_primary_and_standby_runs_with_roles_and_parameters(
     tmp_path: pathlib.Path, pg_cluster: PgCluster
 ) -> None:
-    workdir = tmp_path / "example"
-    shutil.copytree(EXAMPLES / "02-primary-and-standby", workdir)
+    workdir = copy_example("02-primary-and-standby", tmp_path)
     services = pg_cluster.write_service_file(tmp_path / "pg_service.conf")
     result = run_pgquartz("-c", "maintenance.yml", cwd=workdir, env={"PGSERVICEFILE": str(services)})
     assert result.returncode == 0, result.stdout + result.stderr

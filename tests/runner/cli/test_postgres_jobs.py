@@ -18,14 +18,6 @@ from tests.support.pgcluster import PgCluster
 Write = Callable[..., pathlib.Path]
 
 
-@pytest.fixture
-def database(pg_cluster: PgCluster) -> Iterator[str]:
-    name = f"j_{uuid.uuid4().hex[:12]}"
-    pg_cluster.primary.query(f"create database {name}")
-    yield name
-    pg_cluster.primary.query(f"drop database if exists {name} with (force)")
-
-
 def connections(
     cluster: PgCluster,
     database: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,14 +12,6 @@ from pgquartz.runner.executors.postgres import PostgresExecutor
 from pgquartz.runner.model import Command, Connection
 from pgquartz.runner.model.results import CommandState
 from tests.support.pgcluster import PgCluster
-
-
-@pytest.fixture
-def database(pg_cluster: PgCluster) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pg_cluster.primary.query(f"create database {name}")
-    yield name
-    pg_cluster.primary.query(f"drop database if exists {name} with (force)")
 
 
 def executor_for(params: dict[str, str], *, role: str = "all", sessions: int = 1) -> PostgresExecutor:
