@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from pgquartz.runner import loader
+from tests.support.etcdcluster import EtcdCluster, running_etcd
 from tests.support.pgcluster import PgCluster, running_cluster
 
 PGQUARTZ = [sys.executable, "-m", "pgquartz.runner"]
@@ -85,3 +86,10 @@ def database(pg_cluster: PgCluster) -> Iterator[str]:
     pg_cluster.primary.query(f"create database {name}")
     yield name
     pg_cluster.primary.query(f"drop database if exists {name} with (force)")
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[EtcdCluster]:
+    """A single-member etcd for the whole test session."""
+    with running_etcd(1) as cluster:
+        yield cluster

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import pathlib
 import re
@@ -73,14 +74,6 @@ def main(args: argparse.Namespace, path: str) -> int:
                 except JobFileError as error:
                     inspect.report_problems(error)
                     return ExitCode.INVALID_JOB
-    if loaded.job.etcd_config is not None:
-        # Running a job that asks for the lock without it could run it on every node at once.
-        print(
-            "pgquartz: this job sets etcdConfig, and this version of pgquartz cannot take the etcd lock"
-            " yet; refusing to run it unlocked",
-            file=sys.stderr,
-        )
-        return ExitCode.LOCK_NOT_ACQUIRED
     debug = bool(args.debug or loaded.job.debug)
     fanout = report.Fanout([_reporter(args.log_format, debug)])
     with contextlib.ExitStack() as stack:
@@ -161,11 +154,23 @@ async def _run(
             for name, connection in loaded.job.connections.items()
         }
     dispatcher = Dispatcher(workdir=loaded.workdir, shell=shell, connections=connections)
+    steps_guard: engine.StepsGuard = engine.no_guard
+    if loaded.job.etcd_config is not None:
+        from pgquartz.runner.lock import guard  # the etcd client only for jobs that lock
+
+        steps_guard = functools.partial(
+            guard.hold,
+            loaded.job.etcd_config,
+            job_name=loaded.name,
+            stop_budget=kill_grace + 1.0,
+            on_waiting=lambda message: record(events.Notice(level="info", message=message)),
+        )
     try:
         return await engine.run(
             loaded,
             dispatcher=dispatcher,
             emit=record,
+            steps_guard=steps_guard,
             debug=debug,
             cancelled_outcome=lambda: _signal_outcome(received),
         )

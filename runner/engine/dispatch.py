@@ -46,6 +46,14 @@ class Dispatcher:
         self._connections = dict(connections or {})
         self.run_env: dict[str, str] = {}
         """Variables every shell command gets for the rest of the run (e.g. ``PGQ_LOCK_REVISION``)."""
+        self.run_args: dict[str, str] = {}
+        """Named arguments every SQL command gets (``:lock_revision``)."""
+
+    def use_run_variables(self, variables: Mapping[str, str]) -> None:
+        """Give commands run-wide variables: to shell as environment, the fencing token to SQL."""
+        self.run_env.update(variables)
+        if "PGQ_LOCK_REVISION" in variables:
+            self.run_args["lock_revision"] = variables["PGQ_LOCK_REVISION"]
 
     @property
     def connections(self) -> Mapping[str, ConnectionExecutor]:
@@ -75,7 +83,7 @@ class Dispatcher:
             body = command.inline if command.inline is not None else self.file_of(command).read_text()
         except OSError as error:
             return _failed(command, f"cannot read {command.file}: {error}")
-        return await executor.run(command, body=body, args=args)
+        return await executor.run(command, body=body, args={**args, **self.run_args})
 
 
 def _failed(command: Command, error: str) -> CommandResult:

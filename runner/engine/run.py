@@ -36,6 +36,7 @@ from pgquartz.runner.engine import events, roles
 from pgquartz.runner.engine.dispatch import Dispatcher
 from pgquartz.runner.engine.summary import Outcome, StepSummary, Summary
 from pgquartz.runner.loader import LoadedJob
+from pgquartz.runner.lock import errors as lock_errors
 from pgquartz.runner.model.job import Command, Job
 from pgquartz.runner.model.results import CommandResult, CommandState, InstanceResult, StepState
 from pgquartz.runner.plan import matrix
@@ -87,23 +88,34 @@ async def run(
     )
     steps = _Steps(loaded, dispatcher, emit, debug or job.debug)
     outcome, message, failed_check = Outcome.SUCCEEDED, "", None
+    guard_entered = False
     try:
         async with asyncio.timeout(timeout):
             try:
                 async with steps_guard() as guard_env:
+                    guard_entered = True
                     # Roles are checked once the lock is held: a failover while waiting counts.
                     await _check_roles(job, dispatcher, emit)
-                    dispatcher.run_env.update(guard_env)
+                    dispatcher.use_run_variables(guard_env)
                     await steps.run()
             except GuardFailed as failure:
                 outcome, message = failure.outcome, str(failure)
+            except lock_errors.LockNotAcquired as failure:
+                outcome, message = Outcome.LOCK_NOT_ACQUIRED, str(failure)
+            except lock_errors.LockLost as failure:
+                outcome = Outcome.LOCK_LOST
+                message = f"lost the etcd lock while steps ran: {failure}; every running command was stopped"
             if outcome is Outcome.SUCCEEDED:
                 failed_check = await _run_checks(loaded, dispatcher, emit, debug or job.debug)
                 if failed_check is not None:
                     outcome, message = Outcome.CHECK_FAILED, f"check failed: {failed_check}"
     except TimeoutError:
-        outcome = Outcome.TIMED_OUT
-        message = f"timeout of {job.timeout} expired; every running command was stopped"
+        if guard_entered:
+            outcome = Outcome.TIMED_OUT
+            message = f"timeout of {job.timeout} expired; every running command was stopped"
+        else:
+            outcome = Outcome.LOCK_NOT_ACQUIRED
+            message = f"the lock was not acquired within the timeout of {job.timeout}; nothing ran"
     except asyncio.CancelledError:
         outcome = cancelled_outcome()
         emit(

@@ -230,6 +230,35 @@ class EtcdConfig(_Frozen):
         ),
     )
 
+    username: str | None = pydantic.Field(default=None, description="etcd user (with a password).")
+    password_file: str | None = pydantic.Field(
+        default=None, alias="passwordFile", description="Read the etcd user's password from this file."
+    )
+    password_env: str | None = pydantic.Field(
+        default=None, alias="passwordEnv", description="Read the etcd user's password from this variable."
+    )
+    ca_file: str | None = pydantic.Field(
+        default=None, alias="caFile", description="CA bundle to verify etcd's TLS certificate (enables TLS)."
+    )
+    cert_file: str | None = pydantic.Field(
+        default=None, alias="certFile", description="Client certificate for TLS client authentication."
+    )
+    key_file: str | None = pydantic.Field(
+        default=None, alias="keyFile", description="Private key of the client certificate."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _consistent_security(self) -> EtcdConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give the etcd password one way: passwordFile or passwordEnv")
+        if (self.password_file or self.password_env) and not self.username:
+            raise ValueError("an etcd password needs a username")
+        if self.username and not (self.password_file or self.password_env):
+            raise ValueError("an etcd username needs passwordFile or passwordEnv")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("certFile and keyFile go together")
+        return self
+
     @pydantic.field_validator("lock_timeout")
     @classmethod
     def _positive_ttl(cls, value: datetime.timedelta) -> datetime.timedelta:

@@ -251,14 +251,3 @@ def test_max_output_bounds_what_is_kept(write_job: Write, tmp_path: pathlib.Path
 
 def test_bad_command_line_exits_2(tmp_path: pathlib.Path) -> None:
     assert run_pgquartz("--no-such-flag", cwd=tmp_path).returncode == 2
-
-
-def test_a_job_that_asks_for_the_lock_never_runs_unlocked(write_job: Write, tmp_path: pathlib.Path) -> None:
-    write_job("""
-        etcdConfig: {endpoints: ["localhost:2379"], lockKey: awesomeJob1, lockTimeout: 1m}
-        steps:
-          s: {commands: [{inline: "touch ran"}]}
-        """)
-    result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
-    assert result.returncode == 4 and "refusing to run it unlocked" in result.stderr
-    assert not (tmp_path / "ran").exists()

@@ -1,0 +1,9 @@
+"""How taking or holding the lock can fail, importable without loading the etcd client."""
+
+
+class LockNotAcquired(Exception):
+    """etcd could not be used to take the lock (unreachable, refused); nothing ran."""
+
+
+class LockLost(Exception):
+    """The lease was lost while the steps ran; they were stopped."""

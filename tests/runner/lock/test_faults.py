@@ -1,0 +1,80 @@
+"""The lock under etcd faults, with a real three-member cluster: leader loss, a frozen cluster."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import processes_with_marker
+from tests.runner.lock.test_lock import lock_yaml, start, wait_for
+from tests.support.etcdcluster import EtcdCluster, running_etcd
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EtcdCluster]:
+    with running_etcd(3) as etcd:
+        yield etcd
+
+
+def test_losing_the_leader_does_not_disturb_the_run(tmp_path: pathlib.Path, cluster: EtcdCluster) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    job = tmp_path / "job.yml"
+    job.write_text(
+        lock_yaml(cluster.endpoints, key, "6s") + "steps:\n  s:\n    commands:\n"
+        "      - inline: 'touch started; sleep 5; touch finished'\n"
+    )
+    process = start(job)
+    wait_for(tmp_path / "started")
+    leader = cluster.leader()
+    leader.kill()
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        cluster.restart(leader)
+        cluster.wait_healthy()
+    assert process.returncode == 0, stdout + stderr
+    assert (tmp_path / "finished").exists()
+
+
+def test_a_frozen_cluster_stops_the_holder_before_its_lease_can_expire(
+    tmp_path: pathlib.Path, cluster: EtcdCluster
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    marker = f"pgq-test-{uuid.uuid4().hex}"
+    holder_dir, waiter_dir = tmp_path / "holder", tmp_path / "waiter"
+    for directory in (holder_dir, waiter_dir):
+        directory.mkdir()
+        (directory / "job.yml").write_text(
+            lock_yaml(cluster.endpoints, key, "4s") + "steps:\n  s:\n    commands:\n"
+            f"      - inline: 'date +%s.%N > started; exec -a {marker} sleep 300'\n"
+        )
+    holder = start(holder_dir / "job.yml")
+    wait_for(holder_dir / "started")
+    waiter = start(waiter_dir / "job.yml")
+    time.sleep(1.0)
+    for member in cluster.members:
+        member.pause()
+    paused = time.monotonic()
+    try:
+        deadline = time.monotonic() + 10
+        while processes_with_marker(marker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        holder_stopped = time.monotonic()
+        assert processes_with_marker(marker) == []
+        # stopped before the TTL (4 s) could have run out since the last keep-alive, which came
+        # at most TTL/3 before the pause
+        assert holder_stopped - paused < 4.0
+        assert holder.wait(timeout=10) == 5
+        time.sleep(4.5)  # past the lease's TTL, still frozen
+    finally:
+        for member in cluster.members:
+            member.resume()
+    took_over = wait_for(waiter_dir / "started", timeout=30)
+    assert took_over > holder_stopped  # never overlapping
+    waiter.kill()
+    waiter.wait()
+    assert "lost the etcd lock" in holder.communicate()[1]

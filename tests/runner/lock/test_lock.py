@@ -1,0 +1,290 @@
+"""The etcd lock with real etcd and real runners: exclusion, order, timeouts, release, loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+
+from tests.conftest import PGQUARTZ, processes_with_marker, run_pgquartz
+from tests.support.etcdcluster import EtcdCluster
+from tests.support.pgcluster import PgCluster
+
+Write = Callable[..., pathlib.Path]
+
+
+def lock_yaml(endpoints: list[str], key: str, ttl: str = "3s") -> str:
+    return f"etcdConfig: {{endpoints: {json.dumps(endpoints)}, lockKey: {key}, lockTimeout: {ttl}}}\n"
+
+
+def start(job: pathlib.Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*PGQUARTZ, "-c", str(job), "--kill-grace", "1", *extra],
+        cwd=job.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+
+
+def wait_for(path: pathlib.Path, timeout: float = 20) -> float:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def test_steps_run_under_the_lock_and_checks_after_its_release(
+    write_job: Write, tmp_path: pathlib.Path, etcd: EtcdCluster
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    etcdctl = str(pathlib.Path(PGQUARTZ[0]).with_name("etcdctl"))
+    endpoints = ",".join(etcd.endpoints)
+    write_job(
+        lock_yaml(etcd.endpoints, key)
+        + f"""
+        steps:
+          s:
+            commands:
+              - inline: 'echo "$PGQ_LOCK_REVISION" > revision'
+              - inline: '{etcdctl} --endpoints {endpoints} get --prefix /pgquartz/{key}// --keys-only >during'
+        checks:
+          - inline: '{etcdctl} --endpoints {endpoints} get --prefix /pgquartz/{key}// --keys-only'
+            unexpected: /pgquartz/
+        """.replace("\n        ", "\n")
+    )
+    result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "during").read_text().startswith(f"/pgquartz/{key}//")
+    assert int((tmp_path / "revision").read_text()) > 0
+
+
+def test_fencing_tokens_grow_and_reach_sql(
+    write_job: Write, tmp_path: pathlib.Path, etcd: EtcdCluster, pg_cluster: PgCluster, database: str
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    p = pg_cluster.primary
+    write_job(
+        lock_yaml(etcd.endpoints, key)
+        + f"""
+        connections:
+          pg: {{conn_params: {{host: "{p.socket_dir}", port: {p.port}, user: postgres, dbname: {database}}}}}
+        steps:
+          s:
+            commands:
+              - {{type: pg, inline: "create table if not exists fence (rev bigint)"}}
+              - {{type: pg, inline: "insert into fence values (:lock_revision::bigint)"}}
+              - {{inline: 'echo "$PGQ_LOCK_REVISION" >> revisions'}}
+        """.replace("\n        ", "\n")
+    )
+    for _ in range(3):
+        assert run_pgquartz("-c", "job.yml", cwd=tmp_path).returncode == 0
+    shell = [int(line) for line in (tmp_path / "revisions").read_text().split()]
+    sql = [row[0] for row in p.connect(dbname=database).execute("select rev from fence").fetchall()]
+    assert shell == sql and shell == sorted(shell) and len(set(shell)) == 3
+
+
+def test_waiters_run_one_after_another_in_arrival_order(
+    write_job: Write, tmp_path: pathlib.Path, etcd: EtcdCluster
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    jobs = []
+    for index in range(3):
+        directory = tmp_path / f"node{index}"
+        directory.mkdir()
+        job = directory / "job.yml"
+        job.write_text(
+            lock_yaml(etcd.endpoints, key, "5s")
+            + (
+                "steps:\n  s:\n    commands:\n"
+                f"      - inline: 'echo start {index} $(date +%s.%N) >> {tmp_path}/log; touch started;"
+                f" sleep 0.5; echo end {index} $(date +%s.%N) >> {tmp_path}/log'\n"
+            )
+        )
+        jobs.append(job)
+    processes = []
+    for job in jobs:
+        processes.append(start(job))
+        wait_for(job.parent / "started") if not processes[1:] else time.sleep(0.3)
+    for process in processes:
+        assert process.wait(timeout=30) == 0, process.communicate()
+    lines = [line.split() for line in (tmp_path / "log").read_text().splitlines()]
+    assert [(kind, who) for kind, who, _ in lines] == [
+        ("start", "0"),
+        ("end", "0"),
+        ("start", "1"),
+        ("end", "1"),
+        ("start", "2"),
+        ("end", "2"),
+    ]
+    assert "waiting for the etcd lock" in processes[2].communicate()[0]
+
+
+def test_mutual_exclusion_is_proven_by_an_exclusion_constraint(
+    tmp_path: pathlib.Path, etcd: EtcdCluster, pg_cluster: PgCluster, database: str
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    p = pg_cluster.primary
+    with p.connect(dbname=database) as conn:
+        conn.execute("create extension if not exists btree_gist")
+        conn.execute(
+            "create table runs (runner text, round int, during tstzrange,"
+            " exclude using gist (during with &&))"
+        )
+    runners, rounds = 5, 3
+    templates = []
+    for index in range(runners):
+        directory = tmp_path / f"runner{index}"
+        directory.mkdir()
+        template = (
+            lock_yaml(etcd.endpoints, key, "5s")
+            + f"""
+connections:
+  pg: {{conn_params: {{host: "{p.socket_dir}", port: {p.port}, user: postgres, dbname: {database}}}}}
+steps:
+  work:
+    commands:
+      - {{type: pg, inline: "select now() as t0, pg_sleep(0.1)"}}
+      - inline: 'sleep 0.05'
+      - type: pg
+        inline: >
+          insert into runs select :runner, :round::int,
+          tstzrange(clock_timestamp() - interval '0.15 second', clock_timestamp())
+    matrix:
+      runner: ["{index}"]
+      round: ["ROUND"]
+checks:
+  - type: pg
+    inline: "select count(*) as mine from runs where runner = '{index}' and round = ROUND"
+    expected: "{{mine}}={{1}}"
+"""
+        )
+        templates.append((directory / "job.yml", template))
+    for round_number in range(rounds):
+        processes = []
+        for job, template in templates:
+            job.write_text(template.replace("ROUND", str(round_number)))
+            processes.append(start(job))
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=60)
+            assert process.returncode == 0, stdout + stderr
+    rows = p.connect(dbname=database).execute("select runner, round from runs order by 1, 2").fetchall()
+    assert rows == [(str(r), n) for r in range(runners) for n in range(rounds)]
+
+
+def test_waiting_is_bounded_by_the_timeout_with_exit_4(
+    write_job: Write, tmp_path: pathlib.Path, etcd: EtcdCluster
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    holder_dir = tmp_path / "holder"
+    holder_dir.mkdir()
+    holder = holder_dir / "job.yml"
+    holder.write_text(
+        lock_yaml(etcd.endpoints, key) + "steps:\n  s:\n    commands:\n"
+        "      - inline: 'touch started; sleep 4'\n"
+    )
+    process = start(holder)
+    wait_for(holder_dir / "started")
+    write_job(
+        lock_yaml(etcd.endpoints, key) + "timeout: 1s\nsteps:\n  s: {commands: [{inline: touch ran}]}\n"
+    )
+    started = time.monotonic()
+    result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
+    assert result.returncode == 4 and time.monotonic() - started < 4
+    assert "lock was not acquired within the timeout" in result.stderr
+    assert not (tmp_path / "ran").exists()
+    assert process.wait(timeout=20) == 0
+
+
+def test_etcd_down_at_start_is_exit_4_with_a_clear_error(write_job: Write, tmp_path: pathlib.Path) -> None:
+    write_job(
+        lock_yaml(["127.0.0.1:1"], "nowhere")
+        + "timeout: 20s\nsteps:\n  s: {commands: [{inline: touch ran}]}\n"
+    )
+    started = time.monotonic()
+    result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "cannot take the etcd lock 'nowhere'" in result.stderr
+    assert not (tmp_path / "ran").exists()
+    assert time.monotonic() - started < 20
+
+
+def test_sigterm_releases_the_lock_at_once_and_stops_children(
+    tmp_path: pathlib.Path, etcd: EtcdCluster
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    marker = f"pgq-test-{uuid.uuid4().hex}"
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+        (directory / "job.yml").write_text(
+            lock_yaml(etcd.endpoints, key, "30s") + "steps:\n  s:\n    commands:\n"
+            f"      - inline: 'touch started; exec -a {marker} sleep 300'\n"
+        )
+    holder = start(first / "job.yml")
+    wait_for(first / "started")
+    waiter = start(second / "job.yml")
+    time.sleep(0.5)
+    assert not (second / "started").exists()
+    holder.send_signal(signal.SIGTERM)
+    terminated = time.monotonic()
+    assert holder.wait(timeout=15) == 143
+    took_over = wait_for(second / "started", timeout=10)
+    assert took_over - terminated < 5  # far less than the 30 s TTL: released, not expired
+    assert len(processes_with_marker(marker)) == 1  # only the new holder's command
+    waiter.send_signal(signal.SIGTERM)
+    assert waiter.wait(timeout=15) == 143
+    assert processes_with_marker(marker) == []
+
+
+def test_a_killed_holder_blocks_the_next_until_its_lease_expires(
+    tmp_path: pathlib.Path, etcd: EtcdCluster
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+        (directory / "job.yml").write_text(
+            lock_yaml(etcd.endpoints, key, "3s") + "steps:\n  s:\n    commands:\n"
+            "      - inline: 'touch started; sleep 30'\n"
+        )
+    holder = start(first / "job.yml")
+    wait_for(first / "started")
+    waiter = start(second / "job.yml")
+    holder.kill()
+    killed = time.monotonic()
+    took_over = wait_for(second / "started", timeout=20)
+    assert took_over - killed >= 2.0  # not before the lease (3 s TTL) can expire
+    waiter.kill()
+    waiter.wait()
+
+
+def test_a_revoked_lease_stops_the_commands_with_exit_5(
+    write_job: Write, tmp_path: pathlib.Path, etcd: EtcdCluster
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    marker = f"pgq-test-{uuid.uuid4().hex}"
+    job = write_job(
+        lock_yaml(etcd.endpoints, key, "3s") + "steps:\n  s:\n    commands:\n"
+        f"      - inline: 'touch started; exec -a {marker} sleep 300'\n"
+        "checks:\n  - inline: touch checked\n"
+    )
+    process = start(job, "--summary-file", "summary.json")
+    wait_for(tmp_path / "started")
+    [entry] = [
+        line for line in etcd.etcdctl("get", "--prefix", f"/pgquartz/{key}//", "--keys-only").split() if line
+    ]
+    etcd.etcdctl("lease", "revoke", entry.rsplit("/", 1)[1])
+    stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 5, stdout + stderr
+    assert "lost the etcd lock" in stderr
+    assert processes_with_marker(marker) == []
+    assert not (tmp_path / "checked").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["result"] == "lock-lost"
