@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pgquartz.runner import __version__
 
 DEFAULT_CONFIG = "/etc/pgquartz/config.yaml"
-SUBCOMMANDS = ("run", "validate", "plan", "schema")
+SUBCOMMANDS = ("run", "validate", "plan", "schema", "lock")
 
 EPILOG = """\
 exit codes:
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     sub.add_parser("schema", help="print the job file's JSON Schema")
+
+    lock = sub.add_parser("lock", help="inspect a job's etcd lock")
+    lock_sub = lock.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
+    lock_status = lock_sub.add_parser("status", help="who holds the lock, since when, and who waits")
+    lock_status.add_argument("file", nargs="?")
+    lock_status.add_argument("-c", "--config", dest="config")
+    lock_status.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
 
 
@@ -99,7 +106,7 @@ def _legacy_parser() -> argparse.ArgumentParser:
         prog="pgquartz",
         usage="pgquartz [-c FILE] [-d] [-v] | pgquartz {run,validate,plan,schema} ...",
         description="Run PgQuartz jobs: steps of shell and SQL commands, rules, matrices, checks."
-        " Subcommands: run, validate, plan, schema (pgquartz COMMAND --help).",
+        " Subcommands: run, validate, plan, schema, lock status (pgquartz COMMAND --help).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -139,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return inspect.validate(config_path(args))
         return inspect.plan(config_path(args), as_json=args.json)
+    if args.command == "lock":
+        from pgquartz.runner.cli import lockcmd
+
+        return lockcmd.status(config_path(args), as_json=args.json)
     from pgquartz.runner.cli import runjob
 
     return runjob.main(args, config_path(args))

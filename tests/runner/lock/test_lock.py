@@ -288,3 +288,45 @@ def test_a_revoked_lease_stops_the_commands_with_exit_5(
     assert processes_with_marker(marker) == []
     assert not (tmp_path / "checked").exists()
     assert json.loads((tmp_path / "summary.json").read_text())["result"] == "lock-lost"
+
+
+def test_lock_status_shows_the_holder_and_the_waiters_in_order(
+    tmp_path: pathlib.Path, etcd: EtcdCluster
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    text = lock_yaml(etcd.endpoints, key, "10s") + (
+        "steps:\n  s:\n    commands:\n      - inline: 'touch started; sleep 30'\n"
+    )
+    directories = [tmp_path / name for name in ("a", "b", "c")]
+    processes = []
+    for directory in directories:
+        directory.mkdir()
+        (directory / "nightly.yml").write_text(text)
+        processes.append(start(directory / "nightly.yml"))
+        if directory.name == "a":
+            wait_for(directory / "started")
+        time.sleep(0.3)
+    job = str(directories[0] / "nightly.yml")
+    try:
+        shown = run_pgquartz("lock", "status", job, cwd=tmp_path)
+        data = json.loads(run_pgquartz("lock", "status", "--json", "-c", job, cwd=tmp_path).stdout)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=15)
+    assert shown.returncode == 0, shown.stderr
+    assert f"lock '{key}'" in shown.stdout and "held by" in shown.stdout and "(job nightly)" in shown.stdout
+    assert "waiting (2), in the order they will run:" in shown.stdout
+    assert data["holder"]["pid"] == processes[0].pid
+    assert [waiter["pid"] for waiter in data["waiting"]] == [processes[1].pid, processes[2].pid]
+    assert data["holder"]["revision"] < data["waiting"][0]["revision"] < data["waiting"][1]["revision"]
+    free = json.loads(run_pgquartz("lock", "status", "--json", job, cwd=tmp_path).stdout)
+    assert free["holder"] is None and free["waiting"] == []
+
+
+def test_lock_status_without_etcd_config_or_etcd(write_job: Write, tmp_path: pathlib.Path) -> None:
+    write_job("steps: {s: {commands: [{inline: 'true'}]}}\n")
+    assert run_pgquartz("lock", "status", "job.yml", cwd=tmp_path).returncode == 2
+    write_job(lock_yaml(["127.0.0.1:1"], "x") + "steps: {s: {commands: [{inline: 'true'}]}}\n")
+    down = run_pgquartz("lock", "status", "job.yml", cwd=tmp_path)
+    assert down.returncode == 4 and "cannot read the etcd lock 'x'" in down.stderr
