@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import pathlib
 import shutil
+import subprocess
 
-from tests.conftest import run_pgquartz
+from tests.conftest import PGQUARTZ, run_pgquartz
+from tests.support.etcdcluster import EtcdCluster
 from tests.support.pgcluster import PgCluster
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
@@ -76,3 +80,32 @@ def test_02_refuses_to_run_when_the_servers_are_swapped(
     result = run_pgquartz("-c", "maintenance.yml", cwd=workdir, env={"PGSERVICEFILE": str(services)})
     assert result.returncode == 3
     assert "connection 'primary' expects a primary but reaches a standby" in result.stderr
+
+
+def test_03_three_nodes_run_one_at_a_time_with_growing_fencing_tokens(
+    tmp_path: pathlib.Path, pg_cluster: PgCluster, etcd: EtcdCluster
+) -> None:
+    services = pg_cluster.write_service_file(tmp_path / "pg_service.conf")
+    processes = []
+    for number in range(3):
+        workdir = tmp_path / f"node{number}"
+        shutil.copytree(EXAMPLES / "03-every-node-in-turn", workdir)
+        job = workdir / "rolling-maintenance.yml"
+        job.write_text(job.read_text().replace("localhost:2379", etcd.endpoints[0]))
+        processes.append(
+            subprocess.Popen(
+                [*PGQUARTZ, "-c", str(job)],
+                cwd=workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PGSERVICEFILE": str(services)},
+            )
+        )
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stdout + stderr
+    runs = pg_cluster.primary.query("select fence, started, finished from rolling_runs order by fence")
+    assert len(runs) == 3
+    for (_, _, finished), (_, started, _) in itertools.pairwise(runs):
+        assert finished <= started  # one at a time

