@@ -18,6 +18,9 @@ Benchmarks (targets from the issues; figures are min/median over the runs):
 - sql: 10 000 one-row statements as separate commands in one job over one connection, against
   ``psql -X -q -f`` running the same statements over the same socket. Target ≤ 1.2×. Then a matrix
   of 1000 instances of one query at ``parallel: 8``.
+- lock: hand-off latency from the holder's release (the etcd delete of its key, seen by a watcher)
+  to the next holder's first command, over 200 hand-offs (median, p99; target median < 50 ms), and
+  the cost of the lock for an uncontended job.
 """
 
 from __future__ import annotations
@@ -272,12 +275,96 @@ def bench_sql(work: pathlib.Path, runs: int) -> None:
         )
 
 
+def bench_lock(work: pathlib.Path, runs: int) -> None:
+    """Lock hand-off latency over 200 hand-offs, and the cost of the lock for an uncontended job."""
+    import asyncio
+    import json
+
+    from tests.support.etcdcluster import running_etcd
+
+    with running_etcd(1) as etcd:
+        endpoints = json.dumps(etcd.endpoints)
+        starts = work / "starts"
+
+        def job_text(key: str) -> str:
+            return (
+                f"git: {{disable: true}}\n"
+                f"etcdConfig: {{endpoints: {endpoints}, lockKey: {key}, lockTimeout: 10s}}\n"
+                f"steps:\n  s:\n    commands:\n      - inline: 'date +%s.%N >> {starts}; sleep 0.02'\n"
+            )
+
+        deletes: list[float] = []
+        batches_seen: list[tuple[list[float], list[float]]] = []
+
+        async def handoffs(batches: int, runners: int) -> None:
+            import aetcd
+
+            client = aetcd.Client(host="127.0.0.1", port=int(etcd.endpoints[0].rsplit(":", 1)[1]))
+            watch = await client.watch_prefix(b"/pgquartz/handoff//", kind=aetcd.EventKind.DELETE)
+
+            async def record() -> None:
+                async for _event in watch:
+                    deletes.append(time.time())
+
+            recorder = asyncio.ensure_future(record())
+            job = work / "handoff.yml"
+            job.write_text(job_text("handoff"))
+            for _ in range(batches):
+                processes = [
+                    await asyncio.create_subprocess_exec(
+                        *PGQUARTZ, "-c", str(job), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
+                    for _ in range(runners)
+                ]
+                for process in processes:
+                    await process.wait()
+                await asyncio.sleep(0.3)
+                batch_starts = sorted(float(line) for line in starts.read_text().split())
+                batches_seen.append((batch_starts, sorted(deletes)))
+                starts.unlink()
+                deletes.clear()
+            recorder.cancel()
+            await watch.cancel()
+            await client.close()
+
+        batches, runners = 10, 21
+        asyncio.run(handoffs(batches, runners))
+        latencies = []
+        for batch_starts, batch_deletes in batches_seen:
+            # within a batch, release i hands over to start i + 1 (the last release has no successor)
+            latencies += [
+                start - delete for delete, start in zip(batch_deletes, batch_starts[1:], strict=False)
+            ]
+        latencies.sort()
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(
+            f"{'lock':<10} hand-off (holder's delete → next first command), {len(latencies)} hand-offs:"
+            f" median {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms,"
+            f" min {latencies[0] * 1000:.1f} ms (target: median < 50 ms)"
+        )
+
+        locked, plain = work / "locked.yml", work / "plain.yml"
+        locked.write_text(job_text("alone"))
+        plain.write_text("git: {disable: true}\nsteps:\n  s:\n    commands:\n      - inline: 'true'\n")
+        locked.write_text(locked.read_text().replace(f"date +%s.%N >> {starts}; sleep 0.02", "true"))
+        ours, base = measure_pair(
+            runs,
+            lambda: timed([*PGQUARTZ, "-c", str(locked)], work),
+            lambda: timed([*PGQUARTZ, "-c", str(plain)], work),
+        )
+        print(
+            f"{'':<10} uncontended job with the lock: median {ours[1]:.3f}s vs without {base[1]:.3f}s:"
+            f" the lock costs {(ours[1] - base[1]) * 1000:.0f} ms (min {(ours[0] - base[0]) * 1000:.0f} ms)"
+        )
+
+
 BENCHMARKS = {
     "commands": bench_commands,
     "matrix": bench_matrix,
     "memory": bench_memory,
     "startup": bench_startup,
     "sql": bench_sql,
+    "lock": bench_lock,
 }
 
 
