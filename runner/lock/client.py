@@ -63,6 +63,16 @@ def grpc_target(endpoints: list[str]) -> str:
     raise EtcdUnavailable(f"no address for the etcd endpoints {endpoints}")
 
 
+def _is_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _read(path: str) -> bytes:
     return pathlib.Path(path).expanduser().read_bytes()
 

@@ -6,13 +6,14 @@ import sys
 PROBE = """
 import sys
 from pgquartz.runner.cli import main, runjob, inspect
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("kopf", "kubernetes", "aiohttp")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("kopf", "kubernetes", "aiohttp", "grpc", "aetcd",
+               "psycopg")
                or m.startswith("pgquartz.operator"))
 print(",".join(heavy))
 """
 
 
-def test_running_a_job_loads_no_operator_code() -> None:
+def test_running_a_job_loads_no_operator_code_and_no_client_it_does_not_need() -> None:
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 

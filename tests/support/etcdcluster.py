@@ -38,37 +38,43 @@ class EtcdMember:
     peer_port: int
     datadir: pathlib.Path
     process: subprocess.Popen[bytes] | None = None
+    tls: dict[str, str] | None = None
+    """``cert``, ``key``, ``ca``: serve clients over TLS and require client certificates."""
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
+    @property
+    def client_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
     def command(self, initial_cluster: str) -> list[str]:
-        return [
-            etcd_binary(),
-            "--name",
-            self.name,
-            "--data-dir",
-            str(self.datadir),
-            "--listen-client-urls",
-            f"http://127.0.0.1:{self.client_port}",
-            "--advertise-client-urls",
-            f"http://127.0.0.1:{self.client_port}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{self.peer_port}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{self.peer_port}",
-            "--initial-cluster",
-            initial_cluster,
-            "--initial-cluster-state",
-            "new",
-            "--heartbeat-interval",
-            "50",
-            "--election-timeout",
-            "500",
-            "--log-level",
-            "error",
-        ]
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        options = {
+            "--name": self.name,
+            "--data-dir": str(self.datadir),
+            "--listen-client-urls": self.client_url,
+            "--advertise-client-urls": self.client_url,
+            "--listen-peer-urls": peer,
+            "--initial-advertise-peer-urls": peer,
+            "--initial-cluster": initial_cluster,
+            "--initial-cluster-state": "new",
+            "--heartbeat-interval": "50",
+            "--election-timeout": "500",
+            "--log-level": "error",
+        }
+        if self.tls:
+            options |= {
+                "--cert-file": self.tls["cert"],
+                "--key-file": self.tls["key"],
+                "--trusted-ca-file": self.tls["ca"],
+            }
+        argv = [etcd_binary()]
+        for option, value in options.items():
+            argv += [option, value]
+        return argv + (["--client-cert-auth"] if self.tls else [])
 
     def start(self, initial_cluster: str) -> None:
         log = (self.datadir.parent / f"{self.name}.log").open("ab")
@@ -99,8 +105,13 @@ class EtcdCluster:
 
     def etcdctl(self, *args: str, endpoints: list[str] | None = None) -> str:
         etcdctl = str(pathlib.Path(etcd_binary()).with_name("etcdctl"))
+        tls = self.members[0].tls
+        security = (
+            ["--cacert", tls["ca"], "--cert", tls["client_cert"], "--key", tls["client_key"]] if tls else []
+        )
+        urls = endpoints or [member.client_url for member in self.members]
         result = subprocess.run(
-            [etcdctl, "--endpoints", ",".join(endpoints or self.endpoints), *args],
+            [etcdctl, "--endpoints", ",".join(urls), *security, *args],
             capture_output=True,
             text=True,
             timeout=30,
@@ -136,10 +147,79 @@ class EtcdCluster:
         member.start(self.initial_cluster)
 
 
+def make_certificates(directory: pathlib.Path) -> dict[str, str]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pgquartz test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    for name, extension in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.crt",
+        )
+    return {
+        "ca": str(directory / "ca.crt"),
+        "cert": str(directory / "server.crt"),
+        "key": str(directory / "server.key"),
+        "client_cert": str(directory / "client.crt"),
+        "client_key": str(directory / "client.key"),
+    }
+
+
 @contextlib.contextmanager
-def running_etcd(size: int = 1) -> Iterator[EtcdCluster]:
+def running_etcd(size: int = 1, *, tls: bool = False) -> Iterator[EtcdCluster]:
     base = pathlib.Path(tempfile.mkdtemp(prefix="pgq-etcd-"))
-    members = [EtcdMember(f"m{index}", free_port(), free_port(), base / f"m{index}") for index in range(size)]
+    certificates = make_certificates(base / "tls") if tls else None
+    members = [
+        EtcdMember(f"m{index}", free_port(), free_port(), base / f"m{index}", tls=certificates)
+        for index in range(size)
+    ]
     initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)
     cluster = EtcdCluster(members, initial)
     try:

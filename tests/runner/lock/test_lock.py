@@ -138,7 +138,7 @@ def test_mutual_exclusion_is_proven_by_an_exclusion_constraint(
             "create table runs (runner text, round int, during tstzrange,"
             " exclude using gist (during with &&))"
         )
-    runners, rounds = 5, 3
+    runners, rounds = 5, 4
     templates = []
     for index in range(runners):
         directory = tmp_path / f"runner{index}"
