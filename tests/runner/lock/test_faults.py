@@ -75,6 +75,10 @@ def test_a_frozen_cluster_stops_the_holder_before_its_lease_can_expire(
             member.resume()
     took_over = wait_for(waiter_dir / "started", timeout=30)
     assert took_over > holder_stopped  # never overlapping
+    print(
+        f"\nfrozen etcd: holder's commands gone {holder_stopped - paused:.2f}s after the pause (TTL 4s);"
+        f" next holder started {took_over - paused:.2f}s after the pause"
+    )
     waiter.kill()
     waiter.wait()
     assert "lost the etcd lock" in holder.communicate()[1]

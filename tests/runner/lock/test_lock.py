@@ -238,6 +238,7 @@ def test_sigterm_releases_the_lock_at_once_and_stops_children(
     assert holder.wait(timeout=15) == 143
     took_over = wait_for(second / "started", timeout=10)
     assert took_over - terminated < 5  # far less than the 30 s TTL: released, not expired
+    print(f"\nSIGTERMed holder: next holder started {took_over - terminated:.2f}s later (TTL 30s)")
     assert len(processes_with_marker(marker)) == 1  # only the new holder's command
     waiter.send_signal(signal.SIGTERM)
     assert waiter.wait(timeout=15) == 143
@@ -262,6 +263,7 @@ def test_a_killed_holder_blocks_the_next_until_its_lease_expires(
     killed = time.monotonic()
     took_over = wait_for(second / "started", timeout=20)
     assert took_over - killed >= 2.0  # not before the lease (3 s TTL) can expire
+    print(f"\nSIGKILLed holder: next holder started {took_over - killed:.2f}s later (TTL 3s)")
     waiter.kill()
     waiter.wait()
 
@@ -330,3 +332,32 @@ def test_lock_status_without_etcd_config_or_etcd(write_job: Write, tmp_path: pat
     write_job(lock_yaml(["127.0.0.1:1"], "x") + "steps: {s: {commands: [{inline: 'true'}]}}\n")
     down = run_pgquartz("lock", "status", "job.yml", cwd=tmp_path)
     assert down.returncode == 4 and "cannot read the etcd lock 'x'" in down.stderr
+
+
+def test_a_lost_lock_cancels_running_queries_on_the_server(
+    write_job: Write, tmp_path: pathlib.Path, etcd: EtcdCluster, pg_cluster: PgCluster, database: str
+) -> None:
+    key = f"k{uuid.uuid4().hex[:8]}"
+    marker = f"sleeper_{uuid.uuid4().hex[:8]}"
+    p = pg_cluster.primary
+    job = write_job(
+        lock_yaml(etcd.endpoints, key, "3s")
+        + f"""
+connections:
+  pg: {{conn_params: {{host: "{p.socket_dir}", port: {p.port}, user: postgres, dbname: {database}}}}}
+steps:
+  s:
+    commands:
+      - {{type: pg, inline: "select pg_sleep(60) as {marker}"}}
+"""
+    )
+    process = start(job)
+    query = "select count(*) from pg_stat_activity where query like %s and pid <> pg_backend_pid()"
+    deadline = time.monotonic() + 15
+    while p.query(query, (f"%{marker}%",)) == [(0,)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [entry] = [k for k in etcd.etcdctl("get", "--prefix", f"/pgquartz/{key}//", "--keys-only").split() if k]
+    etcd.etcdctl("lease", "revoke", entry.rsplit("/", 1)[1])
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 5, stderr
+    assert p.query(query, (f"%{marker}%",)) == [(0,)]
