@@ -224,6 +224,7 @@ class EtcdConfig(_Frozen):
     lock_timeout: durations.Duration = pydantic.Field(
         default=datetime.timedelta(minutes=1),
         alias="lockTimeout",
+        json_schema_extra={"default": "1m"},
         description=(
             "The lease TTL: how long a crashed holder keeps the lock. PgQuartz defaults to 100h; pgquartz"
             " to 1m."
