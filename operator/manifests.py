@@ -1,0 +1,313 @@
+"""PgQuartzJob → the ConfigMap and CronJob that run it: a pure, deterministic rendering.
+
+The ConfigMap holds the job file exactly as ``pgquartz -c`` reads it: the
+resource's ``spec.job`` plus ``connections`` (passwords as ``passwordEnv``, fed
+from the Secrets), ``etcdConfig`` from ``spec.lock`` (key ``<namespace>/<name>``,
+endpoints from the operator's defaults), ``git`` disabled (pods have no
+repository) and ``workdir`` on the scripts ConfigMap when there is one. With
+``targets``, one job file per target (its connection parameters merged in) and
+an Indexed Job whose pod ``i`` runs file ``i``; with a lock they all contend for
+the same key, so they run one at a time ("every node in turn").
+
+The CronJob's pod is fit for the ``restricted`` Pod Security Standard
+(non-root, read-only root filesystem with a writable /tmp, no capabilities,
+RuntimeDefault seccomp, no service-account token), writes its run summary to
+the termination message, logs JSON, and its Job never retries an invalid job
+file or a role mismatch (``podFailurePolicy`` on the runner's exit codes).
+
+Children carry only ``pgquartz.io/…`` labels and an ownerReference: never the
+resource's own labels (Argo CD's tracking label would make it prune them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from pgquartz.operator import resource
+from pgquartz.runner.model import ExitCode, durations
+
+JOB_DIR = "/etc/pgquartz/job"
+SCRIPTS_DIR = "/etc/pgquartz/scripts"
+LABEL_NAME = "pgquartz.io/job"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+MANAGER = "pgquartz-operator"
+RUNNER_UID = 65532
+TTL_AFTER_FINISHED = 7 * 24 * 3600
+BACKOFF_LIMIT = 2
+DEADLINE_SLACK = 120  # seconds past the job's own timeout, so the runner's timeout reports first
+NEVER_RETRY = (ExitCode.INVALID_JOB, ExitCode.ROLE_MISMATCH)
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """The operator's configuration that fills what a resource leaves out."""
+
+    image: str = "pgquartz/runner:latest"
+    etcd_endpoints: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    config_map: dict[str, Any]
+    cron_job: dict[str, Any]
+
+
+def child_name(name: str) -> str:
+    """``pgqj-<name>``, shortened with a hash to fit a CronJob name (52 characters)."""
+    full = f"pgqj-{name}"
+    if len(full) <= 52:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{full[:43]}-{digest}"
+
+
+def password_variable(connection: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "_" for c in connection.upper())
+    return f"PGQ_PASSWORD_{cleaned}"
+
+
+def job_file(
+    spec: resource.PgQuartzJobSpec,
+    *,
+    namespace: str,
+    name: str,
+    defaults: Defaults,
+    target: resource.TargetSpec | None = None,
+) -> dict[str, Any]:
+    """The job file's content (as data) for the whole job or one target."""
+    body: dict[str, Any] = spec.job.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+    body["git"] = {"disable": True}
+    if spec.scripts is not None:
+        body["workdir"] = SCRIPTS_DIR
+    connections: dict[str, Any] = {}
+    for connection_name, connection in spec.connections.items():
+        params = dict(connection.params)
+        if target is not None:
+            params.update(target.connections.get(connection_name, {}))
+        entry: dict[str, Any] = {"role": connection.role.value, "conn_params": params}
+        if connection.password_secret_ref is not None:
+            entry["passwordEnv"] = password_variable(connection_name)
+        connections[connection_name] = entry
+    if connections:
+        body["connections"] = connections
+    if spec.lock is not None:
+        endpoints = spec.lock.endpoints or list(defaults.etcd_endpoints)
+        body["etcdConfig"] = {
+            "endpoints": endpoints,
+            "lockKey": spec.lock.key or f"{namespace}/{name}",
+            "lockTimeout": durations.format(spec.lock.ttl),
+        }
+    return body
+
+
+def _file_name(name: str, index: int | None) -> str:
+    return f"{name}.yml" if index is None else f"{name}.t{index}.yml"
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {LABEL_NAME: name, LABEL_MANAGED: MANAGER}
+
+
+def _owner(owner: Mapping[str, Any]) -> list[dict[str, Any]]:
+    metadata = owner["metadata"]
+    return [
+        {
+            "apiVersion": f"{resource.GROUP}/{resource.VERSION}",
+            "kind": resource.KIND,
+            "name": metadata["name"],
+            "uid": metadata["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
+    """A PgQuartzJob (as the API returns it) → its ConfigMap and CronJob."""
+    metadata = obj["metadata"]
+    name, namespace = metadata["name"], metadata["namespace"]
+    spec = resource.PgQuartzJobSpec.model_validate(obj["spec"])
+    child = child_name(name)
+    files: dict[str, str] = {}
+    if spec.targets:
+        for index, target in enumerate(spec.targets):
+            content = job_file(spec, namespace=namespace, name=name, defaults=defaults, target=target)
+            files[_file_name(name, index)] = yaml.safe_dump(content, sort_keys=False)
+    else:
+        content = job_file(spec, namespace=namespace, name=name, defaults=defaults)
+        files[_file_name(name, None)] = yaml.safe_dump(content, sort_keys=False)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": child,
+            "namespace": namespace,
+            "labels": _labels(name),
+            "ownerReferences": _owner(obj),
+        },
+        "data": files,
+    }
+    cron_job = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": child,
+            "namespace": namespace,
+            "labels": _labels(name),
+            "ownerReferences": _owner(obj),
+        },
+        "spec": _cron_spec(spec, name=name, child=child, defaults=defaults),
+    }
+    return Rendered(config_map=config_map, cron_job=cron_job)
+
+
+def _cron_spec(
+    spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults: Defaults
+) -> dict[str, Any]:
+    cron: dict[str, Any] = {
+        "schedule": spec.schedule,
+        "suspend": spec.suspend,
+        "concurrencyPolicy": spec.concurrency_policy.value,
+        "successfulJobsHistoryLimit": spec.successful_jobs_history_limit,
+        "failedJobsHistoryLimit": spec.failed_jobs_history_limit,
+        "jobTemplate": {
+            "metadata": {"labels": _labels(name)},
+            "spec": job_spec(spec, name=name, child=child, defaults=defaults),
+        },
+    }
+    if spec.time_zone is not None:
+        cron["timeZone"] = spec.time_zone
+    if spec.starting_deadline_seconds is not None:
+        cron["startingDeadlineSeconds"] = spec.starting_deadline_seconds
+    return cron
+
+
+def job_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults: Defaults) -> dict[str, Any]:
+    """The Job's spec (also used as-is for manual runs)."""
+    job: dict[str, Any] = {
+        "backoffLimit": BACKOFF_LIMIT,
+        "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "runner",
+                        "operator": "In",
+                        "values": [int(code) for code in NEVER_RETRY],
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": {
+            "metadata": _pod_metadata(spec, name),
+            "spec": _pod_spec(spec, name=name, child=child, defaults=defaults),
+        },
+    }
+    timeout: datetime.timedelta | None = getattr(spec.job, "timeout", None)  # JobBody is built at import
+    if timeout is not None:
+        job["activeDeadlineSeconds"] = int(timeout.total_seconds()) + DEADLINE_SLACK
+    if spec.targets:
+        job["completionMode"] = "Indexed"
+        job["completions"] = len(spec.targets)
+        job["parallelism"] = len(spec.targets)
+    return job
+
+
+def _pod_metadata(spec: resource.PgQuartzJobSpec, name: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"labels": _labels(name)}
+    if spec.pod_template is not None and spec.pod_template.annotations:
+        metadata["annotations"] = dict(spec.pod_template.annotations)
+    return metadata
+
+
+def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults: Defaults) -> dict[str, Any]:
+    if spec.targets:
+        job_path = f"{JOB_DIR}/{name}.t$(JOB_COMPLETION_INDEX).yml"
+    else:
+        job_path = f"{JOB_DIR}/{_file_name(name, None)}"
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if spec.targets:
+        env.append(
+            {
+                "name": "JOB_COMPLETION_INDEX",
+                "valueFrom": {
+                    "fieldRef": {
+                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                    }
+                },
+            }
+        )
+    for connection_name, connection in spec.connections.items():
+        if connection.password_secret_ref is not None:
+            env.append(
+                {
+                    "name": password_variable(connection_name),
+                    "valueFrom": {
+                        "secretKeyRef": {
+                            "name": connection.password_secret_ref.name,
+                            "key": connection.password_secret_ref.key,
+                        }
+                    },
+                }
+            )
+    mounts = [
+        {"name": "job", "mountPath": JOB_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "job", "configMap": {"name": child}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if spec.scripts is not None:
+        mounts.append({"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True})
+        volumes.append(
+            {"name": "scripts", "configMap": {"name": spec.scripts.config_map_ref.name, "defaultMode": 0o555}}
+        )
+    container: dict[str, Any] = {
+        "name": "runner",
+        "image": spec.image or defaults.image,
+        "args": ["run", job_path, "--log-format", "json", "--summary-file", "/dev/termination-log"],
+        "env": env,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.resources is not None:
+        container["resources"] = spec.resources
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNNER_UID,
+            "runAsGroup": RUNNER_UID,
+            "fsGroup": RUNNER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    template = spec.pod_template
+    if template is not None:
+        if template.node_selector:
+            pod["nodeSelector"] = dict(template.node_selector)
+        if template.tolerations:
+            pod["tolerations"] = [dict(toleration) for toleration in template.tolerations]
+        if template.service_account_name:
+            pod["serviceAccountName"] = template.service_account_name
+    return pod

@@ -1,0 +1,195 @@
+"""Rendering a PgQuartzJob into its ConfigMap and CronJob: valid, restricted, deterministic, runnable."""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+from pgquartz.operator import manifests
+from tests.conftest import run_pgquartz
+from tests.operator.test_crd import VALID_SPEC
+
+DEFAULTS = manifests.Defaults(image="registry.example/pgquartz/runner:1.0", etcd_endpoints=("etcd.pgq:2379",))
+
+
+def resource(spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "pgquartz.io/v1alpha1",
+        "kind": "PgQuartzJob",
+        "metadata": {"name": "nightly", "namespace": "db", "uid": "1234-5678", "generation": 1, **metadata},
+        "spec": copy.deepcopy(spec or VALID_SPEC),
+    }
+
+
+def pod_of(rendered: manifests.Rendered) -> dict[str, Any]:
+    return rendered.cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def test_rendered_objects_are_valid_kubernetes_objects() -> None:
+    rendered = manifests.render(resource(), defaults=DEFAULTS)
+    for obj in (rendered.config_map, rendered.cron_job):
+        kubernetes_validate.validate(obj, "1.37.0", strict=True)
+
+
+def test_rendering_is_deterministic() -> None:
+    assert manifests.render(resource(), defaults=DEFAULTS) == manifests.render(resource(), defaults=DEFAULTS)
+
+
+def test_the_config_map_holds_a_job_file_the_runner_accepts(tmp_path: pathlib.Path) -> None:
+    rendered = manifests.render(resource(), defaults=DEFAULTS)
+    [(key, text)] = rendered.config_map["data"].items()
+    assert key == "nightly.yml"
+    (tmp_path / key).write_text(text)
+    result = run_pgquartz("validate", key, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job = yaml.safe_load(text)
+    assert job["connections"]["primary"]["passwordEnv"] == "PGQ_PASSWORD_PRIMARY"
+    assert job["etcdConfig"] == {"endpoints": ["etcd:2379"], "lockKey": "db/nightly", "lockTimeout": "1m"}
+    assert job["git"] == {"disable": True}
+    assert "password" not in text.replace("passwordEnv", "")
+
+
+def test_lock_defaults_come_from_the_operator_and_the_resource_name() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["lock"] = {}
+    job = yaml.safe_load(
+        next(iter(manifests.render(resource(spec), defaults=DEFAULTS).config_map["data"].values()))
+    )
+    assert job["etcdConfig"] == {"endpoints": ["etcd.pgq:2379"], "lockKey": "db/nightly", "lockTimeout": "1m"}
+
+
+def test_the_pod_fits_the_restricted_pod_security_standard() -> None:
+    pod = pod_of(manifests.render(resource(), defaults=DEFAULTS))
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "job", "mountPath": manifests.JOB_DIR, "readOnly": True} in container["volumeMounts"]
+
+
+def test_the_pod_runs_the_job_with_json_logs_a_summary_and_secret_passwords() -> None:
+    pod = pod_of(manifests.render(resource(), defaults=DEFAULTS))
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example/pgquartz/runner:1.0"
+    assert container["args"] == [
+        "run",
+        "/etc/pgquartz/job/nightly.yml",
+        "--log-format",
+        "json",
+        "--summary-file",
+        "/dev/termination-log",
+    ]
+    assert {
+        "name": "PGQ_PASSWORD_PRIMARY",
+        "valueFrom": {"secretKeyRef": {"name": "pg-maint", "key": "password"}},
+    } in container["env"]
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_the_job_never_retries_an_invalid_job_file_or_a_role_mismatch() -> None:
+    job = manifests.render(resource(), defaults=DEFAULTS).cron_job["spec"]["jobTemplate"]["spec"]
+    [never, _] = job["podFailurePolicy"]["rules"]
+    assert never["action"] == "FailJob" and never["onExitCodes"]["values"] == [2, 3]
+    assert job["activeDeadlineSeconds"] == 3600 + manifests.DEADLINE_SLACK
+    assert job["ttlSecondsAfterFinished"] > 0 and job["backoffLimit"] >= 0
+
+
+def test_schedule_settings_pass_through() -> None:
+    spec = copy.deepcopy(VALID_SPEC) | {
+        "suspend": True,
+        "concurrencyPolicy": "Replace",
+        "startingDeadlineSeconds": 300,
+        "successfulJobsHistoryLimit": 5,
+    }
+    cron = manifests.render(resource(spec), defaults=DEFAULTS).cron_job["spec"]
+    assert cron["schedule"] == "15 23 * * *" and cron["timeZone"] == "Etc/UTC" and cron["suspend"] is True
+    assert cron["concurrencyPolicy"] == "Replace" and cron["startingDeadlineSeconds"] == 300
+    assert cron["successfulJobsHistoryLimit"] == 5 and cron["failedJobsHistoryLimit"] == 1
+
+
+def test_concurrency_policy_defaults_to_forbid() -> None:
+    assert manifests.render(resource(), defaults=DEFAULTS).cron_job["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_children_get_our_labels_and_an_owner_never_the_resources_labels() -> None:
+    obj = resource(
+        labels={"app.kubernetes.io/instance": "argo-app", "team": "dba"},
+        annotations={"argocd.argoproj.io/tracking-id": "x"},
+    )
+    rendered = manifests.render(obj, defaults=DEFAULTS)
+    for child in (rendered.config_map, rendered.cron_job):
+        assert child["metadata"]["labels"] == {
+            "pgquartz.io/job": "nightly",
+            "app.kubernetes.io/managed-by": "pgquartz-operator",
+        }
+        assert "annotations" not in child["metadata"]
+        [owner] = child["metadata"]["ownerReferences"]
+        assert owner["kind"] == "PgQuartzJob" and owner["uid"] == "1234-5678" and owner["controller"] is True
+
+
+def test_targets_become_an_indexed_job_with_one_job_file_each(tmp_path: pathlib.Path) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["targets"] = [
+        {"name": "node-a", "connections": {"primary": {"host": "pg-a"}}},
+        {"name": "node-b", "connections": {"primary": {"host": "pg-b"}}},
+    ]
+    rendered = manifests.render(resource(spec), defaults=DEFAULTS)
+    kubernetes_validate.validate(rendered.cron_job, "1.37.0", strict=True)
+    files = rendered.config_map["data"]
+    assert sorted(files) == ["nightly.t0.yml", "nightly.t1.yml"]
+    hosts = [
+        yaml.safe_load(files[key])["connections"]["primary"]["conn_params"]["host"] for key in sorted(files)
+    ]
+    assert hosts == ["pg-a", "pg-b"]
+    locks = {yaml.safe_load(text)["etcdConfig"]["lockKey"] for text in files.values()}
+    assert locks == {"db/nightly"}  # one key: the targets run one at a time
+    job = rendered.cron_job["spec"]["jobTemplate"]["spec"]
+    assert job["completionMode"] == "Indexed" and job["completions"] == 2 and job["parallelism"] == 2
+    container = job["template"]["spec"]["containers"][0]
+    assert container["args"][1] == "/etc/pgquartz/job/nightly.t$(JOB_COMPLETION_INDEX).yml"
+    assert any(env["name"] == "JOB_COMPLETION_INDEX" for env in container["env"])
+    for key, text in files.items():
+        (tmp_path / key).write_text(text)
+        assert run_pgquartz("validate", key, cwd=tmp_path).returncode == 0
+
+
+def test_scripts_and_pod_overrides() -> None:
+    spec = copy.deepcopy(VALID_SPEC) | {
+        "scripts": {"configMapRef": {"name": "my-scripts"}},
+        "resources": {"limits": {"memory": "256Mi"}},
+        "podTemplate": {
+            "nodeSelector": {"disk": "ssd"},
+            "serviceAccountName": "maint",
+            "tolerations": [{"key": "db", "operator": "Exists", "effect": "NoSchedule"}],
+            "annotations": {"example.com/team": "dba"},
+        },
+    }
+    rendered = manifests.render(resource(spec), defaults=DEFAULTS)
+    kubernetes_validate.validate(rendered.cron_job, "1.37.0", strict=True)
+    template = rendered.cron_job["spec"]["jobTemplate"]["spec"]["template"]
+    pod = template["spec"]
+    assert pod["nodeSelector"] == {"disk": "ssd"} and pod["serviceAccountName"] == "maint"
+    assert pod["tolerations"][0]["key"] == "db"
+    assert template["metadata"]["annotations"] == {"example.com/team": "dba"}
+    assert pod["containers"][0]["resources"] == {"limits": {"memory": "256Mi"}}
+    assert {"name": "scripts", "configMap": {"name": "my-scripts", "defaultMode": 0o555}} in pod["volumes"]
+    job = yaml.safe_load(next(iter(rendered.config_map["data"].values())))
+    assert job["workdir"] == manifests.SCRIPTS_DIR
+
+
+def test_long_names_are_shortened_to_fit_a_cron_job() -> None:
+    name = "a-very-long-pgquartz-job-name-that-goes-on-and-on-and-on"
+    child = manifests.child_name(name)
+    assert len(child) <= 52 and child.startswith("pgqj-a-very-long")
+    assert child != manifests.child_name(name + "x")
