@@ -1,0 +1,147 @@
+"""Jobs and pods → a PgQuartzJob's status: pure functions, following the API conventions.
+
+Conditions have the ``metav1.Condition`` shape (type, status, observedGeneration,
+lastTransitionTime, CamelCase reason, message); ``lastTransitionTime`` only moves
+when the status flips. ``Ready`` summarises whether the objects are in place;
+``LastRunSucceeded`` follows the newest finished run, whose details (exit code,
+failed steps) come from the runner's summary in the pod's termination message.
+No ``phase`` enum.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+READY = "Ready"
+LAST_RUN_SUCCEEDED = "LastRunSucceeded"
+
+
+def condition(
+    existing: Sequence[Mapping[str, Any]],
+    *,
+    type_: str,
+    status: bool | None,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """The conditions with ``type_`` set; its transition time kept if its status did not change."""
+    value = "Unknown" if status is None else ("True" if status else "False")
+    previous = next((c for c in existing if c.get("type") == type_), None)
+    since = previous["lastTransitionTime"] if previous and previous.get("status") == value else now
+    updated = {
+        "type": type_,
+        "status": value,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+        "reason": reason,
+        "message": message,
+    }
+    return [dict(c) for c in existing if c.get("type") != type_] + [updated]
+
+
+def run_summary(termination_message: str | None) -> dict[str, Any] | None:
+    """The runner's ``--summary-file`` JSON, if the pod left one."""
+    if not termination_message:
+        return None
+    try:
+        data = json.loads(termination_message)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "exitCode" in data else None
+
+
+def job_outcome(job: Mapping[str, Any]) -> str:
+    """``Succeeded``, ``Failed`` or ``Running``, from a batch/v1 Job's conditions."""
+    for item in job.get("status", {}).get("conditions", []) or []:
+        if item.get("status") != "True":
+            continue
+        if item.get("type") == "Complete":
+            return "Succeeded"
+        if item.get("type") == "Failed":
+            return "Failed"
+    return "Running"
+
+
+def last_run(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``status.lastRun`` for one Job, enriched with the runner's summary when there is one."""
+    status = job.get("status", {})
+    outcome = job_outcome(job)
+    run: dict[str, Any] = {"job": job["metadata"]["name"], "result": outcome}
+    if status.get("startTime"):
+        run["startTime"] = status["startTime"]
+    if status.get("completionTime"):
+        run["completionTime"] = status["completionTime"]
+    if summary is not None:
+        run["exitCode"] = int(summary["exitCode"])
+        run["failedSteps"] = list(summary.get("failedSteps") or [])
+        run["message"] = str(summary.get("message", ""))[:1024]
+        if summary.get("completionTime") and "completionTime" not in run:
+            run["completionTime"] = summary["completionTime"]
+    elif outcome == "Failed":
+        reasons = [c.get("reason", "") for c in status.get("conditions", []) if c.get("type") == "Failed"]
+        run["message"] = f"the Job failed ({', '.join(r for r in reasons if r) or 'no reason given'})"
+    return run
+
+
+def newest(jobs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    def created(job: Mapping[str, Any]) -> str:
+        return str(job["metadata"].get("creationTimestamp", ""))
+
+    return max(jobs, key=created) if jobs else None
+
+
+def runs_status(
+    jobs: Sequence[Mapping[str, Any]],
+    summaries: Mapping[str, Mapping[str, Any]],
+    *,
+    existing: Mapping[str, Any],
+    generation: int,
+    now: str,
+) -> dict[str, Any]:
+    """The run-related part of the status: lastScheduleTime, lastRun, lastSuccessfulTime, the condition."""
+    patch: dict[str, Any] = {}
+    latest = newest(jobs)
+    if latest is None:
+        return patch
+    patch["lastScheduleTime"] = latest["metadata"].get("creationTimestamp")
+    finished = [job for job in jobs if job_outcome(job) != "Running"]
+    last = newest(finished)
+    if last is None:
+        return patch
+    run = last_run(last, summaries.get(last["metadata"]["name"]))
+    patch["lastRun"] = run
+    succeeded = run["result"] == "Succeeded"
+    if succeeded:
+        patch["lastSuccessfulTime"] = run.get("completionTime") or now
+    reason = "RunSucceeded" if succeeded else _failure_reason(run)
+    message = run.get("message") or f"Job {run['job']} {run['result'].lower()}"
+    patch["conditions"] = condition(
+        existing.get("conditions", []),
+        type_=LAST_RUN_SUCCEEDED,
+        status=succeeded,
+        reason=reason,
+        message=message,
+        generation=generation,
+        now=now,
+    )
+    return patch
+
+
+_REASONS = {
+    1: "ChecksFailed",
+    2: "InvalidJob",
+    3: "RoleMismatch",
+    4: "LockNotAcquired",
+    5: "LockLost",
+    130: "Interrupted",
+    143: "Terminated",
+}
+
+
+def _failure_reason(run: Mapping[str, Any]) -> str:
+    code = run.get("exitCode")
+    return _REASONS.get(code, "RunFailed") if isinstance(code, int) else "RunFailed"
