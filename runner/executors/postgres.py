@@ -31,7 +31,6 @@ import contextlib
 import datetime
 import functools
 import os
-import pathlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +42,7 @@ import psycopg.postgres
 import psycopg.pq
 from psycopg.abc import Buffer
 
+from pgquartz.runner import secrets
 from pgquartz.runner.executors import sqltext
 from pgquartz.runner.executors.capture import BoundedCapture, Limits
 from pgquartz.runner.model.job import Command, Connection, Role
@@ -113,21 +113,10 @@ class PostgresExecutor:
 
     def _password(self) -> str | None:
         connection = self._connection
-        if connection.password_file is not None:
-            try:
-                return pathlib.Path(connection.password_file).expanduser().read_text().rstrip("\r\n")
-            except OSError as error:
-                raise ConnectionFailed(
-                    f"cannot read passwordFile {connection.password_file!r}: {error}"
-                ) from None
-        if connection.password_env is not None:
-            value = os.environ.get(connection.password_env)
-            if value is None:
-                raise ConnectionFailed(
-                    f"the environment variable {connection.password_env} (passwordEnv) is not set"
-                )
-            return value
-        return None
+        try:
+            return secrets.read(file=connection.password_file, env=connection.password_env, what="password")
+        except secrets.SecretUnavailable as error:
+            raise ConnectionFailed(str(error)) from None
 
     async def _session(self) -> psycopg.AsyncConnection[Any]:
         while self._idle:

@@ -10,7 +10,6 @@ Secrets come from files or the environment and are never shown.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import socket
 import urllib.parse
@@ -20,6 +19,7 @@ import aetcd
 import grpc
 from aetcd import rpc, watcher
 
+from pgquartz.runner import secrets
 from pgquartz.runner.model.job import EtcdConfig
 
 DEFAULT_PORT = 2379
@@ -132,16 +132,10 @@ class Client(aetcd.Client):
 
 
 def _password(config: EtcdConfig) -> str:
-    if config.password_file is not None:
-        try:
-            return pathlib.Path(config.password_file).expanduser().read_text().rstrip("\r\n")
-        except OSError as error:
-            raise EtcdUnavailable(f"cannot read the etcd passwordFile: {error}") from None
-    if config.password_env is not None:
-        value = os.environ.get(config.password_env)
-        if value is None:
-            raise EtcdUnavailable(
-                f"the environment variable {config.password_env} (etcd passwordEnv) is not set"
-            )
-        return value
-    raise EtcdUnavailable("an etcd username needs passwordFile or passwordEnv")
+    try:
+        password = secrets.read(file=config.password_file, env=config.password_env, what="etcd password")
+    except secrets.SecretUnavailable as error:
+        raise EtcdUnavailable(str(error)) from None
+    if password is None:
+        raise EtcdUnavailable("an etcd username needs passwordFile or passwordEnv")
+    return password
