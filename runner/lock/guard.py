@@ -65,7 +65,12 @@ async def hold(
 
         budget = min(stop_budget, ttl / 2)
         sent = time.monotonic()
-        reply = await client.refresh_lease(held.lease.id)
+        try:
+            reply = await client.refresh_lease(held.lease.id)
+        except (aetcd.ClientError, OSError) as error:
+            raise LockLost(
+                f"the etcd lease could not be confirmed before the steps: {_describe(error)}"
+            ) from None
         if reply is None or reply.TTL <= 0:
             raise LockLost("the etcd lease expired before the steps could start")
         watchdog = asyncio.create_task(
