@@ -109,3 +109,42 @@ def test_03_three_nodes_run_one_at_a_time_with_growing_fencing_tokens(
     assert len(runs) == 3
     for (_, _, finished), (_, started, _) in itertools.pairwise(runs):
         assert finished <= started  # one at a time
+
+
+def test_04_kubernetes_manifests_are_valid_and_render_runnable_objects(tmp_path: pathlib.Path) -> None:
+    import jsonschema
+    import kubernetes_validate
+    import yaml
+
+    from pgquartz.operator import crd, manifests
+    from tests.operator.test_crd import _as_json_schema
+
+    validator = jsonschema.Draft7Validator(_as_json_schema(crd.spec_schema()))
+    defaults = manifests.Defaults(image="pgquartz/runner:test", etcd_endpoints=("etcd.pgquartz:2379",))
+    files = sorted((EXAMPLES / "04-kubernetes").glob("*.yaml"))
+    assert [f.name for f in files] == ["all-at-once.yaml", "every-node-in-turn.yaml", "one-node.yaml"]
+    for path in files:
+        obj = yaml.safe_load(path.read_text())
+        assert list(validator.iter_errors(obj["spec"])) == [], path.name
+        obj["metadata"]["uid"] = "uid-1"
+        rendered = manifests.render(obj, defaults=defaults)
+        for child in (rendered.config_map, rendered.cron_job):
+            kubernetes_validate.validate(child, "1.37.0", strict=True)
+        for key, text in rendered.config_map["data"].items():
+            (tmp_path / key).write_text(text)
+            result = run_pgquartz("validate", key, cwd=tmp_path)
+            assert result.returncode == 0, f"{path.name}: {result.stderr}"
+    turns = yaml.safe_load(
+        next(
+            iter(
+                manifests.render(
+                    yaml.safe_load(files[1].read_text())
+                    | {"metadata": {"name": "rolling-checkpoint", "namespace": "databases", "uid": "u"}},
+                    defaults=defaults,
+                )
+                .config_map["data"]
+                .values()
+            )
+        )
+    )
+    assert turns["etcdConfig"]["lockKey"] == "databases/rolling-checkpoint"
