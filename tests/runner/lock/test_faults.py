@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import processes_with_marker
-from tests.runner.lock.test_lock import lock_yaml, start, wait_for
+from tests.runner.lock.test_lock import lock_yaml, nodes, start, wait_for
 from tests.support.etcdcluster import EtcdCluster, running_etcd
 
 
@@ -45,13 +45,14 @@ def test_a_frozen_cluster_stops_the_holder_before_its_lease_can_expire(
 ) -> None:
     key = f"k{uuid.uuid4().hex[:8]}"
     marker = f"pgq-test-{uuid.uuid4().hex}"
-    holder_dir, waiter_dir = tmp_path / "holder", tmp_path / "waiter"
-    for directory in (holder_dir, waiter_dir):
-        directory.mkdir()
-        (directory / "job.yml").write_text(
-            lock_yaml(cluster.endpoints, key, "4s") + "steps:\n  s:\n    commands:\n"
-            f"      - inline: 'date +%s.%N > started; exec -a {marker} sleep 300'\n"
-        )
+    jobs = nodes(
+        tmp_path,
+        ("holder", "waiter"),
+        lock_yaml(cluster.endpoints, key, "4s")
+        + "steps:\n  s:\n    commands:\n"
+        + f"      - inline: 'date +%s.%N > started; exec -a {marker} sleep 300'\n",
+    )
+    holder_dir, waiter_dir = (job.parent for job in jobs)
     holder = start(holder_dir / "job.yml")
     wait_for(holder_dir / "started")
     waiter = start(waiter_dir / "job.yml")

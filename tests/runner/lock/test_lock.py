@@ -33,6 +33,17 @@ def start(job: pathlib.Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
+def nodes(tmp_path: pathlib.Path, names: tuple[str, ...], job_text: str) -> list[pathlib.Path]:
+    """One directory per runner ("node"), each with the same job file; returns the job files."""
+    jobs = []
+    for name in names:
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "job.yml").write_text(job_text)
+        jobs.append(directory / "job.yml")
+    return jobs
+
+
 def wait_for(path: pathlib.Path, timeout: float = 20) -> float:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -221,13 +232,13 @@ def test_sigterm_releases_the_lock_at_once_and_stops_children(
 ) -> None:
     key = f"k{uuid.uuid4().hex[:8]}"
     marker = f"pgq-test-{uuid.uuid4().hex}"
-    first, second = tmp_path / "first", tmp_path / "second"
-    for directory in (first, second):
-        directory.mkdir()
-        (directory / "job.yml").write_text(
-            lock_yaml(etcd.endpoints, key, "30s") + "steps:\n  s:\n    commands:\n"
-            f"      - inline: 'touch started; exec -a {marker} sleep 300'\n"
-        )
+    jobs = nodes(
+        tmp_path,
+        ("first", "second"),
+        lock_yaml(etcd.endpoints, key, "30s")
+        + f"steps:\n  s:\n    commands:\n      - inline: 'touch started; exec -a {marker} sleep 300'\n",
+    )
+    first, second = (job.parent for job in jobs)
     holder = start(first / "job.yml")
     wait_for(first / "started")
     waiter = start(second / "job.yml")
@@ -249,13 +260,13 @@ def test_a_killed_holder_blocks_the_next_until_its_lease_expires(
     tmp_path: pathlib.Path, etcd: EtcdCluster
 ) -> None:
     key = f"k{uuid.uuid4().hex[:8]}"
-    first, second = tmp_path / "first", tmp_path / "second"
-    for directory in (first, second):
-        directory.mkdir()
-        (directory / "job.yml").write_text(
-            lock_yaml(etcd.endpoints, key, "3s") + "steps:\n  s:\n    commands:\n"
-            "      - inline: 'touch started; sleep 30'\n"
-        )
+    jobs = nodes(
+        tmp_path,
+        ("first", "second"),
+        lock_yaml(etcd.endpoints, key, "3s")
+        + "steps:\n  s:\n    commands:\n      - inline: 'touch started; sleep 30'\n",
+    )
+    first, second = (job.parent for job in jobs)
     holder = start(first / "job.yml")
     wait_for(first / "started")
     waiter = start(second / "job.yml")
