@@ -112,7 +112,7 @@ async def running_kopf(registry: kopf.OperatorRegistry, url: str) -> AsyncIterat
         return kopf.ConnectionInfo(server=url, insecure=True)
 
     stop = asyncio.Event()
-    ignored = asyncio.all_tasks()
+    ignored = set(asyncio.all_tasks())  # kopf cancels every other task when it stops
     tasks = await kopf.spawn_tasks(
         registry=registry, settings=settings(), clusterwide=True, stop_flag=stop, standalone=True
     )
@@ -120,5 +120,9 @@ async def running_kopf(registry: kopf.OperatorRegistry, url: str) -> AsyncIterat
     try:
         yield
     finally:
+        # pytest-asyncio may tear down in another task than it set up in: spare that one too.
+        current = asyncio.current_task()
+        if current is not None:
+            ignored.add(current)
         stop.set()
         await asyncio.wait([runner], timeout=15)

@@ -1,0 +1,139 @@
+"""kopf handlers: keep each PgQuartzJob's ConfigMap and CronJob as rendered, and report it in status.
+
+Reconciliation reacts to ``spec`` only (``field="spec"``): a change of labels or
+annotations, such as Argo CD's tracking annotation or kubectl's
+``last-applied-configuration``, renders nothing again. Applying is idempotent:
+an object is written only when what is in the cluster differs from the
+rendering. The user's spec is never edited; problems land in the ``Ready``
+condition and a Warning event, never in a crash loop or a half-made object
+(nothing is written unless the whole rendering succeeded).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import kopf
+import pydantic
+
+from pgquartz.operator import manifests, resource, status
+
+
+class ObjectStore(Protocol):
+    """What the handlers need of the API: read, create and replace namespaced objects."""
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def create(self, kind: str, namespace: str, body: Mapping[str, Any]) -> None: ...
+
+    def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """A JSON merge patch."""
+        ...
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def differs(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether the object in the cluster differs from the rendering in anything we own."""
+    meta, wanted_meta = existing.get("metadata", {}), wanted["metadata"]
+    if any(meta.get("labels", {}).get(key) != value for key, value in wanted_meta.get("labels", {}).items()):
+        return True
+    if meta.get("ownerReferences") != wanted_meta.get("ownerReferences"):
+        return True
+    return any(existing.get(key) != wanted.get(key) for key in ("data", "spec") if key in wanted)
+
+
+def merge_patch(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch that turns ``existing`` into ``wanted`` (keys no longer wanted become null)."""
+    patch: dict[str, Any] = {}
+    for key, value in wanted.items():
+        old = existing.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            nested = merge_patch(old, value)
+            if nested:
+                patch[key] = nested
+        elif old != value:
+            patch[key] = value
+    for key in existing:
+        if key not in wanted:
+            patch[key] = None
+    return patch
+
+
+def apply(store: ObjectStore, obj: Mapping[str, Any]) -> str:
+    """Create or update ``obj`` if needed; returns ``created``, ``updated`` or ``unchanged``."""
+    kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+    existing = store.read(kind, namespace, name)
+    if existing is None:
+        store.create(kind, namespace, obj)
+        return "created"
+    if not differs(existing, obj):
+        return "unchanged"
+    patch = {key: merge_patch(existing.get(key) or {}, obj[key]) for key in ("data", "spec") if key in obj}
+    metadata = obj["metadata"]
+    patch["metadata"] = {
+        "labels": metadata.get("labels", {}),
+        "ownerReferences": metadata.get("ownerReferences"),
+    }
+    store.patch(kind, namespace, name, patch)
+    return "updated"
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    *,
+    store: Callable[[], ObjectStore],
+    defaults: manifests.Defaults,
+) -> None:
+    """Register the PgQuartzJob handlers on ``registry``."""
+    where = (resource.GROUP, resource.VERSION, resource.PLURAL)
+
+    @kopf.on.resume(*where, registry=registry)
+    @kopf.on.create(*where, registry=registry)
+    @kopf.on.update(*where, field="spec", registry=registry)
+    def reconcile(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        generation = int(meta.get("generation") or 1)
+        conditions = list(body.get("status", {}).get("conditions", []))
+        try:
+            rendered = manifests.render(body, defaults=defaults)
+        except pydantic.ValidationError as error:
+            message = "; ".join(
+                f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+                for problem in error.errors()
+            )[:1024]
+            patch.status["conditions"] = status.condition(
+                conditions,
+                type_=status.READY,
+                status=False,
+                reason="InvalidSpec",
+                message=message,
+                generation=generation,
+                now=_now(),
+            )
+            patch.status["observedGeneration"] = generation
+            kopf.warn(body, reason="InvalidSpec", message=message)
+            logger.warning(f"not rendered: {message}")
+            return
+        api = store()
+        outcomes = {obj["kind"]: apply(api, obj) for obj in (rendered.config_map, rendered.cron_job)}
+        for kind, outcome in outcomes.items():
+            if outcome != "unchanged":
+                kopf.info(
+                    body,
+                    reason=outcome.capitalize(),
+                    message=f"{kind} {rendered.cron_job['metadata']['name']} {outcome}",
+                )
+        patch.status["conditions"] = status.condition(
+            conditions,
+            type_=status.READY,
+            status=True,
+            reason="ObjectsInPlace",
+            message=f"ConfigMap and CronJob {rendered.cron_job['metadata']['name']} are in place",
+            generation=generation,
+            now=_now(),
+        )
+        patch.status["observedGeneration"] = generation
