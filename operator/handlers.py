@@ -137,3 +137,28 @@ def register(
             now=_now(),
         )
         patch.status["observedGeneration"] = generation
+
+    # kopf's change detection leaves annotations out; every event is checked instead (cheap:
+    # one comparison unless a new value arrived).
+    @kopf.on.event(*where, registry=registry)
+    def run_now(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        """A new ``pgquartz.io/run-now`` value starts one Job; the value is remembered in status,
+        so re-applying the same manifest (GitOps) never starts it again."""
+        request = (body.get("metadata", {}).get("annotations") or {}).get(manifests.RUN_NOW)
+        handled = body.get("status", {}).get("handledRunNow")
+        if not request or request == handled or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        try:
+            job = manifests.manual_job(body, request=request, defaults=defaults)
+        except pydantic.ValidationError:
+            return  # the reconcile handler reports the invalid spec
+        api = store()
+        if api.read("Job", job["metadata"]["namespace"], job["metadata"]["name"]) is None:
+            api.create("Job", job["metadata"]["namespace"], job)
+            kopf.info(
+                body,
+                reason="RunNow",
+                message=f"Job {job['metadata']['name']} started for run-now {request!r}",
+            )
+            logger.info(f"started Job {job['metadata']['name']} for run-now {request!r}")
+        patch.status["handledRunNow"] = request

@@ -2,7 +2,7 @@
 
 kopf runs synchronous handlers in a thread pool, so these blocking calls never
 stall its event loop. Only what reconciliation needs: read, create and replace
-ConfigMaps and CronJobs (updates as JSON merge patches).
+ConfigMaps and CronJobs (updates as JSON merge patches), and Jobs for manual runs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ class KubernetesStore:
         try:
             if kind == "ConfigMap":
                 obj = self._core.read_namespaced_config_map(name, namespace)
+            elif kind == "Job":
+                obj = self._batch.read_namespaced_job(name, namespace)
             else:
                 obj = self._batch.read_namespaced_cron_job(name, namespace)
         except kubernetes.client.ApiException as error:
@@ -37,6 +39,8 @@ class KubernetesStore:
     def create(self, kind: str, namespace: str, body: Mapping[str, Any]) -> None:
         if kind == "ConfigMap":
             self._core.create_namespaced_config_map(namespace, dict(body))
+        elif kind == "Job":
+            self._batch.create_namespaced_job(namespace, dict(body))
         else:
             self._batch.create_namespaced_cron_job(namespace, dict(body))
 

@@ -188,6 +188,29 @@ def _cron_spec(
     return cron
 
 
+RUN_NOW = "pgquartz.io/run-now"
+
+
+def manual_job(obj: Mapping[str, Any], *, request: str, defaults: Defaults) -> dict[str, Any]:
+    """One Job from the CronJob's template, for the ``pgquartz.io/run-now`` value ``request``."""
+    rendered = render(obj, defaults=defaults)
+    child = rendered.cron_job["metadata"]["name"]
+    suffix = hashlib.sha256(request.encode()).hexdigest()[:6]
+    template = rendered.cron_job["spec"]["jobTemplate"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"{child[:52]}-now-{suffix}",
+            "namespace": obj["metadata"]["namespace"],
+            "labels": {**template["metadata"]["labels"], "pgquartz.io/trigger": "run-now"},
+            "annotations": {RUN_NOW: request},
+            "ownerReferences": rendered.cron_job["metadata"]["ownerReferences"],
+        },
+        "spec": template["spec"],
+    }
+
+
 def job_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults: Defaults) -> dict[str, Any]:
     """The Job's spec (also used as-is for manual runs)."""
     job: dict[str, Any] = {

@@ -65,6 +65,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         emulator.register("pgquartz.io/v1alpha1/pgquartzjobs", kind="PgQuartzJob", status=True)
         emulator.register("v1/configmaps", kind="ConfigMap")
         emulator.register("batch/v1/cronjobs", kind="CronJob")
+        emulator.register("batch/v1/jobs", kind="Job")
         client = kubeapi.client_for(url)
         handlers.register(registry, store=lambda: kubeapi.KubernetesStore(client), defaults=DEFAULTS)
         async with running_kopf(registry, url), aiohttp.ClientSession() as session:
@@ -96,6 +97,16 @@ async def test_creating_a_pgquartzjob_makes_its_config_map_and_cron_job(cluster:
     obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
     assert obj["status"]["observedGeneration"] == 1
     assert ready(obj)["reason"] == "ObjectsInPlace"  # type: ignore[index]
+    events = await cluster.eventually(
+        "/api/v1/namespaces/db/events",
+        lambda listing: any(e.get("reason") == "Created" for e in listing.get("items", [])),
+    )
+    created = [e for e in events["items"] if e.get("reason") == "Created"]
+    assert {e["involvedObject"]["name"] for e in created} == {"nightly"}
+    assert {e["message"] for e in created} == {
+        "ConfigMap pgqj-nightly created",
+        "CronJob pgqj-nightly created",
+    }
 
 
 async def test_a_spec_change_updates_the_objects(cluster: Cluster) -> None:
@@ -138,3 +149,53 @@ async def test_an_invalid_spec_is_reported_not_half_applied(cluster: Cluster) ->
     assert await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-broken") is None
     assert await cluster.get("/api/v1/namespaces/db/configmaps/pgqj-broken") is None
     assert obj["spec"] == spec  # the user's spec is never edited
+
+
+async def jobs(cluster: Cluster) -> list[dict[str, Any]]:
+    listing = await cluster.get("/apis/batch/v1/namespaces/db/jobs")
+    return list((listing or {}).get("items", []))
+
+
+async def test_run_now_starts_one_job_per_new_value_and_never_on_reapply(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    assert await jobs(cluster) == []
+    await cluster.patch(
+        f"{JOBS}/nightly", {"metadata": {"annotations": {"pgquartz.io/run-now": "2026-11-23T10:00"}}}
+    )
+    await cluster.eventually(
+        f"{JOBS}/nightly", lambda o: o.get("status", {}).get("handledRunNow") == "2026-11-23T10:00"
+    )
+    [job] = await jobs(cluster)
+    assert job["metadata"]["annotations"]["pgquartz.io/run-now"] == "2026-11-23T10:00"
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][1] == "/etc/pgquartz/job/nightly.yml"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "PgQuartzJob"
+    # Argo CD re-applying the same manifest: same value, no new Job.
+    await cluster.patch(
+        f"{JOBS}/nightly",
+        {
+            "metadata": {
+                "labels": {"synced": "again"},
+                "annotations": {"pgquartz.io/run-now": "2026-11-23T10:00"},
+            }
+        },
+    )
+    await asyncio.sleep(1.0)
+    assert len(await jobs(cluster)) == 1
+    await cluster.patch(f"{JOBS}/nightly", {"metadata": {"annotations": {"pgquartz.io/run-now": "second"}}})
+    await cluster.eventually(
+        f"{JOBS}/nightly", lambda o: o.get("status", {}).get("handledRunNow") == "second"
+    )
+    assert len(await jobs(cluster)) == 2
+
+
+async def test_a_deleted_pgquartzjob_goes_away(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    async with cluster.session.delete(f"{cluster.url}{JOBS}/nightly") as response:
+        assert response.status < 300
+    for _ in range(100):
+        if await cluster.get(f"{JOBS}/nightly") is None:
+            break
+        await asyncio.sleep(0.05)
+    assert await cluster.get(f"{JOBS}/nightly") is None  # no finalizer left hanging

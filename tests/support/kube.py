@@ -59,6 +59,7 @@ class Emulator(kmock.KubernetesEmulator):
         if request.resource is not None:
             if request.action == enums.action.CREATE and isinstance(request.data, dict):
                 object.__setattr__(request, "data", self._identify(request.data, request.namespace))
+                # kmock keys new objects by the name in the body, so generateName must be resolved first
             elif request.action == enums.action.UPDATE and request.name is not None:
                 version = str(next(self._versions))
                 if isinstance(request.data, dict):
@@ -75,6 +76,8 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _identify(self, data: dict[str, Any], namespace: str | None) -> dict[str, Any]:
         metadata = dict(data.get("metadata") or {})
+        if not metadata.get("name") and metadata.get("generateName"):
+            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata["resourceVersion"] = str(next(self._versions))
         metadata.setdefault(
