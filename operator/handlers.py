@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import kopf
 import pydantic
@@ -30,6 +30,12 @@ class ObjectStore(Protocol):
 
     def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """A JSON merge patch."""
+        ...
+
+    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch a PgQuartzJob's status subresource."""
         ...
 
 
@@ -162,3 +168,46 @@ def register(
             )
             logger.info(f"started Job {job['metadata']['name']} for run-now {request!r}")
         patch.status["handledRunNow"] = request
+
+    @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_NAME: kopf.PRESENT}, registry=registry)
+    def job_changed(body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
+        """A run's Job changed: recompute the owner's run status from all its Jobs and their pods."""
+        owner = (body.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_NAME)
+        if not owner or not namespace:
+            return
+        api = store()
+        current = api.read(resource.KIND, namespace, owner)
+        if current is None:
+            return
+        selector = f"{manifests.LABEL_NAME}={owner}"
+        jobs = api.list("Job", namespace, selector)
+        summaries = {}
+        for job in jobs:
+            name = job["metadata"]["name"]
+            for pod in api.list("Pod", namespace, f"job-name={name}"):
+                for container in pod.get("status", {}).get("containerStatuses", []) or []:
+                    message = (container.get("state", {}).get("terminated") or {}).get("message")
+                    found = status.run_summary(message)
+                    if found is not None:
+                        summaries[name] = found
+        existing = current.get("status", {}) or {}
+        patch = status.runs_status(
+            jobs,
+            summaries,
+            existing=existing,
+            generation=int(current["metadata"].get("generation") or 1),
+            now=_now(),
+        )
+        if not patch:
+            return
+        last, previous = patch.get("lastRun"), existing.get("lastRun") or {}
+        if last and (last.get("job"), last.get("result")) != (previous.get("job"), previous.get("result")):
+            succeeded = last["result"] == "Succeeded"
+            text = last.get("message") or f"Job {last['job']} {last['result'].lower()}"
+            if succeeded:
+                kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason="RunSucceeded", message=text)
+            else:
+                kopf.warn(kopf.Body(cast(kopf.RawBody, current)), reason="RunFailed", message=text)
+        if any(existing.get(key) != value for key, value in patch.items()):
+            api.patch_status(namespace, owner, patch)
+            logger.info(f"status of {owner} updated from its Jobs")

@@ -12,6 +12,8 @@ from typing import Any
 
 import kubernetes
 
+from pgquartz.operator import resource
+
 
 class KubernetesStore:
     # The client's generated models are only partly typed: the handlers speak plain dicts,
@@ -20,6 +22,7 @@ class KubernetesStore:
         self._client: Any = client
         self._core: Any = kubernetes.client.CoreV1Api(client)
         self._batch: Any = kubernetes.client.BatchV1Api(client)
+        self._custom: Any = kubernetes.client.CustomObjectsApi(client)
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -27,6 +30,10 @@ class KubernetesStore:
                 obj = self._core.read_namespaced_config_map(name, namespace)
             elif kind == "Job":
                 obj = self._batch.read_namespaced_job(name, namespace)
+            elif kind == resource.KIND:
+                obj = self._custom.get_namespaced_custom_object(
+                    resource.GROUP, resource.VERSION, namespace, resource.PLURAL, name
+                )
             else:
                 obj = self._batch.read_namespaced_cron_job(name, namespace)
         except kubernetes.client.ApiException as error:
@@ -43,6 +50,25 @@ class KubernetesStore:
             self._batch.create_namespaced_job(namespace, dict(body))
         else:
             self._batch.create_namespaced_cron_job(namespace, dict(body))
+
+    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        if kind == "Job":
+            found = self._batch.list_namespaced_job(namespace, label_selector=selector)
+        else:
+            found = self._core.list_namespaced_pod(namespace, label_selector=selector)
+        items: list[dict[str, Any]] = self._client.sanitize_for_serialization(found).get("items", [])
+        return items
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self._custom.patch_namespaced_custom_object_status(
+            resource.GROUP,
+            resource.VERSION,
+            namespace,
+            resource.PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type="application/merge-patch+json",
+        )
 
     def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """A JSON merge patch (the client picks merge-patch for a dict body of a custom content type)."""

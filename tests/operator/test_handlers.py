@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -65,7 +66,8 @@ async def cluster() -> AsyncIterator[Cluster]:
         emulator.register("pgquartz.io/v1alpha1/pgquartzjobs", kind="PgQuartzJob", status=True)
         emulator.register("v1/configmaps", kind="ConfigMap")
         emulator.register("batch/v1/cronjobs", kind="CronJob")
-        emulator.register("batch/v1/jobs", kind="Job")
+        emulator.register("batch/v1/jobs", kind="Job", status=True)
+        emulator.register("v1/pods", kind="Pod", status=True)
         client = kubeapi.client_for(url)
         handlers.register(registry, store=lambda: kubeapi.KubernetesStore(client), defaults=DEFAULTS)
         async with running_kopf(registry, url), aiohttp.ClientSession() as session:
@@ -199,3 +201,76 @@ async def test_a_deleted_pgquartzjob_goes_away(cluster: Cluster) -> None:
             break
         await asyncio.sleep(0.05)
     assert await cluster.get(f"{JOBS}/nightly") is None  # no finalizer left hanging
+
+
+async def test_finished_runs_show_in_status_and_events(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    labels = {"pgquartz.io/job": "nightly"}
+    # What the CronJob controller and kubelet would do: a Job, its pod, the runner's summary.
+    await cluster.post(
+        "/apis/batch/v1/namespaces/db/jobs",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "pgqj-nightly-29390", "namespace": "db", "labels": labels},
+            "spec": {
+                "template": {
+                    "spec": {"containers": [{"name": "runner", "image": "x"}], "restartPolicy": "Never"}
+                }
+            },
+        },
+    )
+    summary = {
+        "job": "nightly",
+        "result": "check-failed",
+        "exitCode": 1,
+        "failedSteps": ["vacuum"],
+        "message": "check failed: statistics are fresh: expected text '{stale}={0}' not found",
+    }
+    await cluster.post(
+        "/api/v1/namespaces/db/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "pgqj-nightly-29390-abcde",
+                "namespace": "db",
+                "labels": {"job-name": "pgqj-nightly-29390"},
+            },
+            "spec": {"containers": [{"name": "runner", "image": "x"}]},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "runner",
+                        "image": "x",
+                        "imageID": "x",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 1, "message": json.dumps(summary)}},
+                    }
+                ]
+            },
+        },
+    )
+    await cluster.patch(
+        "/apis/batch/v1/namespaces/db/jobs/pgqj-nightly-29390",
+        {
+            "status": {
+                "startTime": "2026-11-23T23:15:00Z",
+                "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}],
+            }
+        },
+    )
+    obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: "lastRun" in o.get("status", {}))
+    run = obj["status"]["lastRun"]
+    assert run["job"] == "pgqj-nightly-29390" and run["result"] == "Failed" and run["exitCode"] == 1
+    assert run["failedSteps"] == ["vacuum"]
+    condition = next(c for c in obj["status"]["conditions"] if c["type"] == "LastRunSucceeded")
+    assert condition["status"] == "False" and condition["reason"] == "ChecksFailed"
+    events = await cluster.eventually(
+        "/api/v1/namespaces/db/events",
+        lambda listing: any(e.get("reason") == "RunFailed" for e in listing.get("items", [])),
+    )
+    [failed] = [e for e in events["items"] if e.get("reason") == "RunFailed"]
+    assert failed["type"] == "Warning" and "statistics are fresh" in failed["message"]
