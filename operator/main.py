@@ -1,0 +1,69 @@
+"""``pgquartz-operator``: run the kopf operator with settings from the environment.
+
+One replica at a time: the operator runs standalone (no kopf peering), so the
+Helm chart deploys it with ``replicas: 1`` and the ``Recreate`` strategy; two
+replicas would both write the same children and statuses. kopf keeps its
+bookkeeping in ``pgquartz.io/…`` annotations (never in fields Argo CD
+compares) and serves ``/healthz`` for liveness and readiness probes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import kopf
+
+from pgquartz.operator import handlers, kubeapi, settings
+
+FINALIZER = "pgquartz.io/finalizer"
+STORAGE_PREFIX = "pgquartz.io"
+
+
+def configure(operator_settings: kopf.OperatorSettings) -> None:
+    """kopf's persistence under pgquartz.io: chosen once; changing it later strands objects."""
+    operator_settings.persistence.finalizer = FINALIZER
+    operator_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
+    operator_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=STORAGE_PREFIX)
+    operator_settings.posting.level = 20  # INFO: created/updated objects and run outcomes
+
+
+def build_registry(
+    config: settings.Settings, *, store: Callable[[], handlers.ObjectStore] | None = None
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    if store is None:
+        client = kubeapi.client_for()
+
+        def store() -> handlers.ObjectStore:
+            return kubeapi.KubernetesStore(client)
+
+    handlers.register(registry, store=store, defaults=config.defaults)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: object) -> None:
+        configure(settings)
+
+    return registry
+
+
+def main() -> int:
+    try:
+        config = settings.from_environment(os.environ)
+    except settings.SettingsError as error:
+        print(f"pgquartz-operator: {error}", file=sys.stderr)
+        return 2
+    kopf.configure(log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN)
+    kopf.run(
+        registry=build_registry(config),
+        standalone=True,
+        clusterwide=config.clusterwide,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The operator's configuration, from its environment (the Helm chart sets it).
+
+| variable | meaning | default |
+|---|---|---|
+| ``PGQUARTZ_NAMESPACES`` | comma-separated namespaces to watch; empty: the whole cluster | (cluster) |
+| ``PGQUARTZ_RUNNER_IMAGE`` | job pods' image when a resource names none | ``pgquartz/runner:<version>`` |
+| ``PGQUARTZ_ETCD_ENDPOINTS`` | comma-separated etcd endpoints for ``spec.lock`` without endpoints | (none) |
+| ``PGQUARTZ_LOG_FORMAT`` | ``text`` or ``json`` | ``json`` |
+| ``PGQUARTZ_LIVENESS_PORT`` | port of the liveness/readiness endpoint ``/healthz`` | ``8080`` |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from pgquartz.operator import manifests
+from pgquartz.runner import __version__
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the operator cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...]
+    defaults: manifests.Defaults
+    log_format: str
+    liveness_port: int
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def _items(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def from_environment(environ: Mapping[str, str]) -> Settings:
+    log_format = environ.get("PGQUARTZ_LOG_FORMAT", "json")
+    if log_format not in ("text", "json"):
+        raise SettingsError(f"PGQUARTZ_LOG_FORMAT must be text or json, not {log_format!r}")
+    port_text = environ.get("PGQUARTZ_LIVENESS_PORT", "8080")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise SettingsError(f"PGQUARTZ_LIVENESS_PORT must be a port number, not {port_text!r}")
+    return Settings(
+        namespaces=_items(environ.get("PGQUARTZ_NAMESPACES")),
+        defaults=manifests.Defaults(
+            image=environ.get("PGQUARTZ_RUNNER_IMAGE") or f"pgquartz/runner:{__version__}",
+            etcd_endpoints=_items(environ.get("PGQUARTZ_ETCD_ENDPOINTS")),
+        ),
+        log_format=log_format,
+        liveness_port=int(port_text),
+    )
