@@ -19,6 +19,7 @@ import kopf
 import pydantic
 
 from pgquartz.operator import manifests, resource, status
+from pgquartz.operator import metrics as operator_metrics
 
 
 class ObjectStore(Protocol):
@@ -89,11 +90,21 @@ def apply(store: ObjectStore, obj: Mapping[str, Any]) -> str:
     return "updated"
 
 
+def _timestamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def register(
     registry: kopf.OperatorRegistry,
     *,
     store: Callable[[], ObjectStore],
     defaults: manifests.Defaults,
+    metrics: operator_metrics.Metrics | None = None,
 ) -> None:
     """Register the PgQuartzJob handlers on ``registry``."""
     where = (resource.GROUP, resource.VERSION, resource.PLURAL)
@@ -125,7 +136,12 @@ def register(
             logger.warning(f"not rendered: {message}")
             return
         api = store()
-        outcomes = {obj["kind"]: apply(api, obj) for obj in (rendered.config_map, rendered.cron_job)}
+        try:
+            outcomes = {obj["kind"]: apply(api, obj) for obj in (rendered.config_map, rendered.cron_job)}
+        except Exception:
+            if metrics is not None:
+                metrics.reconcile_errors.labels(namespace=meta.get("namespace"), name=meta.get("name")).inc()
+            raise  # kopf retries with back-off
         for kind, outcome in outcomes.items():
             if outcome != "unchanged":
                 kopf.info(
@@ -204,6 +220,13 @@ def register(
         if last and (last.get("job"), last.get("result")) != (previous.get("job"), previous.get("result")):
             succeeded = last["result"] == "Succeeded"
             text = last.get("message") or f"Job {last['job']} {last['result'].lower()}"
+            if metrics is not None:
+                metrics.run_finished(
+                    namespace=namespace,
+                    name=owner,
+                    result=last["result"],
+                    completed_at=_timestamp(last.get("completionTime")),
+                )
             if succeeded:
                 kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason="RunSucceeded", message=text)
             else:

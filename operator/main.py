@@ -4,7 +4,8 @@ One replica at a time: the operator runs standalone (no kopf peering), so the
 Helm chart deploys it with ``replicas: 1`` and the ``Recreate`` strategy; two
 replicas would both write the same children and statuses. kopf keeps its
 bookkeeping in ``pgquartz.io/…`` annotations (never in fields Argo CD
-compares) and serves ``/healthz`` for liveness and readiness probes.
+compares), serves ``/healthz`` for liveness and readiness probes and Prometheus
+metrics on ``PGQUARTZ_METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import sys
 from collections.abc import Callable
 
 import kopf
+import prometheus_client
 
 from pgquartz.operator import handlers, kubeapi, settings
+from pgquartz.operator import metrics as operator_metrics
 
 FINALIZER = "pgquartz.io/finalizer"
 STORAGE_PREFIX = "pgquartz.io"
@@ -30,7 +33,10 @@ def configure(operator_settings: kopf.OperatorSettings) -> None:
 
 
 def build_registry(
-    config: settings.Settings, *, store: Callable[[], handlers.ObjectStore] | None = None
+    config: settings.Settings,
+    *,
+    store: Callable[[], handlers.ObjectStore] | None = None,
+    metrics: operator_metrics.Metrics | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     if store is None:
@@ -39,7 +45,7 @@ def build_registry(
         def store() -> handlers.ObjectStore:
             return kubeapi.KubernetesStore(client)
 
-    handlers.register(registry, store=store, defaults=config.defaults)
+    handlers.register(registry, store=store, defaults=config.defaults, metrics=metrics)
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: object) -> None:
@@ -55,8 +61,10 @@ def main() -> int:
         print(f"pgquartz-operator: {error}", file=sys.stderr)
         return 2
     kopf.configure(log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN)
+    metrics = operator_metrics.create()
+    prometheus_client.start_http_server(config.metrics_port, registry=metrics.registry)
     kopf.run(
-        registry=build_registry(config),
+        registry=build_registry(config, metrics=metrics),
         standalone=True,
         clusterwide=config.clusterwide,
         namespaces=list(config.namespaces),

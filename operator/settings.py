@@ -7,6 +7,7 @@
 | ``PGQUARTZ_ETCD_ENDPOINTS`` | comma-separated etcd endpoints for ``spec.lock`` without endpoints | (none) |
 | ``PGQUARTZ_LOG_FORMAT`` | ``text`` or ``json`` | ``json`` |
 | ``PGQUARTZ_LIVENESS_PORT`` | port of the liveness/readiness endpoint ``/healthz`` | ``8080`` |
+| ``PGQUARTZ_METRICS_PORT`` | port of the Prometheus metrics | ``9090`` |
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Settings:
     defaults: manifests.Defaults
     log_format: str
     liveness_port: int
+    metrics_port: int
 
     @property
     def clusterwide(self) -> bool:
@@ -42,9 +44,8 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
     log_format = environ.get("PGQUARTZ_LOG_FORMAT", "json")
     if log_format not in ("text", "json"):
         raise SettingsError(f"PGQUARTZ_LOG_FORMAT must be text or json, not {log_format!r}")
-    port_text = environ.get("PGQUARTZ_LIVENESS_PORT", "8080")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise SettingsError(f"PGQUARTZ_LIVENESS_PORT must be a port number, not {port_text!r}")
+    liveness_port = _port(environ, "PGQUARTZ_LIVENESS_PORT", "8080")
+    metrics_port = _port(environ, "PGQUARTZ_METRICS_PORT", "9090")
     return Settings(
         namespaces=_items(environ.get("PGQUARTZ_NAMESPACES")),
         defaults=manifests.Defaults(
@@ -52,5 +53,13 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
             etcd_endpoints=_items(environ.get("PGQUARTZ_ETCD_ENDPOINTS")),
         ),
         log_format=log_format,
-        liveness_port=int(port_text),
+        liveness_port=liveness_port,
+        metrics_port=metrics_port,
     )
+
+
+def _port(environ: Mapping[str, str], name: str, default: str) -> int:
+    text = environ.get(name, default)
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SettingsError(f"{name} must be a port number, not {text!r}")
+    return int(text)

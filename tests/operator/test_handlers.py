@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pgquartz.operator import handlers, kubeapi, manifests
+from pgquartz.operator import metrics as operator_metrics
 from tests.operator.test_crd import VALID_SPEC
 from tests.support.kube import Emulator, running_emulator, running_kopf
 
@@ -22,8 +23,10 @@ DEFAULTS = manifests.Defaults(image="pgquartz/runner:test", etcd_endpoints=("etc
 
 
 class Cluster:
-    def __init__(self, emulator: Emulator, url: str, session: aiohttp.ClientSession) -> None:
-        self.emulator, self.url, self.session = emulator, url, session
+    def __init__(
+        self, emulator: Emulator, url: str, session: aiohttp.ClientSession, metrics: operator_metrics.Metrics
+    ) -> None:
+        self.emulator, self.url, self.session, self.metrics = emulator, url, session, metrics
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self.session.post(self.url + path, json=body) as response:
@@ -69,10 +72,13 @@ async def cluster() -> AsyncIterator[Cluster]:
         emulator.register("batch/v1/jobs", kind="Job", status=True)
         emulator.register("v1/pods", kind="Pod", status=True)
         client = kubeapi.client_for(url)
-        handlers.register(registry, store=lambda: kubeapi.KubernetesStore(client), defaults=DEFAULTS)
+        metrics = operator_metrics.create()
+        handlers.register(
+            registry, store=lambda: kubeapi.KubernetesStore(client), defaults=DEFAULTS, metrics=metrics
+        )
         async with running_kopf(registry, url), aiohttp.ClientSession() as session:
             await asyncio.sleep(0.5)
-            yield Cluster(emulator, url, session)
+            yield Cluster(emulator, url, session, metrics)
 
 
 def pgqj(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -274,3 +280,7 @@ async def test_finished_runs_show_in_status_and_events(cluster: Cluster) -> None
     )
     [failed] = [e for e in events["items"] if e.get("reason") == "RunFailed"]
     assert failed["type"] == "Warning" and "statistics are fresh" in failed["message"]
+    runs = cluster.metrics.registry.get_sample_value(
+        "pgquartz_runs_total", {"namespace": "db", "name": "nightly", "result": "Failed"}
+    )
+    assert runs == 1.0
