@@ -30,11 +30,14 @@ class Limits:
         return cls(head=half, tail=max(size, 0) - half)
 
 
+DEFAULT_LIMITS = Limits()
+
+
 class BoundedCapture:
     """Accumulates one stream within :class:`Limits`."""
 
-    def __init__(self, limits: Limits = Limits()) -> None:
-        self._limits = limits
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or DEFAULT_LIMITS
         self._head = bytearray()
         self._tail = bytearray()
         self._total = 0

@@ -44,7 +44,7 @@ from psycopg.abc import Buffer
 
 from pgquartz.runner import secrets
 from pgquartz.runner.executors import sqltext
-from pgquartz.runner.executors.capture import BoundedCapture, Limits
+from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.model.job import Command, Connection, Role
 from pgquartz.runner.model.results import CommandResult, CommandState
 
@@ -85,7 +85,7 @@ class PostgresExecutor:
         connection: Connection,
         application_name: str,
         max_sessions: int = 1,
-        limits: Limits = Limits(),  # noqa: B008 - a frozen value
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.name = name
         self._connection = connection

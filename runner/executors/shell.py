@@ -25,11 +25,10 @@ import sys
 import time
 from collections.abc import Mapping
 
-from pgquartz.runner.executors.capture import BoundedCapture, Limits
+from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.model.results import CommandResult, CommandState
 
 BASH = "bash"
-DEFAULT_LIMITS = Limits()
 _INLINE_ARG_LIMIT = 100 * 1024  # Linux refuses one argv string over 128 KiB
 
 

@@ -96,36 +96,23 @@ class PgServer:
             timeout=120,
         )
 
+    def _ctl(self, action: str, *options: str, check: bool = True) -> None:
+        log = ["-l", str(self.datadir / "server.log")] if action in ("start", "restart") else []
+        self.run("pg_ctl", "-D", str(self.datadir), *log, *options, "-w", "-t", "60", action, check=check)
+
     def start(self) -> None:
-        self.run(
-            "pg_ctl",
-            "-D",
-            str(self.datadir),
-            "-l",
-            str(self.datadir / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
+        self._ctl("start")
 
     def stop(self, mode: str = "fast") -> None:
-        self.run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
+        self._ctl("stop", "-m", mode, check=False)
 
     def restart(self) -> None:
-        self.run(
-            "pg_ctl",
-            "-D",
-            str(self.datadir),
-            "-l",
-            str(self.datadir / "server.log"),
-            "-m",
-            "fast",
-            "-w",
-            "-t",
-            "60",
-            "restart",
-        )
+        self._ctl("restart", "-m", "fast")
+
+    def connection_yaml(self, dbname: str) -> str:
+        """A job file's ``conn_params`` for this server, as a YAML flow mapping."""
+        params = f'host: "{self.socket_dir}", port: {self.port}, user: postgres, dbname: {dbname}'
+        return f"{{conn_params: {{{params}}}}}"
 
     def connect(self, **extra: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(**{**self.params, **extra}, autocommit=True)

@@ -86,7 +86,7 @@ def test_fencing_tokens_grow_and_reach_sql(
         lock_yaml(etcd.endpoints, key)
         + f"""
         connections:
-          pg: {{conn_params: {{host: "{p.socket_dir}", port: {p.port}, user: postgres, dbname: {database}}}}}
+          pg: {p.connection_yaml(database)}
         steps:
           s:
             commands:
@@ -158,7 +158,7 @@ def test_mutual_exclusion_is_proven_by_an_exclusion_constraint(
             lock_yaml(etcd.endpoints, key, "5s")
             + f"""
 connections:
-  pg: {{conn_params: {{host: "{p.socket_dir}", port: {p.port}, user: postgres, dbname: {database}}}}}
+  pg: {p.connection_yaml(database)}
 steps:
   work:
     commands:
@@ -355,7 +355,7 @@ def test_a_lost_lock_cancels_running_queries_on_the_server(
         lock_yaml(etcd.endpoints, key, "3s")
         + f"""
 connections:
-  pg: {{conn_params: {{host: "{p.socket_dir}", port: {p.port}, user: postgres, dbname: {database}}}}}
+  pg: {p.connection_yaml(database)}
 steps:
   s:
     commands:
