@@ -21,9 +21,9 @@ Benchmarks (targets from the issues; figures are min/median over the runs):
 - lock: hand-off latency from the holder's release (the etcd delete of its key, seen by a watcher)
   to the next holder's first command, over 200 hand-offs (median, p99; target median < 50 ms), and
   the cost of the lock for an uncontended job.
-- operator: 1000 PgQuartzJobs (PGQ_BENCH_OPERATOR_COUNT) reconciled by the kopf operator against the
-  emulated API (tests/support): time until every CronJob exists, and memory (the emulator runs in the
-  same process). The emulator scans every object on every request, so this is slow at 1000.
+- operator: 1000 PgQuartzJobs (PGQ_BENCH_OPERATOR_COUNT) reconciled by the ``pgquartz-operator``
+  process against the emulated API running in another process (bench/reconcile.py): time until every
+  CronJob exists against a plain render-and-create loop, and the operator's CPU time and peak RSS.
 """
 
 from __future__ import annotations
@@ -362,71 +362,10 @@ def bench_lock(work: pathlib.Path, runs: int) -> None:
 
 
 def bench_operator(work: pathlib.Path, runs: int) -> None:
-    """Reconcile 1000 PgQuartzJobs against the emulated API: time until every CronJob exists, and RSS."""
-    import asyncio
-    import resource as rusage
+    """See bench/reconcile.py (imported here: it needs the operator's and the tests' packages)."""
+    from bench import reconcile
 
-    import aiohttp
-    import kopf
-
-    from pgquartz.operator import handlers, kubeapi, manifests
-    from tests.support.kube import running_emulator, running_kopf
-
-    count = int(os.environ.get("PGQ_BENCH_OPERATOR_COUNT", "1000"))
-    spec = {"schedule": "15 23 * * *", "job": {"steps": {"s": {"commands": [{"inline": "true"}]}}}}
-
-    def rss_mb() -> float:
-        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    async def scenario() -> tuple[float, float, float]:
-        registry = kopf.OperatorRegistry()
-        async with running_emulator() as (emulator, url):
-            for resource_name, kind in (
-                ("pgquartz.io/v1alpha1/pgquartzjobs", "PgQuartzJob"),
-                ("v1/configmaps", "ConfigMap"),
-                ("batch/v1/cronjobs", "CronJob"),
-                ("batch/v1/jobs", "Job"),
-                ("v1/pods", "Pod"),
-            ):
-                emulator.register(resource_name, kind=kind, status=kind == "PgQuartzJob")
-            client = kubeapi.client_for(url)
-            handlers.register(
-                registry, store=lambda: kubeapi.KubernetesStore(client), defaults=manifests.Defaults()
-            )
-            before = rss_mb()
-            async with aiohttp.ClientSession() as session:
-                for index in range(count):
-                    await session.post(
-                        url + "/apis/pgquartz.io/v1alpha1/namespaces/db/pgquartzjobs",
-                        json={
-                            "apiVersion": "pgquartz.io/v1alpha1",
-                            "kind": "PgQuartzJob",
-                            "metadata": {"name": f"job-{index:04d}", "namespace": "db"},
-                            "spec": spec,
-                        },
-                    )
-                started = time.perf_counter()
-                async with running_kopf(registry, url):
-                    while True:
-                        async with session.get(url + "/apis/batch/v1/namespaces/db/cronjobs") as response:
-                            present = len((await response.json()).get("items", []))
-                        if present >= count:
-                            break
-                        await asyncio.sleep(0.5)
-                    elapsed = time.perf_counter() - started
-                    during = rss_mb()
-        peak = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss / 1024
-        return elapsed, during - before, peak
-
-    elapsed, grown, peak = asyncio.run(scenario())
-    print(
-        f"{'operator':<10} {count} PgQuartzJobs reconciled (ConfigMap + CronJob each) against the emulator in"
-        f" {elapsed:.1f}s ({elapsed / count * 1000:.1f} ms each); RSS grew {grown:.0f} MB during the run"
-        f" (emulator and operator share the process; peak {peak:.0f} MB)"
-    )
+    reconcile.bench(work, runs)
 
 
 BENCHMARKS = {

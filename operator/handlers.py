@@ -18,7 +18,7 @@ from typing import Any, Protocol, cast
 import kopf
 import pydantic
 
-from pgquartz.operator import manifests, resource, status
+from pgquartz.operator import manifests, resource, status, validation
 from pgquartz.operator import metrics as operator_metrics
 
 
@@ -37,6 +37,10 @@ class ObjectStore(Protocol):
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch a PgQuartzJob's status subresource."""
+        ...
+
+    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The key names of a Secret (never its values), or None if it does not exist."""
         ...
 
 
@@ -90,6 +94,14 @@ def apply(store: ObjectStore, obj: Mapping[str, Any]) -> str:
     return "updated"
 
 
+def present(store: ObjectStore, namespace: str, reference: resource.Reference) -> bool:
+    """Whether a referenced Secret (with its key) or ConfigMap exists."""
+    if reference.kind == "Secret":
+        keys = store.secret_keys(namespace, reference.name)
+        return keys is not None and reference.key in keys
+    return store.read(reference.kind, namespace, reference.name) is not None
+
+
 def _timestamp(text: str | None) -> float | None:
     if not text:
         return None
@@ -99,66 +111,116 @@ def _timestamp(text: str | None) -> float | None:
         return None
 
 
+MISSING_REFERENCE = "MissingReference"
+READY_TYPE = status.READY
+
+
+def spec_problem(error: pydantic.ValidationError) -> tuple[str, str]:
+    """The ``Ready`` reason and message for a spec the resource model refuses."""
+    details = error.errors()
+    message = "; ".join(
+        f"{'.'.join(str(part) for part in detail['loc']) or 'spec'}: {detail['msg']}" for detail in details
+    )
+    schedule_only = all(detail["loc"][:1] in (("schedule",), ("timeZone",)) for detail in details)
+    return ("InvalidSchedule" if schedule_only else "InvalidSpec"), message[:1024]
+
+
 def register(
     registry: kopf.OperatorRegistry,
     *,
     store: Callable[[], ObjectStore],
     defaults: manifests.Defaults,
     metrics: operator_metrics.Metrics | None = None,
+    recheck_interval: float = 30.0,
 ) -> None:
-    """Register the PgQuartzJob handlers on ``registry``."""
+    """Register the PgQuartzJob handlers on ``registry``.
+
+    ``recheck_interval``: how often a resource waiting for a Secret or ConfigMap it
+    references is checked again (only those: the operator does not watch Secrets).
+    """
     where = (resource.GROUP, resource.VERSION, resource.PLURAL)
 
-    @kopf.on.resume(*where, registry=registry)
-    @kopf.on.create(*where, registry=registry)
-    @kopf.on.update(*where, field="spec", registry=registry)
-    def reconcile(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-        generation = int(meta.get("generation") or 1)
-        conditions = list(body.get("status", {}).get("conditions", []))
+    def set_ready(
+        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, *, ready: bool, reason: str, message: str
+    ) -> None:
+        """Set ``Ready`` and observedGeneration, only if they change; an event when the condition does."""
+        generation = int(body.get("metadata", {}).get("generation") or 1)
+        existing = body.get("status", {}) or {}
+        old = existing.get("conditions", []) or []
+        new = status.condition(
+            old, type_=status.READY, status=ready, reason=reason, message=message, generation=generation, now=_now()
+        )
+        if new != old:
+            patch.status["conditions"] = new
+        if existing.get("observedGeneration") != generation:
+            patch.status["observedGeneration"] = generation
+        before = next((c for c in old if c.get("type") == status.READY), {})
+        if (before.get("status"), before.get("reason"), before.get("message")) == (
+            "True" if ready else "False",
+            reason,
+            message,
+        ):
+            return
+        if ready:
+            logger.info(message)
+        else:
+            kopf.warn(body, reason=reason, message=message)
+            logger.warning(f"not ready ({reason}): {message}")
+
+    def reconcile(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger) -> None:
+        """Render, check, apply; nothing is written unless the whole rendering is valid."""
         try:
             rendered = manifests.render(body, defaults=defaults)
         except pydantic.ValidationError as error:
-            message = "; ".join(
-                f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
-                for problem in error.errors()
-            )[:1024]
-            patch.status["conditions"] = status.condition(
-                conditions,
-                type_=status.READY,
-                status=False,
-                reason="InvalidSpec",
-                message=message,
-                generation=generation,
-                now=_now(),
-            )
-            patch.status["observedGeneration"] = generation
-            kopf.warn(body, reason="InvalidSpec", message=message)
-            logger.warning(f"not rendered: {message}")
+            reason, message = spec_problem(error)
+            set_ready(body, patch, logger, ready=False, reason=reason, message=message)
+            return
+        problems = validation.job_file_problems(rendered.config_map)
+        if problems:
+            set_ready(body, patch, logger, ready=False, reason="InvalidJob", message="; ".join(problems)[:1024])
             return
         api = store()
+        namespace, child = rendered.cron_job["metadata"]["namespace"], rendered.cron_job["metadata"]["name"]
         try:
             outcomes = {obj["kind"]: apply(api, obj) for obj in (rendered.config_map, rendered.cron_job)}
+            missing = [ref for ref in rendered.references if not present(api, namespace, ref)]
         except Exception:
             if metrics is not None:
                 metrics.reconcile_errors.labels(namespace=meta.get("namespace"), name=meta.get("name")).inc()
             raise  # kopf retries with back-off
         for kind, outcome in outcomes.items():
             if outcome != "unchanged":
-                kopf.info(
-                    body,
-                    reason=outcome.capitalize(),
-                    message=f"{kind} {rendered.cron_job['metadata']['name']} {outcome}",
-                )
-        patch.status["conditions"] = status.condition(
-            conditions,
-            type_=status.READY,
-            status=True,
-            reason="ObjectsInPlace",
-            message=f"ConfigMap and CronJob {rendered.cron_job['metadata']['name']} are in place",
-            generation=generation,
-            now=_now(),
-        )
-        patch.status["observedGeneration"] = generation
+                kopf.info(body, reason=outcome.capitalize(), message=f"{kind} {child} {outcome}")
+        if missing:
+            wanted = ", ".join(ref.describe() for ref in missing)
+            message = f"{wanted} not found in namespace {namespace}: runs fail until it exists"
+            set_ready(body, patch, logger, ready=False, reason=MISSING_REFERENCE, message=message)
+        else:
+            message = f"ConfigMap and CronJob {child} are in place"
+            set_ready(body, patch, logger, ready=True, reason="ObjectsInPlace", message=message)
+
+    @kopf.on.resume(*where, registry=registry)
+    @kopf.on.create(*where, registry=registry)
+    @kopf.on.update(*where, field="spec", registry=registry)
+    def spec_changed(
+        body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+    ) -> None:
+        reconcile(body, meta, patch, logger)
+
+    def waiting_for_reference(status: kopf.Status, **_: Any) -> bool:
+        ready = next((c for c in status.get("conditions", []) or [] if c.get("type") == READY_TYPE), {})
+        return bool(ready.get("status") == "False" and ready.get("reason") == MISSING_REFERENCE)
+
+    @kopf.timer(
+        *where,
+        interval=recheck_interval,
+        initial_delay=recheck_interval,
+        when=waiting_for_reference,
+        registry=registry,
+    )
+    def recheck(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        """A referenced Secret or ConfigMap was missing: it may exist now."""
+        reconcile(body, meta, patch, logger)
 
     # kopf's change detection leaves annotations out; every event is checked instead (cheap:
     # one comparison unless a new value arrived).

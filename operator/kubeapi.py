@@ -2,7 +2,9 @@
 
 kopf runs synchronous handlers in a thread pool, so these blocking calls never
 stall its event loop. Only what reconciliation needs: read, create and replace
-ConfigMaps and CronJobs (updates as JSON merge patches), and Jobs for manual runs.
+ConfigMaps and CronJobs (updates as JSON merge patches), Jobs for manual runs,
+and the key names of referenced Secrets (RBAC ``get`` on secrets, never list or
+watch; values are dropped as soon as they arrive).
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ class KubernetesStore:
             raise
         result: dict[str, Any] = self._client.sanitize_for_serialization(obj)
         return result
+
+    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The Secret's key names; its values are dropped here and never logged or kept."""
+        try:
+            secret = self._core.read_namespaced_secret(name, namespace)
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return set(secret.data or {})
 
     def create(self, kind: str, namespace: str, body: Mapping[str, Any]) -> None:
         if kind == "ConfigMap":

@@ -45,6 +45,10 @@ def build_registry(
         def store() -> handlers.ObjectStore:
             return kubeapi.KubernetesStore(client)
 
+        # A registry of our own gets none of kopf's implicit logins: log in as the official client
+        # does (service account in a pod, else the kubeconfig), the same credentials as the handlers'.
+        kopf.on.login(registry=registry)(kopf.login_via_client)
+
     handlers.register(registry, store=store, defaults=config.defaults, metrics=metrics)
 
     @kopf.on.startup(registry=registry)

@@ -56,6 +56,8 @@ class Defaults:
 class Rendered:
     config_map: dict[str, Any]
     cron_job: dict[str, Any]
+    references: tuple[resource.Reference, ...] = ()
+    """Secrets and ConfigMaps the pods need that the operator does not make."""
 
 
 def child_name(name: str) -> str:
@@ -164,7 +166,7 @@ def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
         },
         "spec": _cron_spec(spec, name=name, child=child, defaults=defaults),
     }
-    return Rendered(config_map=config_map, cron_job=cron_job)
+    return Rendered(config_map=config_map, cron_job=cron_job, references=tuple(spec.references()))
 
 
 def _cron_spec(

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic
 
+from pgquartz.operator import schedule as schedules
 from pgquartz.runner.model import Job, Role, durations
 
 GROUP = "pgquartz.io"
@@ -99,6 +100,17 @@ class PodTemplateSpec(_Strict):
     annotations: dict[str, str] = pydantic.Field(default_factory=dict)
 
 
+class Reference(NamedTuple):
+    """An object the job's pods need that the operator does not make: a Secret key or a ConfigMap."""
+
+    kind: str
+    name: str
+    key: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name!r}" + (f" (key {self.key!r})" if self.key else "")
+
+
 class ConcurrencyPolicy(enum.StrEnum):
     ALLOW = "Allow"
     FORBID = "Forbid"
@@ -108,8 +120,14 @@ class ConcurrencyPolicy(enum.StrEnum):
 class PgQuartzJobSpec(_Strict):
     """``spec`` of a PgQuartzJob."""
 
-    schedule: str = pydantic.Field(min_length=1, description='Cron syntax, e.g. "15 23 * * *".')
-    time_zone: str | None = pydantic.Field(default=None, alias="timeZone")
+    schedule: str = pydantic.Field(
+        min_length=1,
+        description='Cron syntax, e.g. "15 23 * * *", or @hourly, @daily, @every 6h, …',
+        json_schema_extra={"pattern": schedules.SHAPE},
+    )
+    time_zone: str | None = pydantic.Field(
+        default=None, alias="timeZone", description="An IANA time zone name, e.g. Europe/Amsterdam."
+    )
     suspend: bool = False
     concurrency_policy: ConcurrencyPolicy = pydantic.Field(
         default=ConcurrencyPolicy.FORBID, alias="concurrencyPolicy"
@@ -129,3 +147,45 @@ class PgQuartzJobSpec(_Strict):
         default=None, description="Container resources (requests, limits) for the job's pod."
     )
     pod_template: PodTemplateSpec | None = pydantic.Field(default=None, alias="podTemplate")
+
+    @pydantic.field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        problem = schedules.schedule_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @pydantic.field_validator("time_zone")
+    @classmethod
+    def _valid_time_zone(cls, value: str | None) -> str | None:
+        problem = None if value is None else schedules.time_zone_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _targets_name_known_connections(self) -> PgQuartzJobSpec:
+        names = [target.name for target in self.targets]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"targets: names must be unique, repeated: {', '.join(repeated)}")
+        for index, target in enumerate(self.targets):
+            unknown = sorted(set(target.connections) - set(self.connections))
+            if unknown:
+                raise ValueError(
+                    f"targets[{index}] ({target.name}): no connection named {', '.join(map(repr, unknown))}"
+                    f" in spec.connections"
+                )
+        return self
+
+    def references(self) -> list[Reference]:
+        """The Secrets (with their keys) and ConfigMaps the pods read, in a stable order."""
+        found = [
+            Reference("Secret", connection.password_secret_ref.name, connection.password_secret_ref.key)
+            for connection in self.connections.values()
+            if connection.password_secret_ref is not None
+        ]
+        if self.scripts is not None:
+            found.append(Reference("ConfigMap", self.scripts.config_map_ref.name))
+        return sorted(set(found))

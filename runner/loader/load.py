@@ -22,7 +22,7 @@ import pydantic
 
 from pgquartz.runner.loader import schema_errors, yamlmarks
 from pgquartz.runner.model.job import Command, Job
-from pgquartz.runner.model.problems import JobFileError, Path, Problem
+from pgquartz.runner.model.problems import JobFileError, Problem
 from pgquartz.runner.plan import graph
 
 
@@ -114,17 +114,12 @@ def resolve_file(file: str, workdir: pathlib.Path) -> pathlib.Path:
 
 
 def _command_problems(job: Job, workdir: pathlib.Path) -> list[Problem]:
+    """``file:`` scripts must exist (and shell ones be executable); the planner checks the rest."""
+    if not workdir.is_dir():
+        return []
     problems: list[Problem] = []
-    commands: list[tuple[Path, Command]] = []
-    for name, step in job.steps.items():
-        commands += [
-            (("steps", name, "commands", index), command) for index, command in enumerate(step.commands)
-        ]
-    commands += [(("checks", index), check) for index, check in enumerate(job.checks)]
-    for path, command in commands:
-        if not command.is_shell and command.type not in job.connections:
-            problems.append(Problem((*path, "type"), _unknown_type(command.type, job)))
-        if command.file is not None and workdir.is_dir():
+    for path, command in job.located_commands():
+        if command.file is not None:
             problem = _file_problem(resolve_file(command.file, workdir), shell=command.is_shell)
             if problem:
                 problems.append(Problem((*path, "file"), problem))
@@ -149,13 +144,6 @@ def _connection_problems(job: Job) -> list[Problem]:
                 path = ("connections", name, "conn_params", key)
                 problems.append(Problem(path, f"{key!r} is not a libpq connection keyword{hint}"))
     return problems
-
-
-def _unknown_type(kind: str, job: Job) -> str:
-    if not job.connections:
-        return f"type {kind!r} is neither 'shell' nor a connection (no connections are defined)"
-    known = ", ".join(repr(name) for name in job.connections)
-    return f"type {kind!r} is neither 'shell' nor a connection (connections: {known})"
 
 
 def _file_problem(file: pathlib.Path, *, shell: bool) -> str | None:

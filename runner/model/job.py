@@ -326,6 +326,16 @@ class Job(_Frozen):
             raise ValueError("timeout must be positive (leave it out for no timeout)")
         return value
 
+    def located_commands(self) -> list[tuple[tuple[str | int, ...], Command]]:
+        """Every command of every step, then every check, with its key path in the job file."""
+        located: list[tuple[tuple[str | int, ...], Command]] = [
+            (("steps", name, "commands", index), command)
+            for name, step in self.steps.items()
+            for index, command in enumerate(step.commands)
+        ]
+        located += [(("checks", index), check) for index, check in enumerate(self.checks)]
+        return located
+
 
 def json_schema() -> dict[str, Any]:
     """The job file's JSON Schema (keys as written in job files)."""

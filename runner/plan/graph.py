@@ -4,7 +4,10 @@ PgQuartz evaluates a rule when its step is scheduled and asks users to add the
 steps a rule reads to ``depends`` by hand; forgetting one makes the rule read
 results that do not exist yet (Rc 0, empty output) and decide wrongly. Here the
 steps a rule reads are added as dependencies automatically. The graph is
-checked for unknown steps and cycles, reporting every problem with its key path.
+checked for unknown steps and cycles, and every command's ``type`` must be
+``shell`` or a connection's name, reporting every problem with its key path.
+These checks are pure, so the operator runs them on a PgQuartzJob before it
+writes anything.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def build(job: Job) -> tuple[Plan | None, list[Problem]]:
     for name, step in job.steps.items():
         planned[name] = _plan_step(name, step, job, problems)
     order = _order(planned, problems)
+    problems += _type_problems(job)
     checks = tuple(PlannedCheck(check, tuple(matrix.expand(check.matrix))) for check in job.checks)
     if problems:
         return None, problems
@@ -113,6 +117,22 @@ def _plan_step(name: str, step: Step, job: Job, problems: list[Problem]) -> Plan
         rules=tuple(parsed),
         instances=tuple(matrix.expand(step.matrix)),
     )
+
+
+def _type_problems(job: Job) -> list[Problem]:
+    """A command's ``type`` must be ``shell`` or a connection: otherwise nothing could run it."""
+    return [
+        Problem((*path, "type"), _unknown_type(command.type, job))
+        for path, command in job.located_commands()
+        if not command.is_shell and command.type not in job.connections
+    ]
+
+
+def _unknown_type(kind: str, job: Job) -> str:
+    if not job.connections:
+        return f"type {kind!r} is neither 'shell' nor a connection (no connections are defined)"
+    known = ", ".join(repr(name) for name in job.connections)
+    return f"type {kind!r} is neither 'shell' nor a connection (connections: {known})"
 
 
 def _suggest(name: str, job: Job) -> str:

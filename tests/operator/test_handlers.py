@@ -13,12 +13,19 @@ import kopf
 import pytest
 import yaml
 
-from pgquartz.operator import handlers, kubeapi, manifests
+from pgquartz.operator import handlers, kubeapi, manifests, validation
 from pgquartz.operator import metrics as operator_metrics
 from tests.operator.test_crd import VALID_SPEC
-from tests.support.kube import Emulator, running_emulator, running_kopf
+from tests.support.kube import Emulator, register_pgquartz, running_emulator, running_kopf
 
 JOBS = "/apis/pgquartz.io/v1alpha1/namespaces/db/pgquartzjobs"
+SECRETS = "/api/v1/namespaces/db/secrets"
+SECRET = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "pg-maint", "namespace": "db"},
+    "data": {"password": "c2VjcmV0"},
+}
 DEFAULTS = manifests.Defaults(image="pgquartz/runner:test", etcd_endpoints=("etcd:2379",))
 
 
@@ -57,7 +64,7 @@ class Cluster:
     def writes(self, fragment: str) -> int:
         return sum(
             1
-            for request in self.emulator._requests
+            for request in self.emulator.history
             if request.method in ("POST", "PUT", "PATCH") and fragment in str(request.url)
         )
 
@@ -66,19 +73,21 @@ class Cluster:
 async def cluster() -> AsyncIterator[Cluster]:
     registry = kopf.OperatorRegistry()
     async with running_emulator() as (emulator, url):
-        emulator.register("pgquartz.io/v1alpha1/pgquartzjobs", kind="PgQuartzJob", status=True)
-        emulator.register("v1/configmaps", kind="ConfigMap")
-        emulator.register("batch/v1/cronjobs", kind="CronJob")
-        emulator.register("batch/v1/jobs", kind="Job", status=True)
-        emulator.register("v1/pods", kind="Pod", status=True)
+        register_pgquartz(emulator)
         client = kubeapi.client_for(url)
         metrics = operator_metrics.create()
         handlers.register(
-            registry, store=lambda: kubeapi.KubernetesStore(client), defaults=DEFAULTS, metrics=metrics
+            registry,
+            store=lambda: kubeapi.KubernetesStore(client),
+            defaults=DEFAULTS,
+            metrics=metrics,
+            recheck_interval=0.5,
         )
         async with running_kopf(registry, url), aiohttp.ClientSession() as session:
+            cluster = Cluster(emulator, url, session, metrics)
+            await cluster.post(SECRETS, SECRET)  # what VALID_SPEC's connection refers to
             await asyncio.sleep(0.5)
-            yield Cluster(emulator, url, session, metrics)
+            yield cluster
 
 
 def pgqj(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -157,6 +166,112 @@ async def test_an_invalid_spec_is_reported_not_half_applied(cluster: Cluster) ->
     assert await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-broken") is None
     assert await cluster.get("/api/v1/namespaces/db/configmaps/pgqj-broken") is None
     assert obj["spec"] == spec  # the user's spec is never edited
+
+
+async def refused(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Post a resource the operator must refuse; its Ready condition, once nothing was written."""
+    await cluster.post(JOBS, pgqj(name, spec))
+    obj = await cluster.eventually(f"{JOBS}/{name}", lambda o: ready(o) is not None)
+    assert await cluster.get(f"/apis/batch/v1/namespaces/db/cronjobs/pgqj-{name}") is None
+    assert await cluster.get(f"/api/v1/namespaces/db/configmaps/pgqj-{name}") is None
+    condition = ready(obj)
+    assert condition is not None and condition["status"] == "False"
+    events = await cluster.eventually(
+        "/api/v1/namespaces/db/events",
+        lambda listing: any(e.get("reason") == condition["reason"] for e in listing.get("items", [])),
+    )
+    [event] = [e for e in events["items"] if e["involvedObject"]["name"] == name]
+    assert event["type"] == "Warning" and event["message"] == condition["message"]
+    return condition
+
+
+async def test_a_schedule_the_api_server_would_refuse_is_reported_as_invalid_schedule(
+    cluster: Cluster,
+) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["schedule"] = "61 23 * * *"
+    condition = await refused(cluster, "late", spec)
+    assert condition["reason"] == "InvalidSchedule"
+    assert condition["message"] == "schedule: Value error, minute field: '61' is above 59 (allowed 0-59)"
+
+
+async def test_an_unknown_time_zone_is_reported_as_invalid_schedule(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["timeZone"] = "Europe/Atlantis"
+    condition = await refused(cluster, "sunken", spec)
+    assert condition["reason"] == "InvalidSchedule"
+    assert "unknown time zone 'Europe/Atlantis'" in condition["message"]
+
+
+async def test_job_problems_only_the_planner_sees_are_reported_against_the_users_fields(
+    cluster: Cluster,
+) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["job"]["steps"]["analyze"] = {
+        "depends": ["vacum"],
+        "commands": [{"type": "replica", "inline": "analyze"}],
+    }
+    condition = await refused(cluster, "typo", spec)
+    assert condition["reason"] == "InvalidJob"
+    assert condition["message"] == (
+        "spec.job.steps.analyze.depends[0]: unknown step 'vacum' (did you mean 'vacuum'?); "
+        "spec.job.steps.analyze.commands[0].type: type 'replica' is neither 'shell' nor a connection"
+        " (connections: 'primary')"
+    )
+
+
+async def test_a_lock_without_endpoints_anywhere_is_refused(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["lock"] = {"ttl": "1m"}  # and this fixture's operator has default endpoints...
+    await cluster.post(JOBS, pgqj("locked", spec))
+    await cluster.eventually(f"{JOBS}/locked", lambda o: (ready(o) or {}).get("status") == "True")
+    assert validation_problems(spec, manifests.Defaults()) == [  # ...one without them refuses it
+        "spec.lock.endpoints: List should have at least 1 item after validation, not 0"
+    ]
+
+
+def validation_problems(spec: dict[str, Any], defaults: manifests.Defaults) -> list[str]:
+    obj = pgqj("x", spec)
+    obj["metadata"]["uid"] = "uid"
+    return validation.job_file_problems(manifests.render(obj, defaults=defaults).config_map)
+
+
+async def test_a_missing_secret_is_reported_until_it_exists(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"]["primary"]["passwordSecretRef"] = {"name": "pg-later", "key": "password"}
+    await cluster.post(JOBS, pgqj("early", spec))
+    obj = await cluster.eventually(f"{JOBS}/early", lambda o: ready(o) is not None)
+    condition = ready(obj)
+    assert condition is not None and condition["status"] == "False"
+    assert condition["reason"] == "MissingReference"
+    assert condition["message"] == (
+        "Secret 'pg-later' (key 'password') not found in namespace db: runs fail until it exists"
+    )
+    # The objects are in place already, ready for when the Secret arrives (GitOps applies in any order).
+    assert await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-early") is not None
+    secret = copy.deepcopy(SECRET)
+    secret["metadata"]["name"] = "pg-later"
+    secret["data"] = {"passwd": "c2VjcmV0"}  # the wrong key first
+    await cluster.post(SECRETS, secret)
+    await asyncio.sleep(1.5)
+    assert (ready(await cluster.get(f"{JOBS}/early") or {}) or {}).get("reason") == "MissingReference"
+    await cluster.patch(f"{SECRETS}/pg-later", {"data": {"password": "c2VjcmV0"}})
+    obj = await cluster.eventually(f"{JOBS}/early", lambda o: (ready(o) or {}).get("status") == "True")
+    assert ready(obj)["reason"] == "ObjectsInPlace"  # type: ignore[index]
+    warnings = [
+        e
+        for e in (await cluster.get("/api/v1/namespaces/db/events") or {}).get("items", [])
+        if e["involvedObject"]["name"] == "early" and e["type"] == "Warning"
+    ]
+    assert len(warnings) == 1  # one event when it became unready, not one per recheck
+
+
+async def test_a_missing_scripts_config_map_is_reported(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["scripts"] = {"configMapRef": {"name": "maintenance-scripts"}}
+    await cluster.post(JOBS, pgqj("scripted", spec))
+    obj = await cluster.eventually(f"{JOBS}/scripted", lambda o: ready(o) is not None)
+    assert ready(obj)["message"].startswith("ConfigMap 'maintenance-scripts' not found")  # type: ignore[index]
 
 
 async def jobs(cluster: Cluster) -> list[dict[str, Any]]:

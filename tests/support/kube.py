@@ -1,17 +1,26 @@
-"""A Kubernetes API for operator tests: kmock's emulator, made realistic enough for kopf.
+"""A Kubernetes API for operator tests: kmock's emulator, made realistic enough for kopf and kubectl.
 
 kmock's ``KubernetesEmulator`` serves discovery, list, watch, create, patch and
-delete over real HTTP, but assigns no ``uid``, ``resourceVersion`` or
-``creationTimestamp``, does not take ``metadata.namespace`` from the URL, and
-answers a failed JSON-patch ``test`` with 500 instead of 422. kopf depends on
-all of these (its finalizer patch tests ``resourceVersion``), so
-:class:`Emulator` adds them. :func:`running_kopf` runs a kopf registry against
-it with ``spawn_tasks`` + ``run_tasks`` (``kopf.operator()`` would cancel the
-test's own tasks on shutdown), keeping kopf's bookkeeping under ``pgquartz.io``.
+delete over real HTTP, but assigns no ``uid``, ``resourceVersion``,
+``generation`` or ``creationTimestamp``, does not take ``metadata.namespace``
+from the URL, and answers a failed JSON-patch ``test`` with 500 instead of 422.
+kopf depends on all of these (its finalizer patch tests ``resourceVersion``),
+so :class:`Emulator` adds them. It also fixes what keeps ``kubectl`` from
+working against it (the core group's discovery, list kinds, singular and short
+names) and keeps a request history that does not make every request slower
+than the last. :func:`running_kopf` runs a kopf registry against it with
+``spawn_tasks`` + ``run_tasks`` (``kopf.operator()`` would cancel the test's
+own tasks on shutdown), keeping kopf's bookkeeping under ``pgquartz.io``.
+
+It also runs as its own process, like an API server (``python -m
+tests.support.kube`` prints its URL, then serves until SIGTERM):
+:func:`emulator_process` starts it, and :func:`write_kubeconfig` points
+``kubectl`` and ``pgquartz-operator`` at it.
 
 What the emulator still does not do (so tests cannot see it): schema
 validation and defaulting, ownerReference garbage collection, server-side
-apply, ``dryRun``, and resuming a watch from a ``resourceVersion``.
+apply, ``dryRun``, server-side printer columns (``kubectl get`` shows names
+and ages only), and resuming a watch from a ``resourceVersion``.
 """
 
 from __future__ import annotations
@@ -20,8 +29,14 @@ import asyncio
 import contextlib
 import datetime
 import itertools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import attrs
@@ -42,37 +57,82 @@ class Unprocessable(k8s.KubernetesError):
 
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator with object identity, versions, namespaces from URLs and 422s."""
+    """kmock's emulator with object identity, versions, namespaces from URLs, 422s and kubectl support."""
 
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    #: Every request served, oldest first (kmock's own list keeps only those in flight, see _handle).
+    history: list[Any] = attrs.field(factory=list, init=False)
 
-    def register(self, resource: str, *, kind: str, namespaced: bool = True, status: bool = False) -> None:
+    def register(
+        self,
+        resource: str,
+        *,
+        kind: str,
+        namespaced: bool = True,
+        status: bool = False,
+        short_names: tuple[str, ...] = (),
+    ) -> None:
         self.resources[resource] = {
             "kind": kind,
+            "singular": kind.lower(),
+            "shortnames": list(short_names),
             "namespaced": namespaced,
             "verbs": VERBS,
             "subresources": ["status"] if status else [],
         }
 
+    async def _serve_version(self, request: Any) -> Any:
+        # kmock answers "/v1" for the core group; kubectl then finds no resources there.
+        # It also gives subresources their resource's short names, which kubectl warns about.
+        payload = await super()._serve_version(request)
+        payload["groupVersion"] = payload["groupVersion"].lstrip("/")
+        for entry in payload["resources"]:
+            if "/" in entry["name"]:
+                entry["shortNames"] = []
+        return payload
+
+    async def _serve_list(self, request: Any) -> Any:
+        # kubectl refuses a list without its kind.
+        payload = await super()._serve_list(request)
+        resource = request.resource
+        group_version = f"{resource.group}/{resource.version}".lstrip("/")
+        return {"apiVersion": group_version, "kind": f"{self.resources[resource].kind}List", **payload}
+
     async def _handle(self, request: Any) -> Any:
         # The request is frozen, and kmock's matching needs the very same object: amend in place.
         if request.resource is not None:
             if request.action == enums.action.CREATE and isinstance(request.data, dict):
-                object.__setattr__(request, "data", self._identify(request.data, request.namespace))
                 # kmock keys new objects by the name in the body, so generateName must be resolved first
+                object.__setattr__(request, "data", self._identify(request.data, request.namespace))
             elif request.action == enums.action.UPDATE and request.name is not None:
-                version = str(next(self._versions))
-                if isinstance(request.data, dict):
-                    data = dict(request.data)
-                    data["metadata"] = {**(data.get("metadata") or {}), "resourceVersion": version}
-                    object.__setattr__(request, "data", data)
-                elif isinstance(request.data, list):
-                    bump = {"op": "add", "path": "/metadata/resourceVersion", "value": version}
-                    object.__setattr__(request, "data", [*request.data, bump])
+                object.__setattr__(request, "data", self._versioned(request))
         try:
             return await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed:
             raise Unprocessable() from None
+        finally:
+            # kmock matches a request by scanning every request ever served, which makes a long
+            # run quadratic (100 resources took 90 s): keep only those in flight there.
+            self._requests[:] = [other for other in self._requests if other is not request]
+            self.history.append(request)
+
+    def _versioned(self, request: Any) -> Any:
+        """A new resourceVersion on every write; a new generation when the spec is written."""
+        bumps: dict[str, Any] = {"resourceVersion": str(next(self._versions))}
+        data = request.data
+        touches_spec = (isinstance(data, dict) and "spec" in data) or (
+            isinstance(data, list) and any(str(op.get("path", "")).startswith("/spec") for op in data)
+        )
+        key = (request.resource, request.namespace, request.name)
+        stored = self._objects[key] if key in self._objects else None  # noqa: SIM401 (it has no .get)
+        if touches_spec and request.subresource is None and stored is not None and not stored.deleted:
+            bumps["generation"] = int(stored.raw.get("metadata", {}).get("generation") or 1) + 1
+        if isinstance(data, dict):
+            return {**data, "metadata": {**(data.get("metadata") or {}), **bumps}}
+        if isinstance(data, list):
+            ops = [{"op": "add", "path": f"/metadata/{key}", "value": value} for key, value in bumps.items()]
+            return [*data, *ops]
+        return data
 
     def _identify(self, data: dict[str, Any], namespace: str | None) -> dict[str, Any]:
         metadata = dict(data.get("metadata") or {})
@@ -87,6 +147,23 @@ class Emulator(kmock.KubernetesEmulator):
         if namespace and "namespace" not in metadata:
             metadata["namespace"] = namespace
         return {**data, "metadata": metadata}
+
+
+#: What the operator reads and writes (besides namespaces and events, which kopf needs):
+#: resource, kind, has a status subresource, short names.
+PGQUARTZ_RESOURCES = (
+    ("pgquartz.io/v1alpha1/pgquartzjobs", "PgQuartzJob", True, ("pgqj",)),
+    ("v1/configmaps", "ConfigMap", False, ("cm",)),
+    ("v1/secrets", "Secret", False, ()),
+    ("batch/v1/cronjobs", "CronJob", False, ("cj",)),
+    ("batch/v1/jobs", "Job", True, ()),
+    ("v1/pods", "Pod", True, ("po",)),
+)
+
+
+def register_pgquartz(emulator: Emulator) -> None:
+    for name, kind, status, short_names in PGQUARTZ_RESOURCES:
+        emulator.register(name, kind=kind, status=status, short_names=short_names)
 
 
 @contextlib.asynccontextmanager
@@ -129,3 +206,58 @@ async def running_kopf(registry: kopf.OperatorRegistry, url: str) -> AsyncIterat
             ignored.add(current)
         stop.set()
         await asyncio.wait([runner], timeout=15)
+
+
+async def _serve() -> None:
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    async with running_emulator() as (emulator, url):
+        register_pgquartz(emulator)
+        print(url, flush=True)
+        await stop.wait()
+
+
+@contextlib.contextmanager
+def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The emulator (with the PgQuartz resources) in a child process; yields it and its URL."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.kube"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"the emulator did not start (exit {process.wait()})")
+        yield process, url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def write_kubeconfig(url: str, path: pathlib.Path, namespace: str = "default") -> pathlib.Path:
+    """A kubeconfig for the emulator (plain HTTP, no credentials) as kubectl and kopf read it."""
+    context = {"cluster": "emulator", "user": "tester", "namespace": namespace}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "contexts": [{"name": "emulator", "context": context}],
+        "current-context": "emulator",
+        "users": [{"name": "tester", "user": {}}],
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve())

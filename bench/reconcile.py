@@ -1,0 +1,154 @@
+"""The operator benchmark: N PgQuartzJobs reconciled by ``pgquartz-operator`` against the emulated API.
+
+The API (kmock's emulator, tests/support/kube.py) runs in its own process, as an
+API server would, and the operator is the real ``pgquartz-operator`` process
+pointed at it through a kubeconfig, so its RSS and CPU time are its own.
+
+Baseline, measured in the same run against a fresh emulator: a plain loop that
+renders each resource and creates its ConfigMap and CronJob with the same
+client, one after another: the API's own cost for the same objects, without
+kopf's watching, finalizers, status patches and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import psutil
+
+from pgquartz.operator import kubeapi, manifests
+from tests.support.kube import emulator_process, write_kubeconfig
+
+NAMESPACE = "db"
+JOBS = f"/apis/pgquartz.io/v1alpha1/namespaces/{NAMESPACE}/pgquartzjobs"
+CRON_JOBS = f"/apis/batch/v1/namespaces/{NAMESPACE}/cronjobs"
+SPEC = {"schedule": "15 23 * * *", "job": {"steps": {"s": {"commands": [{"inline": "true"}]}}}}
+
+
+def body(index: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "pgquartz.io/v1alpha1",
+        "kind": "PgQuartzJob",
+        "metadata": {"name": f"job-{index:04d}", "namespace": NAMESPACE},
+        "spec": SPEC,
+    }
+
+
+async def _create_resources(url: str, count: int) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def post(index: int) -> None:
+            async with session.post(url + JOBS, json=body(index)) as response:
+                response.raise_for_status()
+
+        for start in range(0, count, 50):
+            await asyncio.gather(*(post(index) for index in range(start, min(count, start + 50))))
+
+
+async def _count(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url + CRON_JOBS) as response:
+        return len((await response.json()).get("items", []))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def baseline(count: int) -> float:
+    """Seconds for a plain loop to render and create every resource's ConfigMap and CronJob."""
+    with emulator_process() as (_, url):
+        asyncio.run(_create_resources(url, count))
+        store = kubeapi.KubernetesStore(kubeapi.client_for(url))
+        started = time.perf_counter()
+        for index in range(count):
+            obj = body(index)
+            obj["metadata"]["uid"] = f"uid-{index}"
+            rendered = manifests.render(obj, defaults=manifests.Defaults())
+            store.create("ConfigMap", NAMESPACE, rendered.config_map)
+            store.create("CronJob", NAMESPACE, rendered.cron_job)
+        return time.perf_counter() - started
+
+
+def operator(count: int, work: pathlib.Path) -> dict[str, float]:
+    """Start ``pgquartz-operator`` on N existing resources; time until every CronJob exists, RSS, CPU."""
+    figures: dict[str, float] = {}
+    with emulator_process() as (emulator, url):
+        asyncio.run(_create_resources(url, count))
+        kubeconfig = write_kubeconfig(url, work / "kubeconfig", namespace=NAMESPACE)
+        environment = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "PGQUARTZ_LIVENESS_PORT": str(_free_port()),
+            "PGQUARTZ_METRICS_PORT": str(_free_port()),
+        }
+        command = pathlib.Path(sys.executable).with_name("pgquartz-operator")
+        with (work / "operator.log").open("wb") as log:
+            started = time.perf_counter()
+            process = subprocess.Popen([str(command)], env=environment, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                figures.update(asyncio.run(_watch(url, count, started, process)))
+                watched = psutil.Process(process.pid)
+                cpu = watched.cpu_times()
+                figures["operator_cpu"] = cpu.user + cpu.system
+                figures["operator_peak_rss_mb"] = _peak_rss_mb(process.pid)
+                emulator_cpu = psutil.Process(emulator.pid).cpu_times()
+                figures["emulator_cpu"] = emulator_cpu.user + emulator_cpu.system
+                stopping = time.perf_counter()
+                process.send_signal(signal.SIGTERM)
+                figures["exit_code"] = process.wait(timeout=60)
+                figures["stop"] = time.perf_counter() - stopping
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    return figures
+
+
+async def _watch(url: str, count: int, started: float, process: subprocess.Popen[bytes]) -> dict[str, float]:
+    first = None
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"pgquartz-operator exited with {process.returncode}")
+            present = await _count(session, url)
+            if present and first is None:
+                first = time.perf_counter() - started
+            if present >= count:
+                return {"all": time.perf_counter() - started, "first": first or 0.0}
+            await asyncio.sleep(0.25)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench(work: pathlib.Path, runs: int) -> None:
+    count = int(os.environ.get("PGQ_BENCH_OPERATOR_COUNT", "1000"))
+    floor = baseline(count)
+    figures = operator(count, work)
+    print(
+        f"{'operator':<10} {count} PgQuartzJobs: every CronJob present {figures['all']:.1f}s after"
+        f" pgquartz-operator started (first after {figures['first']:.1f}s) vs a plain create loop"
+        f" {floor:.1f}s → {figures['all'] / floor:.2f}×"
+    )
+    cpu = figures["operator_cpu"]
+    print(
+        f"{'':<10} operator CPU {cpu:.1f}s ({cpu / count * 1000:.1f} ms per resource),"
+        f" emulator CPU {figures['emulator_cpu']:.1f}s; operator peak RSS"
+        f" {figures['operator_peak_rss_mb']:.0f} MB; SIGTERM → exit {figures['exit_code']:.0f}"
+        f" in {figures['stop']:.1f}s"
+    )

@@ -1,0 +1,68 @@
+"""Would the runner accept the job files a PgQuartzJob renders? Checked before anything is written.
+
+The CRD's schema catches the shape of ``spec.job``, but not what only the
+runner's planner sees: a ``depends`` naming no step, a dependency cycle, a
+``when`` rule that does not parse or reads an unknown step, a command whose
+``type`` is neither ``shell`` nor a connection, a lock without endpoints. Left
+to the runner, each would fail every scheduled run with exit code 2 (never
+retried), hours after ``kubectl apply`` said "configured". The operator runs
+the same pure checks (the runner's model and planner, no I/O) on every rendered
+job file and reports problems against the user's fields (``spec.job.steps.…``,
+``spec.connections.…``, ``spec.lock``) in the ``Ready`` condition.
+
+Not checked here, because only the pod can: that ``file:`` scripts exist in the
+scripts ConfigMap and that ``params`` keys are libpq keywords (the runner
+checks both at start and exits 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+import yaml
+
+from pgquartz.runner.model import Job
+from pgquartz.runner.plan import graph
+
+_TOP = {
+    "steps": "spec.job.steps",
+    "checks": "spec.job.checks",
+    "connections": "spec.connections",
+    "etcdConfig": "spec.lock",
+}
+_RENAMED = {"conn_params": "params", "lockKey": "key", "lockTimeout": "ttl"}
+
+
+def user_path(path: tuple[str | int, ...]) -> str:
+    """A job file's key path as the PgQuartzJob field a user wrote (``spec.job.steps.vacuum.depends[0]``)."""
+    if not path:
+        return "spec.job"
+    head, *rest = path
+    text = _TOP.get(str(head), f"spec.job.{head}")
+    for part in rest:
+        text += f"[{part}]" if isinstance(part, int) else f".{_RENAMED.get(part, part)}"
+    return text
+
+
+def job_file_problems(config_map: Mapping[str, Any]) -> list[str]:
+    """Every problem the runner would report for the job files in a rendered ConfigMap (deduplicated:
+    with targets, each target's file repeats the same job)."""
+    problems: list[str] = []
+    for key, text in sorted(config_map.get("data", {}).items()):
+        if not key.endswith(".yml"):
+            continue
+        for problem in _problems(yaml.safe_load(text)):
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+def _problems(data: Any) -> list[str]:
+    try:
+        job = Job.model_validate(data)
+    except pydantic.ValidationError as error:
+        return [f"{user_path(tuple(detail['loc']))}: {detail['msg']}" for detail in error.errors()]
+    _, found = graph.build(job)
+    return [f"{user_path(problem.path)}: {problem.message}" for problem in found]
