@@ -7,8 +7,9 @@ from the URL, and answers a failed JSON-patch ``test`` with 500 instead of 422.
 kopf depends on all of these (its finalizer patch tests ``resourceVersion``),
 so :class:`Emulator` adds them. It also fixes what keeps ``kubectl`` from
 working against it (the core group's discovery, list kinds, singular and short
-names) and keeps a request history that does not make every request slower
-than the last. :func:`running_kopf` runs a kopf registry against it with
+names), stores a Secret's ``stringData`` as ``data`` as the API server does,
+and keeps a request history that does not make every request slower than the
+last. :func:`running_kopf` runs a kopf registry against it with
 ``spawn_tasks`` + ``run_tasks`` (``kopf.operator()`` would cancel the test's
 own tasks on shutdown), keeping kopf's bookkeeping under ``pgquartz.io``.
 
@@ -20,12 +21,14 @@ tests.support.kube`` prints its URL, then serves until SIGTERM):
 What the emulator still does not do (so tests cannot see it): schema
 validation and defaulting, ownerReference garbage collection, server-side
 apply, ``dryRun``, server-side printer columns (``kubectl get`` shows names
-and ages only), and resuming a watch from a ``resourceVersion``.
+and ages only), protobuf bodies (``kubectl create secret`` sends one: apply a
+manifest instead), and resuming a watch from a ``resourceVersion``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import itertools
@@ -137,7 +140,7 @@ class Emulator(kmock.KubernetesEmulator):
     def _identify(self, data: dict[str, Any], namespace: str | None) -> dict[str, Any]:
         metadata = dict(data.get("metadata") or {})
         if not metadata.get("name") and metadata.get("generateName"):
-            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
+            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:8]
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata["resourceVersion"] = str(next(self._versions))
         metadata.setdefault(
@@ -146,6 +149,13 @@ class Emulator(kmock.KubernetesEmulator):
         metadata.setdefault("generation", 1)
         if namespace and "namespace" not in metadata:
             metadata["namespace"] = namespace
+        if data.get("kind") == "Secret" and "stringData" in data:  # the API server stores only data
+            data = dict(data)
+            encoded = {
+                key: base64.b64encode(value.encode()).decode()
+                for key, value in data.pop("stringData").items()
+            }
+            data["data"] = {**(data.get("data") or {}), **encoded}
         return {**data, "metadata": metadata}
 
 
@@ -204,8 +214,15 @@ async def running_kopf(registry: kopf.OperatorRegistry, url: str) -> AsyncIterat
         current = asyncio.current_task()
         if current is not None:
             ignored.add(current)
+        # kopf waits 5 s for every task it did not start, then cancels it: the emulator's
+        # request handlers (its watch streams) live in this loop too, and are not kopf's.
+        ignored.update(task for task in asyncio.all_tasks() if _serves_http(task))
         stop.set()
         await asyncio.wait([runner], timeout=15)
+
+
+def _serves_http(task: asyncio.Task[Any]) -> bool:
+    return getattr(task.get_coro(), "__qualname__", "").startswith("RequestHandler.")
 
 
 async def _serve() -> None:

