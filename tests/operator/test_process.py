@@ -42,6 +42,7 @@ class Cluster:
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [str(KUBECTL), *args],
+            check=False,
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
             capture_output=True,
             text=True,
@@ -154,9 +155,9 @@ def test_a_bad_manifest_is_reported_by_kubectl_get_not_by_a_crash(
     broken = tmp_path / "broken.yaml"
     broken.write_text(manifest.replace('schedule: "15 23 * * *"', 'schedule: "15 25 * * *"'))
     cluster.kubectl("apply", "--validate=false", "-f", str(broken))
-    obj = cluster.eventually(
-        lambda: (lambda o: o if _ready(o) else None)(cluster.get("pgqj", "nightly-vacuum"))
-    )
+    assert cluster.eventually(lambda: _ready(cluster.get("pgqj", "nightly-vacuum")))
+    obj = cluster.get("pgqj", "nightly-vacuum")
+    assert obj is not None
     [ready] = [c for c in obj["status"]["conditions"] if c["type"] == "Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSchedule")
     assert "hour field: '25' is above 23" in ready["message"]
