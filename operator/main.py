@@ -49,7 +49,13 @@ def build_registry(
         # does (service account in a pod, else the kubeconfig), the same credentials as the handlers'.
         kopf.on.login(registry=registry)(kopf.login_via_client)
 
-    handlers.register(registry, store=store, defaults=config.defaults, metrics=metrics)
+    handlers.register(
+        registry,
+        store=store,
+        defaults=config.defaults,
+        metrics=metrics,
+        recheck_interval=config.recheck_seconds,
+    )
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: object) -> None:

@@ -47,12 +47,21 @@ class SecretKeyRef(_Strict):
     key: str = pydantic.Field(min_length=1)
 
 
+NO_INLINE_PASSWORD: dict[str, pydantic.JsonValue] = {
+    "rule": "!('password' in self)",
+    "message": "passwords go in a Secret: use passwordSecretRef",
+}
+"""The API server's CEL check (the model's own validator says the same to the operator)."""
+
+
 class ConnectionSpec(_Strict):
     """A PostgreSQL endpoint; the password only ever comes from a Secret."""
 
     role: Role = Role.ALL
     params: dict[str, str] = pydantic.Field(
-        default_factory=dict, description="libpq keywords: host, port, dbname, user, sslmode, …"
+        default_factory=dict,
+        description="libpq keywords: host, port, dbname, user, sslmode, …",
+        json_schema_extra={"x-kubernetes-validations": [NO_INLINE_PASSWORD]},
     )
     password_secret_ref: SecretKeyRef | None = pydantic.Field(default=None, alias="passwordSecretRef")
 
@@ -140,7 +149,10 @@ class PgQuartzJobSpec(_Strict):
     job: JobBody
     connections: dict[str, ConnectionSpec] = pydantic.Field(default_factory=dict)
     lock: LockSpec | None = None
-    targets: list[TargetSpec] = pydantic.Field(default_factory=list)
+    targets: list[TargetSpec] = pydantic.Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     scripts: ScriptsSpec | None = None
     image: str | None = None
     resources: dict[str, Any] | None = pydantic.Field(

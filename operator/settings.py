@@ -8,6 +8,7 @@
 | ``PGQUARTZ_LOG_FORMAT`` | ``text`` or ``json`` | ``json`` |
 | ``PGQUARTZ_LIVENESS_PORT`` | port of the liveness/readiness endpoint ``/healthz`` | ``8080`` |
 | ``PGQUARTZ_METRICS_PORT`` | port of the Prometheus metrics | ``9090`` |
+| ``PGQUARTZ_RECHECK_SECONDS`` | how often a resource missing a Secret or ConfigMap is checked | ``30`` |
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Settings:
     log_format: str
     liveness_port: int
     metrics_port: int
+    recheck_seconds: float = 30.0
 
     @property
     def clusterwide(self) -> bool:
@@ -46,6 +48,15 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
         raise SettingsError(f"PGQUARTZ_LOG_FORMAT must be text or json, not {log_format!r}")
     liveness_port = _port(environ, "PGQUARTZ_LIVENESS_PORT", "8080")
     metrics_port = _port(environ, "PGQUARTZ_METRICS_PORT", "9090")
+    recheck = environ.get("PGQUARTZ_RECHECK_SECONDS", "30")
+    try:
+        recheck_seconds = float(recheck)
+    except ValueError:
+        recheck_seconds = 0.0
+    if not 1 <= recheck_seconds <= 86400:
+        raise SettingsError(
+            f"PGQUARTZ_RECHECK_SECONDS must be a number of seconds (1-86400), not {recheck!r}"
+        )
     return Settings(
         namespaces=_items(environ.get("PGQUARTZ_NAMESPACES")),
         defaults=manifests.Defaults(
@@ -55,6 +66,7 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
         log_format=log_format,
         liveness_port=liveness_port,
         metrics_port=metrics_port,
+        recheck_seconds=recheck_seconds,
     )
 
 

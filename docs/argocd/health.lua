@@ -36,6 +36,12 @@ if ready == nil or ready.status == "Unknown" then
   hs.message = (ready and ready.message) or "Waiting for the pgquartz operator"
   return hs
 end
+if ready.status == "False" and ready.reason == "MissingReference" then
+  -- Waiting for a Secret or ConfigMap (often synced in a later wave, or by another controller).
+  hs.status = "Progressing"
+  hs.message = ready.message
+  return hs
+end
 if ready.status == "False" then
   hs.status = "Degraded"
   hs.message = ready.message

@@ -57,6 +57,10 @@ FAILED = {
             resource([{**READY, "status": "False", "message": "invalid schedule"}]),
             ("Degraded", "invalid schedule"),
         ),
+        (
+            resource([{**READY, "status": "False", "reason": "MissingReference", "message": "no Secret"}]),
+            ("Progressing", "no Secret"),
+        ),
         (resource([READY], suspend=True), ("Suspended", "The schedule is suspended")),
         (resource([READY]), ("Healthy", "Scheduled; no run has finished yet")),
         (resource([READY, RAN]), ("Healthy", "all checks passed")),

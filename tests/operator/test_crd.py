@@ -6,6 +6,7 @@ import copy
 import pathlib
 from typing import Any
 
+import cel
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -132,3 +133,64 @@ def test_invalid_specs_are_rejected_by_the_schema(change: Any, where: str) -> No
     errors = list(_validator().iter_errors(spec))
     assert errors, f"{where} should be rejected"
     assert any(where in error.message or where in "/".join(map(str, error.path)) for error in errors)
+
+
+def _server_side_rules(node: dict[str, Any], value: Any, path: str = "spec") -> list[str]:
+    """What the API server enforces beyond JSON Schema: CEL rules (x-kubernetes-validations, run
+    with a real CEL interpreter) and unique keys of list-type maps."""
+    failures = []
+    for rule in node.get("x-kubernetes-validations", []):
+        if not cel.evaluate(rule["rule"], {"self": value}):
+            failures.append(f"{path}: {rule['message']}")
+    if node.get("x-kubernetes-list-type") == "map" and isinstance(value, list):
+        keys = [tuple(item.get(key) for key in node["x-kubernetes-list-map-keys"]) for item in value]
+        failures += [f"{path}: duplicate entry {key}" for key in sorted(set(keys)) if keys.count(key) > 1]
+    if isinstance(value, dict):
+        for name, sub in node.get("properties", {}).items():
+            if name in value:
+                failures += _server_side_rules(sub, value[name], f"{path}.{name}")
+        if isinstance(node.get("additionalProperties"), dict):
+            for name, item in value.items():
+                failures += _server_side_rules(node["additionalProperties"], item, f"{path}.{name}")
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        for index, item in enumerate(value):
+            failures += _server_side_rules(node["items"], item, f"{path}[{index}]")
+    return failures
+
+
+def test_every_cel_rule_compiles() -> None:
+    rules: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            rules.extend(rule["rule"] for rule in node.get("x-kubernetes-validations", []))
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(crd.spec_schema())
+    assert rules, "the schema has CEL rules"
+    for rule in rules:
+        cel.compile(rule)
+
+
+def test_a_realistic_spec_passes_the_server_side_rules() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["targets"] = [{"name": "node-a"}, {"name": "node-b"}]
+    assert _server_side_rules(crd.spec_schema(), spec) == []
+
+
+def test_an_inline_password_is_refused_by_the_api_server() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"]["primary"]["params"]["password"] = "hunter2"
+    assert _server_side_rules(crd.spec_schema(), spec) == [
+        "spec.connections.primary.params: passwords go in a Secret: use passwordSecretRef"
+    ]
+
+
+def test_target_names_must_be_unique() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["targets"] = [{"name": "node-a"}, {"name": "node-a"}]
+    assert _server_side_rules(crd.spec_schema(), spec) == ["spec.targets: duplicate entry ('node-a',)"]

@@ -24,8 +24,10 @@ def test_everything_from_the_environment() -> None:
             "PGQUARTZ_ETCD_ENDPOINTS": "etcd-0:2379,etcd-1:2379",
             "PGQUARTZ_LOG_FORMAT": "text",
             "PGQUARTZ_LIVENESS_PORT": "9090",
+            "PGQUARTZ_RECHECK_SECONDS": "120",
         }
     )
+    assert config.recheck_seconds == 120
     assert config.namespaces == ("databases", "maintenance") and not config.clusterwide
     assert config.defaults.image == "registry.example/pgquartz/runner:1.2"
     assert config.defaults.etcd_endpoints == ("etcd-0:2379", "etcd-1:2379")
@@ -33,7 +35,13 @@ def test_everything_from_the_environment() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("PGQUARTZ_LOG_FORMAT", "xml"), ("PGQUARTZ_LIVENESS_PORT", "http")]
+    ("name", "value"),
+    [
+        ("PGQUARTZ_LOG_FORMAT", "xml"),
+        ("PGQUARTZ_LIVENESS_PORT", "http"),
+        ("PGQUARTZ_RECHECK_SECONDS", "soon"),
+        ("PGQUARTZ_RECHECK_SECONDS", "0"),
+    ],
 )
 def test_bad_values_are_refused(name: str, value: str) -> None:
     with pytest.raises(settings.SettingsError, match=name):

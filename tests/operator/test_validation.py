@@ -1,0 +1,59 @@
+"""The runner's planner run on rendered job files, its problems named as the PgQuartzJob's fields."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from pgquartz.operator import manifests, validation
+from tests.operator.test_crd import VALID_SPEC
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        (("steps", "vacuum", "depends", 0), "spec.job.steps.vacuum.depends[0]"),
+        (("checks", 1, "type"), "spec.job.checks[1].type"),
+        (("connections", "primary", "conn_params", "hots"), "spec.connections.primary.params.hots"),
+        (("etcdConfig", "endpoints"), "spec.lock.endpoints"),
+        (("etcdConfig", "lockTimeout"), "spec.lock.ttl"),
+        (("parallel",), "spec.job.parallel"),
+        ((), "spec.job"),
+    ],
+)
+def test_job_file_paths_are_shown_as_the_users_fields(path: tuple[str | int, ...], shown: str) -> None:
+    assert validation.user_path(path) == shown
+
+
+def render(spec: dict[str, Any], defaults: manifests.Defaults | None = None) -> dict[str, Any]:
+    obj = {"metadata": {"name": "nightly", "namespace": "db", "uid": "u"}, "spec": spec}
+    return manifests.render(obj, defaults=defaults or manifests.Defaults()).config_map
+
+
+def test_a_valid_job_has_no_problems() -> None:
+    assert validation.job_file_problems(render(copy.deepcopy(VALID_SPEC))) == []
+
+
+def test_a_cycle_is_reported_once_even_with_several_targets() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["job"]["steps"] = {
+        "a": {"depends": ["b"], "commands": [{"inline": "true"}]},
+        "b": {"depends": ["a"], "commands": [{"inline": "true"}]},
+    }
+    spec["targets"] = [{"name": "node-a"}, {"name": "node-b"}, {"name": "node-c"}]
+    problems = validation.job_file_problems(render(spec))
+    assert len(problems) == 1 and "cycle" in problems[0] and problems[0].startswith("spec.job.steps.")
+
+
+def test_a_rule_reading_an_unknown_step_is_reported() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["job"]["steps"]["report"] = {
+        "when": ['eq .Steps["vacum"].Rc 0'],
+        "commands": [{"inline": "echo done"}],
+    }
+    [problem] = validation.job_file_problems(render(spec))
+    assert (
+        problem == "spec.job.steps.report.when[0]: rule reads unknown step 'vacum' (did you mean 'vacuum'?)"
+    )
