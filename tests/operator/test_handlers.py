@@ -129,13 +129,14 @@ async def test_creating_a_pgquartzjob_makes_its_config_map_and_cron_job(cluster:
 async def test_a_spec_change_updates_the_objects(cluster: Cluster) -> None:
     await cluster.post(JOBS, pgqj("nightly"))
     await cluster.eventually("/apis/batch/v1/namespaces/db/cronjobs/pgqj-nightly", lambda o: True)
-    await cluster.patch(
-        f"{JOBS}/nightly", {"metadata": {"generation": 2}, "spec": {"schedule": "0 4 * * *", "suspend": True}}
-    )
+    await cluster.patch(f"{JOBS}/nightly", {"spec": {"schedule": "0 4 * * *", "suspend": True}})
     cron_job = await cluster.eventually(
         "/apis/batch/v1/namespaces/db/cronjobs/pgqj-nightly", lambda o: o["spec"]["schedule"] == "0 4 * * *"
     )
     assert cron_job["spec"]["suspend"] is True
+    obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: o["status"].get("observedGeneration") == 2)
+    assert obj["metadata"]["generation"] == 2
+    assert ready(obj)["observedGeneration"] == 2  # type: ignore[index]
 
 
 async def test_annotation_changes_render_nothing_again(cluster: Cluster) -> None:
