@@ -94,12 +94,23 @@ def apply(store: ObjectStore, obj: Mapping[str, Any]) -> str:
     return "updated"
 
 
-def present(store: ObjectStore, namespace: str, reference: resource.Reference) -> bool:
-    """Whether a referenced Secret (with its key) or ConfigMap exists."""
-    if reference.kind == "Secret":
-        keys = store.secret_keys(namespace, reference.name)
-        return keys is not None and reference.key in keys
-    return store.read(reference.kind, namespace, reference.name) is not None
+def missing_references(store: ObjectStore, namespace: str, rendered: manifests.Rendered) -> list[str]:
+    """What the pods need and cannot find: Secrets (or their keys), the scripts ConfigMap, and
+    ``file:`` scripts that are not keys of it. Secret values are never read into a message."""
+    missing: list[str] = []
+    for reference in rendered.references:
+        if reference.kind == "Secret":
+            keys = store.secret_keys(namespace, reference.name)
+            if keys is None or reference.key not in keys:
+                missing.append(f"{reference.describe()} not found in namespace {namespace}")
+            continue
+        scripts = store.read(reference.kind, namespace, reference.name)
+        if scripts is None:
+            missing.append(f"{reference.describe()} not found in namespace {namespace}")
+            continue
+        files = set(scripts.get("data") or {}) | set(scripts.get("binaryData") or {})
+        missing += validation.script_problems(rendered.config_map, files, reference.name)
+    return missing
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -191,7 +202,7 @@ def register(
         namespace, child = rendered.cron_job["metadata"]["namespace"], rendered.cron_job["metadata"]["name"]
         try:
             outcomes = {obj["kind"]: apply(api, obj) for obj in (rendered.config_map, rendered.cron_job)}
-            missing = [ref for ref in rendered.references if not present(api, namespace, ref)]
+            missing = missing_references(api, namespace, rendered)
         except Exception:
             if metrics is not None:
                 metrics.reconcile_errors.labels(namespace=meta.get("namespace"), name=meta.get("name")).inc()
@@ -200,8 +211,7 @@ def register(
             if outcome != "unchanged":
                 kopf.info(body, reason=outcome.capitalize(), message=f"{kind} {child} {outcome}")
         if missing:
-            wanted = ", ".join(ref.describe() for ref in missing)
-            message = f"{wanted} not found in namespace {namespace}: runs fail until it exists"
+            message = f"{'; '.join(missing)}: runs fail until this is fixed"[:1024]
             set_ready(body, patch, logger, ready=False, reason=MISSING_REFERENCE, message=message)
         else:
             message = f"ConfigMap and CronJob {child} are in place"

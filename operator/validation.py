@@ -10,13 +10,16 @@ the same pure checks (the runner's model and planner, no I/O) on every rendered
 job file and reports problems against the user's fields (``spec.job.steps.…``,
 ``spec.connections.…``, ``spec.lock``) in the ``Ready`` condition.
 
-Not checked here, because only the pod can: that ``file:`` scripts exist in the
-scripts ConfigMap and that ``params`` keys are libpq keywords (the runner
-checks both at start and exits 2).
+:func:`script_problems` checks that ``file:`` scripts are keys of the scripts
+ConfigMap (the handlers read its key names). Left to the runner, which checks
+at start and exits 2: ``params`` keys that are not libpq keywords (the check
+needs the PostgreSQL driver's list) and ``file:`` paths outside the scripts
+ConfigMap (absolute paths into the image).
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,3 +69,26 @@ def _problems(data: Any) -> list[str]:
         return [f"{user_path(tuple(detail['loc']))}: {detail['msg']}" for detail in error.errors()]
     _, found = graph.build(job)
     return [f"{user_path(problem.path)}: {problem.message}" for problem in found]
+
+
+def script_problems(config_map: Mapping[str, Any], files: set[str], scripts: str) -> list[str]:
+    """``file:`` commands naming no key of the scripts ConfigMap ``scripts`` (whose keys are ``files``)."""
+    problems: list[str] = []
+    for key, text in sorted(config_map.get("data", {}).items()):
+        if not key.endswith(".yml"):
+            continue
+        try:
+            job = Job.model_validate(yaml.safe_load(text))
+        except pydantic.ValidationError:
+            continue  # reported by job_file_problems
+        for path, command in job.located_commands():
+            name = command.file
+            if name is None or name.startswith(("/", "~")):
+                continue
+            workdir = job.workdir or "/"  # the renderer points workdir at the mounted ConfigMap
+            relative = posixpath.relpath(posixpath.normpath(posixpath.join(workdir, name)), workdir)
+            if relative not in files:
+                problem = f"{user_path((*path, 'file'))}: {name!r} is not a key of ConfigMap {scripts!r}"
+                if problem not in problems:
+                    problems.append(problem)
+    return problems

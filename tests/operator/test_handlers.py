@@ -246,7 +246,7 @@ async def test_a_missing_secret_is_reported_until_it_exists(cluster: Cluster) ->
     assert condition is not None and condition["status"] == "False"
     assert condition["reason"] == "MissingReference"
     assert condition["message"] == (
-        "Secret 'pg-later' (key 'password') not found in namespace db: runs fail until it exists"
+        "Secret 'pg-later' (key 'password') not found in namespace db: runs fail until this is fixed"
     )
     # The objects are in place already, ready for when the Secret arrives (GitOps applies in any order).
     assert await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-early") is not None
@@ -267,12 +267,31 @@ async def test_a_missing_secret_is_reported_until_it_exists(cluster: Cluster) ->
     assert len(warnings) == 1  # one event when it became unready, not one per recheck
 
 
-async def test_a_missing_scripts_config_map_is_reported(cluster: Cluster) -> None:
+async def test_a_missing_scripts_config_map_or_script_is_reported_until_it_exists(cluster: Cluster) -> None:
     spec = copy.deepcopy(VALID_SPEC)
     spec["scripts"] = {"configMapRef": {"name": "maintenance-scripts"}}
+    spec["job"]["steps"]["archive"] = {"commands": [{"file": "archive.sh"}]}
     await cluster.post(JOBS, pgqj("scripted", spec))
     obj = await cluster.eventually(f"{JOBS}/scripted", lambda o: ready(o) is not None)
-    assert ready(obj)["message"].startswith("ConfigMap 'maintenance-scripts' not found")  # type: ignore[index]
+    assert ready(obj)["message"] == (  # type: ignore[index]
+        "ConfigMap 'maintenance-scripts' not found in namespace db: runs fail until this is fixed"
+    )
+    scripts = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "maintenance-scripts", "namespace": "db"},
+        "data": {"vacuum.sh": "#!/bin/bash\n"},
+    }
+    await cluster.post("/api/v1/namespaces/db/configmaps", scripts)
+    obj = await cluster.eventually(f"{JOBS}/scripted", lambda o: "archive.sh" in ready(o)["message"])  # type: ignore[index]
+    assert ready(obj)["message"] == (  # type: ignore[index]
+        "spec.job.steps.archive.commands[0].file: 'archive.sh' is not a key of ConfigMap"
+        " 'maintenance-scripts': runs fail until this is fixed"
+    )
+    await cluster.patch(
+        "/api/v1/namespaces/db/configmaps/maintenance-scripts", {"data": {"archive.sh": "#!/bin/bash\n"}}
+    )
+    await cluster.eventually(f"{JOBS}/scripted", lambda o: (ready(o) or {}).get("status") == "True")
 
 
 async def jobs(cluster: Cluster) -> list[dict[str, Any]]:

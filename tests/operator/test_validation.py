@@ -57,3 +57,21 @@ def test_a_rule_reading_an_unknown_step_is_reported() -> None:
     assert (
         problem == "spec.job.steps.report.when[0]: rule reads unknown step 'vacum' (did you mean 'vacuum'?)"
     )
+
+
+def test_file_scripts_must_be_keys_of_the_scripts_config_map() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["scripts"] = {"configMapRef": {"name": "maintenance-scripts"}}
+    spec["job"]["steps"]["archive"] = {
+        "commands": [
+            {"file": "archive.sh"},
+            {"file": "./rotate.sh"},
+            {"file": "/usr/local/bin/in-the-image.sh"},  # not in the ConfigMap: the pod checks it
+        ]
+    }
+    rendered = render(spec)
+    assert validation.script_problems(rendered, {"archive.sh", "rotate.sh"}, "maintenance-scripts") == []
+    assert validation.script_problems(rendered, {"archive.sh"}, "maintenance-scripts") == [
+        "spec.job.steps.archive.commands[1].file: './rotate.sh' is not a key of ConfigMap"
+        " 'maintenance-scripts'"
+    ]
