@@ -139,6 +139,15 @@ async def test_a_spec_change_updates_the_objects(cluster: Cluster) -> None:
     assert ready(obj)["observedGeneration"] == 2  # type: ignore[index]
 
 
+async def test_a_ready_resource_is_left_alone_no_hot_loop(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    await asyncio.sleep(1.0)  # let kopf finish its own bookkeeping
+    before = cluster.writes("/")
+    await asyncio.sleep(2.0)
+    assert cluster.writes("/") == before  # no status, annotation, event or object writes
+
+
 async def test_annotation_changes_render_nothing_again(cluster: Cluster) -> None:
     await cluster.post(JOBS, pgqj("nightly"))
     await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
