@@ -24,7 +24,9 @@ def test_losing_the_leader_does_not_disturb_the_run(tmp_path: pathlib.Path, clus
     key = f"k{uuid.uuid4().hex[:8]}"
     job = tmp_path / "job.yml"
     job.write_text(
-        lock_yaml(cluster.endpoints, key, "6s") + "steps:\n  s:\n    commands:\n"
+        # A TTL with room for an election plus a retry on a loaded machine: with 6 s the watchdog's
+        # window after a missed keep-alive was about one second, and it tripped once in a full run.
+        lock_yaml(cluster.endpoints, key, "15s") + "steps:\n  s:\n    commands:\n"
         "      - inline: 'touch started; sleep 5; touch finished'\n"
     )
     process = start(job)
