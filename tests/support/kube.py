@@ -15,8 +15,9 @@ own tasks on shutdown), keeping kopf's bookkeeping under ``pgquartz.io``.
 
 It also runs as its own process, like an API server (``python -m
 tests.support.kube`` prints its URL, then serves until SIGTERM):
-:func:`emulator_process` starts it, and :func:`write_kubeconfig` points
-``kubectl`` and ``pgquartz-operator`` at it.
+:func:`emulator_process` starts it, :func:`write_kubeconfig` points ``kubectl``
+and ``pgquartz-operator`` at it, and :func:`operator_cluster` runs both, the
+way the process tests and the demo use them.
 
 What the emulator still does not do (so tests cannot see it): schema
 validation and defaulting, ownerReference garbage collection, server-side
@@ -30,16 +31,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime
 import itertools
 import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -274,6 +278,85 @@ def write_kubeconfig(url: str, path: pathlib.Path, namespace: str = "default") -
     }
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
+
+
+KUBECTL = pathlib.Path(sys.executable).with_name("kubectl")
+OPERATOR = pathlib.Path(sys.executable).with_name("pgquartz-operator")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclasses.dataclass
+class OperatorCluster:
+    """The emulated API, a ``pgquartz-operator`` process logged in to it, and kubectl for both."""
+
+    kubeconfig: pathlib.Path
+    operator: subprocess.Popen[bytes]
+    ports: dict[str, int]
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(KUBECTL), *args],
+            check=False,
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done
+
+    def get(self, *what: str) -> dict[str, Any] | None:
+        """``kubectl get … -o json``, or None if it is not there."""
+        done = self.kubectl("get", *what, "-o", "json", check=False)
+        return json.loads(done.stdout) if done.returncode == 0 else None
+
+    def eventually(self, check: Callable[[], Any], within: float = 20) -> Any:
+        """Poll ``check`` until it returns something true; fail if the operator dies or time runs out."""
+        deadline = time.monotonic() + within
+        while True:
+            value = check()
+            if value:
+                return value
+            if self.operator.poll() is not None:
+                raise RuntimeError(f"pgquartz-operator exited with {self.operator.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not within {within} s")
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def operator_cluster(
+    scratch: pathlib.Path, *, namespace: str, environment: Mapping[str, str] | None = None
+) -> Iterator[OperatorCluster]:
+    """Start the emulator and ``pgquartz-operator`` (its log in ``scratch/operator.log``); stop both."""
+    with emulator_process() as (_, url):
+        kubeconfig = write_kubeconfig(url, scratch / "kubeconfig", namespace=namespace)
+        ports = {"liveness": free_port(), "metrics": free_port()}
+        settings = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "PGQUARTZ_LIVENESS_PORT": str(ports["liveness"]),
+            "PGQUARTZ_METRICS_PORT": str(ports["metrics"]),
+            **(environment or {}),
+        }
+        with (scratch / "operator.log").open("wb") as log:
+            operator = subprocess.Popen([str(OPERATOR)], env=settings, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield OperatorCluster(kubeconfig, operator, ports)
+        finally:
+            if operator.poll() is None:
+                operator.terminate()
+                try:
+                    operator.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    operator.kill()
+                    operator.wait()
 
 
 if __name__ == "__main__":
