@@ -269,6 +269,44 @@ def register(
             logger.info(f"started Job {job['metadata']['name']} for run-now {request!r}")
         patch.status["handledRunNow"] = request
 
+    owned = {manifests.LABEL_NAME: kopf.PRESENT, manifests.LABEL_MANAGED: manifests.MANAGER}
+
+    @kopf.on.event("batch", "v1", "cronjobs", labels=owned, registry=registry)
+    def cron_job_changed(
+        event: kopf.RawEvent, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+    ) -> None:
+        """An owned CronJob was deleted or edited by hand: put it (and its ConfigMap) back.
+
+        The CronJob controller also writes its status at every scheduled run, so a deleted or
+        edited ConfigMap is put back no later than the next run. The initial listing is left to
+        the resume handler, which reconciles every resource anyway, and ADDED events follow the
+        operator's own creations."""
+        kind = event.get("type")
+        owner = (body.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_NAME)
+        if kind not in ("MODIFIED", "DELETED") or not owner or not namespace:
+            return
+        api = store()
+        current = api.read(resource.KIND, namespace, owner)
+        if current is None or current.get("metadata", {}).get("deletionTimestamp"):
+            return  # being deleted: its children go with it
+        try:
+            rendered = manifests.render(current, defaults=defaults)
+        except pydantic.ValidationError:
+            return  # the resource's Ready condition already says why
+        if validation.job_file_problems(rendered.config_map):
+            return
+        if kind != "DELETED" and not differs(body, rendered.cron_job):
+            existing = api.read("ConfigMap", namespace, rendered.config_map["metadata"]["name"])
+            if existing is not None and not differs(existing, rendered.config_map):
+                return
+        outcomes = {obj["kind"]: apply(api, obj) for obj in (rendered.config_map, rendered.cron_job)}
+        child = rendered.cron_job["metadata"]["name"]
+        for changed, outcome in outcomes.items():
+            if outcome != "unchanged":
+                message = f"{changed} {child} {'recreated' if outcome == 'created' else 'restored'}"
+                kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason="Restored", message=message)
+                logger.info(f"{message}: it was deleted or changed outside the operator")
+
     @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_NAME: kopf.PRESENT}, registry=registry)
     def job_changed(body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
         """A run's Job changed: recompute the owner's run status from all its Jobs and their pods."""

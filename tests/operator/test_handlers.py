@@ -148,6 +148,46 @@ async def test_a_ready_resource_is_left_alone_no_hot_loop(cluster: Cluster) -> N
     assert cluster.writes("/") == before  # no status, annotation, event or object writes
 
 
+CRON_JOB = "/apis/batch/v1/namespaces/db/cronjobs/pgqj-nightly"
+CONFIG_MAP = "/api/v1/namespaces/db/configmaps/pgqj-nightly"
+
+
+async def test_a_deleted_cron_job_is_recreated(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    async with cluster.session.delete(cluster.url + CRON_JOB) as response:
+        assert response.status < 300
+    cron_job = await cluster.eventually(CRON_JOB, lambda o: True)
+    assert cron_job["spec"]["schedule"] == "15 23 * * *"
+    events = await cluster.eventually(
+        "/api/v1/namespaces/db/events",
+        lambda listing: any(e.get("reason") == "Restored" for e in listing.get("items", [])),
+    )
+    assert [e["message"] for e in events["items"] if e.get("reason") == "Restored"] == [
+        "CronJob pgqj-nightly recreated"
+    ]
+
+
+async def test_a_hand_edited_cron_job_is_put_back(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    await cluster.patch(CRON_JOB, {"spec": {"schedule": "* * * * *", "suspend": True}})
+    cron_job = await cluster.eventually(CRON_JOB, lambda o: o["spec"]["schedule"] == "15 23 * * *")
+    assert cron_job["spec"]["suspend"] is False
+
+
+async def test_a_deleted_config_map_is_back_by_the_next_scheduled_run(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    async with cluster.session.delete(cluster.url + CONFIG_MAP) as response:
+        assert response.status < 300
+    assert await cluster.get(CONFIG_MAP) is None
+    # What the CronJob controller writes when it starts a run.
+    await cluster.patch(CRON_JOB, {"status": {"lastScheduleTime": "2026-11-23T23:15:00Z"}})
+    config_map = await cluster.eventually(CONFIG_MAP, lambda o: True)
+    assert "nightly.yml" in config_map["data"]
+
+
 async def test_annotation_changes_render_nothing_again(cluster: Cluster) -> None:
     await cluster.post(JOBS, pgqj("nightly"))
     await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
