@@ -269,7 +269,10 @@ def register(
             logger.info(f"started Job {job['metadata']['name']} for run-now {request!r}")
         patch.status["handledRunNow"] = request
 
-    owned = {manifests.LABEL_NAME: kopf.PRESENT, manifests.LABEL_MANAGED: manifests.MANAGER}
+    owned: dict[str, str | kopf.MetaFilterToken] = {
+        manifests.LABEL_NAME: kopf.PRESENT,
+        manifests.LABEL_MANAGED: manifests.MANAGER,
+    }
 
     @kopf.on.event("batch", "v1", "cronjobs", labels=owned, registry=registry)
     def cron_job_changed(
