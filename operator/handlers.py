@@ -269,12 +269,13 @@ def register(
             logger.info(f"started Job {job['metadata']['name']} for run-now {request!r}")
         patch.status["handledRunNow"] = request
 
-    owned: dict[str, str | kopf.MetaFilterToken] = {
-        manifests.LABEL_NAME: kopf.PRESENT,
-        manifests.LABEL_MANAGED: manifests.MANAGER,
-    }
-
-    @kopf.on.event("batch", "v1", "cronjobs", labels=owned, registry=registry)
+    @kopf.on.event(
+        "batch",
+        "v1",
+        "cronjobs",
+        labels={manifests.LABEL_NAME: kopf.PRESENT, manifests.LABEL_MANAGED: manifests.MANAGER},
+        registry=registry,
+    )
     def cron_job_changed(
         event: kopf.RawEvent, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
     ) -> None:
