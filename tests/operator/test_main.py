@@ -63,5 +63,5 @@ def test_the_registry_serves_pgquartzjobs_jobs_and_startup() -> None:
     registry = main.build_registry(settings.from_environment({}), store=lambda: None)  # type: ignore[arg-type,return-value]
     selectors = [*registry._changing.get_all_selectors(), *registry._watching.get_all_selectors()]
     resources = {(selector.group, selector.plural or selector.any_name) for selector in selectors}
-    assert {("pgquartz.io", "pgquartzjobs"), ("batch", "jobs")} <= resources
+    assert {("pgquartz.io", "pgquartzjobs"), ("batch", "jobs"), ("batch", "cronjobs")} <= resources
     assert any("startup" in str(handler.id) for handler in registry._activities.get_all_handlers())
