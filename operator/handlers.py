@@ -6,7 +6,13 @@ annotations, such as Argo CD's tracking annotation or kubectl's
 an object is written only when what is in the cluster differs from the
 rendering. The user's spec is never edited; problems land in the ``Ready``
 condition and a Warning event, never in a crash loop or a half-made object
-(nothing is written unless the whole rendering succeeded).
+(nothing is written unless the whole rendering, and the runner's own checks of
+the job files, succeeded). Referenced Secrets and ConfigMaps that are missing
+make ``Ready`` false and are checked again on a timer until they exist.
+
+Besides the PgQuartzJobs themselves, the handlers follow the CronJobs they own
+(a deleted or hand-edited one is put back) and the Jobs of runs (their outcome
+goes to status, events and metrics).
 """
 
 from __future__ import annotations
