@@ -100,6 +100,11 @@ def apply(store: ObjectStore, obj: Mapping[str, Any]) -> str:
     return "updated"
 
 
+def apply_rendered(store: ObjectStore, rendered: manifests.Rendered) -> dict[str, str]:
+    """Apply the ConfigMap, then the CronJob; kind → ``created``, ``updated`` or ``unchanged``."""
+    return {obj["kind"]: apply(store, obj) for obj in (rendered.config_map, rendered.cron_job)}
+
+
 def missing_references(store: ObjectStore, namespace: str, rendered: manifests.Rendered) -> list[str]:
     """What the pods need and cannot find: Secrets (or their keys), the scripts ConfigMap, and
     ``file:`` scripts that are not keys of it. Secret values are never read into a message."""
@@ -129,7 +134,6 @@ def _timestamp(text: str | None) -> float | None:
 
 
 MISSING_REFERENCE = "MissingReference"
-READY_TYPE = status.READY
 
 
 def spec_problem(error: pydantic.ValidationError) -> tuple[str, str]:
@@ -177,7 +181,7 @@ def register(
             patch.status["conditions"] = new
         if existing.get("observedGeneration") != generation:
             patch.status["observedGeneration"] = generation
-        before: Mapping[str, Any] = next((c for c in old if c.get("type") == status.READY), {})
+        before = status.find(old, status.READY)
         if (before.get("status"), before.get("reason"), before.get("message")) == (
             "True" if ready else "False",
             reason,
@@ -207,7 +211,7 @@ def register(
         api = store()
         namespace, child = rendered.cron_job["metadata"]["namespace"], rendered.cron_job["metadata"]["name"]
         try:
-            outcomes = {obj["kind"]: apply(api, obj) for obj in (rendered.config_map, rendered.cron_job)}
+            outcomes = apply_rendered(api, rendered)
             missing = missing_references(api, namespace, rendered)
         except Exception:
             if metrics is not None:
@@ -231,10 +235,8 @@ def register(
     ) -> None:
         reconcile(body, meta, patch, logger)
 
-    def waiting_for_reference(status: kopf.Status, **_: Any) -> bool:
-        ready: Mapping[str, Any] = next(
-            (c for c in status.get("conditions", []) or [] if c.get("type") == READY_TYPE), {}
-        )
+    def waiting_for_reference(body: kopf.Body, **_: Any) -> bool:
+        ready = status.find(body.get("status", {}).get("conditions", []) or [], status.READY)
         return bool(ready.get("status") == "False" and ready.get("reason") == MISSING_REFERENCE)
 
     @kopf.timer(
@@ -309,7 +311,7 @@ def register(
             existing = api.read("ConfigMap", namespace, rendered.config_map["metadata"]["name"])
             if existing is not None and not differs(existing, rendered.config_map):
                 return
-        outcomes = {obj["kind"]: apply(api, obj) for obj in (rendered.config_map, rendered.cron_job)}
+        outcomes = apply_rendered(api, rendered)
         child = rendered.cron_job["metadata"]["name"]
         for changed, outcome in outcomes.items():
             if outcome != "unchanged":

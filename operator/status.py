@@ -18,6 +18,11 @@ READY = "Ready"
 LAST_RUN_SUCCEEDED = "LastRunSucceeded"
 
 
+def find(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any]:
+    """The condition of type ``type_``, or an empty mapping if there is none."""
+    return next((c for c in conditions if c.get("type") == type_), {})
+
+
 def condition(
     existing: Sequence[Mapping[str, Any]],
     *,
@@ -30,8 +35,8 @@ def condition(
 ) -> list[dict[str, Any]]:
     """The conditions with ``type_`` set; its transition time kept if its status did not change."""
     value = "Unknown" if status is None else ("True" if status else "False")
-    previous = next((c for c in existing if c.get("type") == type_), None)
-    since = previous["lastTransitionTime"] if previous and previous.get("status") == value else now
+    previous = find(existing, type_)
+    since = previous["lastTransitionTime"] if previous.get("status") == value else now
     updated = {
         "type": type_,
         "status": value,

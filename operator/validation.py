@@ -20,7 +20,7 @@ ConfigMap (absolute paths into the image).
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pydantic
@@ -49,17 +49,17 @@ def user_path(path: tuple[str | int, ...]) -> str:
     return text
 
 
+def _job_files(config_map: Mapping[str, Any]) -> Iterator[Any]:
+    """The contents of a rendered ConfigMap's job files (one, or one per target), in file order."""
+    for key, text in sorted(config_map.get("data", {}).items()):
+        if key.endswith(".yml"):
+            yield yaml.safe_load(text)
+
+
 def job_file_problems(config_map: Mapping[str, Any]) -> list[str]:
     """Every problem the runner would report for the job files in a rendered ConfigMap (deduplicated:
     with targets, each target's file repeats the same job)."""
-    problems: list[str] = []
-    for key, text in sorted(config_map.get("data", {}).items()):
-        if not key.endswith(".yml"):
-            continue
-        for problem in _problems(yaml.safe_load(text)):
-            if problem not in problems:
-                problems.append(problem)
-    return problems
+    return list(dict.fromkeys(problem for data in _job_files(config_map) for problem in _problems(data)))
 
 
 def _problems(data: Any) -> list[str]:
@@ -74,21 +74,19 @@ def _problems(data: Any) -> list[str]:
 def script_problems(config_map: Mapping[str, Any], files: set[str], scripts: str) -> list[str]:
     """``file:`` commands naming no key of the scripts ConfigMap ``scripts`` (whose keys are ``files``)."""
     problems: list[str] = []
-    for key, text in sorted(config_map.get("data", {}).items()):
-        if not key.endswith(".yml"):
-            continue
+    for data in _job_files(config_map):
         try:
-            job = Job.model_validate(yaml.safe_load(text))
+            job = Job.model_validate(data)
         except pydantic.ValidationError:
             continue  # reported by job_file_problems
+        workdir = job.workdir or "/"  # the renderer points workdir at the mounted ConfigMap
         for path, command in job.located_commands():
             name = command.file
             if name is None or name.startswith(("/", "~")):
                 continue
-            workdir = job.workdir or "/"  # the renderer points workdir at the mounted ConfigMap
             relative = posixpath.relpath(posixpath.normpath(posixpath.join(workdir, name)), workdir)
             if relative not in files:
-                problem = f"{user_path((*path, 'file'))}: {name!r} is not a key of ConfigMap {scripts!r}"
-                if problem not in problems:
-                    problems.append(problem)
-    return problems
+                problems.append(
+                    f"{user_path((*path, 'file'))}: {name!r} is not a key of ConfigMap {scripts!r}"
+                )
+    return list(dict.fromkeys(problems))
