@@ -24,7 +24,8 @@ import aiohttp
 import psutil
 
 from pgquartz.operator import kubeapi, manifests
-from tests.support.kube import OPERATOR, emulator_process, free_port, write_kubeconfig
+from tests.support.kube import OPERATOR, emulator_process, write_kubeconfig
+from tests.support.processes import free_port
 
 NAMESPACE = "db"
 JOBS = f"/apis/pgquartz.io/v1alpha1/namespaces/{NAMESPACE}/pgquartzjobs"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube import OperatorCluster, operator_cluster
+from tests.support.kube import OperatorCluster, operator_cluster, secret_manifest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-never-logged"
@@ -39,20 +39,9 @@ def _ready(obj: dict[str, Any] | None) -> str | None:
 def test_kubectl_apply_run_now_and_delete_drive_the_operator_process(
     cluster: OperatorCluster, tmp_path: pathlib.Path
 ) -> None:
-    secret = (
-        tmp_path / "secret.json"
-    )  # `kubectl create secret` speaks protobuf, which the emulator cannot read
-    secret.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "pg-maint"},
-                "stringData": {"password": PASSWORD},
-            }
-        )
+    cluster.kubectl(
+        "apply", "--validate=false", "-f", "-", stdin=secret_manifest("pg-maint", {"password": PASSWORD})
     )
-    cluster.kubectl("apply", "--validate=false", "-f", str(secret))
     applied = cluster.kubectl(
         "apply", "--validate=false", "-f", str(ROOT / "examples/04-kubernetes/one-node.yaml")
     )

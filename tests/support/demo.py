@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from tests.support.etcdcluster import running_etcd
-from tests.support.kube import operator_cluster
+from tests.support.kube import operator_cluster, secret_manifest
 from tests.support.pgcluster import PgCluster, running_cluster
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
@@ -100,17 +100,12 @@ def run_operator(scratch: pathlib.Path) -> int:
         "\n== pgquartz-operator on an emulated Kubernetes API (kmock), driven by the real kubectl", flush=True
     )
     with operator_cluster(scratch, namespace="databases") as cluster:
-        secret = scratch / "secret.json"
-        secret.write_text(
-            '{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-maint"},'
-            ' "stringData": {"password": "demo"}}'
-        )
 
-        def show(*args: str) -> None:
+        def show(*args: str, stdin: str | None = None) -> None:
             print(f"\n$ kubectl {' '.join(args)}", flush=True)
-            print(cluster.kubectl(*args).stdout.rstrip(), flush=True)
+            print(cluster.kubectl(*args, stdin=stdin).stdout.rstrip(), flush=True)
 
-        show("apply", "--validate=false", "-f", str(secret))
+        show("apply", "--validate=false", "-f", "-", stdin=secret_manifest("pg-maint", {"password": "demo"}))
         show("apply", "--validate=false", "-f", str(manifest.relative_to(EXAMPLES.parent)))
         cluster.eventually(lambda: cluster.get("cronjob", "pgqj-nightly-vacuum"))
         cluster.eventually(

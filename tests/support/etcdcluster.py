@@ -12,23 +12,18 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 
+from tests.support.processes import free_port
+
 
 def etcd_binary() -> str:
     candidate = pathlib.Path(sys.executable).parent / "etcd"
     return str(candidate) if candidate.exists() else shutil.which("etcd") or "etcd"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclasses.dataclass

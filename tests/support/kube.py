@@ -38,7 +38,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,6 +50,8 @@ import jsonpatch
 import kmock
 import kopf
 from kmock._internal import enums, k8s
+
+from tests.support.processes import free_port, stop
 
 VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
 
@@ -257,12 +258,7 @@ def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
             raise RuntimeError(f"the emulator did not start (exit {process.wait()})")
         yield process, url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace=10)
 
 
 def write_kubeconfig(url: str, path: pathlib.Path, namespace: str = "default") -> pathlib.Path:
@@ -284,12 +280,6 @@ KUBECTL = pathlib.Path(sys.executable).with_name("kubectl")
 OPERATOR = pathlib.Path(sys.executable).with_name("pgquartz-operator")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclasses.dataclass
 class OperatorCluster:
     """The emulated API, a ``pgquartz-operator`` process logged in to it, and kubectl for both."""
@@ -298,9 +288,12 @@ class OperatorCluster:
     operator: subprocess.Popen[bytes]
     ports: dict[str, int]
 
-    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [str(KUBECTL), *args],
+            input=stdin,
             check=False,
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
             capture_output=True,
@@ -330,6 +323,14 @@ class OperatorCluster:
             time.sleep(0.2)
 
 
+def secret_manifest(name: str, values: Mapping[str, str]) -> str:
+    """A Secret for ``kubectl apply -f -``: ``kubectl create secret`` sends protobuf, which the
+    emulator cannot read."""
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": values}
+    )
+
+
 @contextlib.contextmanager
 def operator_cluster(
     scratch: pathlib.Path, *, namespace: str, environment: Mapping[str, str] | None = None
@@ -350,13 +351,7 @@ def operator_cluster(
         try:
             yield OperatorCluster(kubeconfig, operator, ports)
         finally:
-            if operator.poll() is None:
-                operator.terminate()
-                try:
-                    operator.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    operator.kill()
-                    operator.wait()
+            stop(operator, grace=20)
 
 
 if __name__ == "__main__":

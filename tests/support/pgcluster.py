@@ -122,6 +122,12 @@ class PgServer:
             cursor = conn.execute(sql, params)
             return cursor.fetchall() if cursor.description is not None else []
 
+    def backends_running(self, marker: str) -> int:
+        """How many other sessions are running a statement whose text contains ``marker``."""
+        query = "select count(*) from pg_stat_activity where query like %s and pid <> pg_backend_pid()"
+        [(count,)] = self.query(query, (f"%{marker}%",))
+        return int(count)
+
     def log(self) -> str:
         path = self.datadir / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""

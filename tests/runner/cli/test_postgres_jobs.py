@@ -223,11 +223,7 @@ def test_timeout_cancels_a_running_query_on_the_server(
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 1 and time.monotonic() - started < 15
     assert "timeout" in result.stderr
-    active = pg_cluster.primary.query(
-        "select count(*) from pg_stat_activity where query like %s and pid <> pg_backend_pid()",
-        (f"%{marker}%",),
-    )
-    assert active == [(0,)]
+    assert pg_cluster.primary.backends_running(marker) == 0
 
 
 def test_sigterm_cancels_a_running_query_and_closes_the_session(

@@ -363,12 +363,11 @@ steps:
 """
     )
     process = start(job)
-    query = "select count(*) from pg_stat_activity where query like %s and pid <> pg_backend_pid()"
     deadline = time.monotonic() + 15
-    while p.query(query, (f"%{marker}%",)) == [(0,)] and time.monotonic() < deadline:
+    while p.backends_running(marker) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     [entry] = [k for k in etcd.etcdctl("get", "--prefix", f"/pgquartz/{key}//", "--keys-only").split() if k]
     etcd.etcdctl("lease", "revoke", entry.rsplit("/", 1)[1])
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 5, stderr
-    assert p.query(query, (f"%{marker}%",)) == [(0,)]
+    assert p.backends_running(marker) == 0
