@@ -19,109 +19,19 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import kopf
 import pydantic
 
-from pgquartz.operator import manifests, resource, status, validation
+from pgquartz.operator import bookkeeping, children, kubeapi, manifests, names, resource, status, validation
 from pgquartz.operator import metrics as operator_metrics
 
-
-class ObjectStore(Protocol):
-    """What the handlers need of the API: read, create and replace namespaced objects."""
-
-    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-
-    def create(self, kind: str, namespace: str, body: Mapping[str, Any]) -> None: ...
-
-    def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
-        """A JSON merge patch."""
-        ...
-
-    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]: ...
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch a PgQuartzJob's status subresource."""
-        ...
-
-    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
-        """The key names of a Secret (never its values), or None if it does not exist."""
-        ...
+ObjectStore = children.ObjectStore
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def differs(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    """Whether the object in the cluster differs from the rendering in anything we own."""
-    meta, wanted_meta = existing.get("metadata", {}), wanted["metadata"]
-    if any(meta.get("labels", {}).get(key) != value for key, value in wanted_meta.get("labels", {}).items()):
-        return True
-    if meta.get("ownerReferences") != wanted_meta.get("ownerReferences"):
-        return True
-    return any(existing.get(key) != wanted.get(key) for key in ("data", "spec") if key in wanted)
-
-
-def merge_patch(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch that turns ``existing`` into ``wanted`` (keys no longer wanted become null)."""
-    patch: dict[str, Any] = {}
-    for key, value in wanted.items():
-        old = existing.get(key)
-        if isinstance(value, Mapping) and isinstance(old, Mapping):
-            nested = merge_patch(old, value)
-            if nested:
-                patch[key] = nested
-        elif old != value:
-            patch[key] = value
-    for key in existing:
-        if key not in wanted:
-            patch[key] = None
-    return patch
-
-
-def apply(store: ObjectStore, obj: Mapping[str, Any]) -> str:
-    """Create or update ``obj`` if needed; returns ``created``, ``updated`` or ``unchanged``."""
-    kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
-    existing = store.read(kind, namespace, name)
-    if existing is None:
-        store.create(kind, namespace, obj)
-        return "created"
-    if not differs(existing, obj):
-        return "unchanged"
-    patch = {key: merge_patch(existing.get(key) or {}, obj[key]) for key in ("data", "spec") if key in obj}
-    metadata = obj["metadata"]
-    patch["metadata"] = {
-        "labels": metadata.get("labels", {}),
-        "ownerReferences": metadata.get("ownerReferences"),
-    }
-    store.patch(kind, namespace, name, patch)
-    return "updated"
-
-
-def apply_rendered(store: ObjectStore, rendered: manifests.Rendered) -> dict[str, str]:
-    """Apply the ConfigMap, then the CronJob; kind → ``created``, ``updated`` or ``unchanged``."""
-    return {obj["kind"]: apply(store, obj) for obj in (rendered.config_map, rendered.cron_job)}
-
-
-def missing_references(store: ObjectStore, namespace: str, rendered: manifests.Rendered) -> list[str]:
-    """What the pods need and cannot find: Secrets (or their keys), the scripts ConfigMap, and
-    ``file:`` scripts that are not keys of it. Secret values are never read into a message."""
-    missing: list[str] = []
-    for reference in rendered.references:
-        if reference.kind == "Secret":
-            keys = store.secret_keys(namespace, reference.name)
-            if keys is None or reference.key not in keys:
-                missing.append(f"{reference.describe()} not found in namespace {namespace}")
-            continue
-        scripts = store.read(reference.kind, namespace, reference.name)
-        if scripts is None:
-            missing.append(f"{reference.describe()} not found in namespace {namespace}")
-            continue
-        files = set(scripts.get("data") or {}) | set(scripts.get("binaryData") or {})
-        missing += validation.script_problems(rendered.config_map, files, reference.name)
-    return missing
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -134,6 +44,11 @@ def _timestamp(text: str | None) -> float | None:
 
 
 MISSING_REFERENCE = "MissingReference"
+NAME_CONFLICT = "NameConflict"
+REJECTED = "Rejected"
+RECHECKED = (MISSING_REFERENCE, NAME_CONFLICT)
+"""Ready reasons that depend on other objects: rechecked on a timer until they are fixed."""
+MAX_BACKOFF = 300.0
 
 
 def spec_problem(error: pydantic.ValidationError) -> tuple[str, str]:
@@ -146,6 +61,18 @@ def spec_problem(error: pydantic.ValidationError) -> tuple[str, str]:
     return ("InvalidSchedule" if schedule_only else "InvalidSpec"), message[:1024]
 
 
+def backoff(retry: int) -> float:
+    """Seconds before retrying a transient API failure: 1, 2, 4 … up to five minutes."""
+    return float(min(2 ** min(retry, 16), MAX_BACKOFF))
+
+
+def owner_name(obj: Mapping[str, Any]) -> str | None:
+    """The PgQuartzJob a child or a run belongs to, from its annotation (older objects: the label)."""
+    metadata = obj.get("metadata") or {}
+    named = (metadata.get("annotations") or {}).get(manifests.ANNOTATION_NAME)
+    return str(named) if named else (metadata.get("labels") or {}).get(manifests.LABEL_NAME)
+
+
 def register(
     registry: kopf.OperatorRegistry,
     *,
@@ -156,8 +83,8 @@ def register(
 ) -> None:
     """Register the PgQuartzJob handlers on ``registry``.
 
-    ``recheck_interval``: how often a resource waiting for a Secret or ConfigMap it
-    references is checked again (only those: the operator does not watch Secrets).
+    ``recheck_interval``: how often a resource waiting for a Secret or ConfigMap it references,
+    or for a name taken by another object, is checked again (the operator watches neither).
     """
     where = (resource.GROUP, resource.VERSION, resource.PLURAL)
 
@@ -194,13 +121,24 @@ def register(
             kopf.warn(body, reason=reason, message=message)
             logger.warning(f"not ready ({reason}): {message}")
 
-    def reconcile(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger) -> None:
-        """Render, check, apply; nothing is written unless the whole rendering is valid."""
+    def count_error(meta: kopf.Meta) -> None:
+        if metrics is not None:
+            metrics.reconcile_errors.labels(namespace=meta.get("namespace"), name=meta.get("name")).inc()
+
+    def reconcile(
+        body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, retry: int = 0
+    ) -> None:
+        """Render, check, apply; nothing is written unless the whole rendering is valid. A write the
+        API server refuses is a ``Rejected`` condition; only transient failures are retried."""
         try:
             rendered = manifests.render(body, defaults=defaults)
         except pydantic.ValidationError as error:
             reason, message = spec_problem(error)
             set_ready(body, patch, logger, ready=False, reason=reason, message=message)
+            return
+        too_large = validation.size_problems(rendered.config_map)
+        if too_large:
+            set_ready(body, patch, logger, ready=False, reason="InvalidSpec", message="; ".join(too_large))
             return
         problems = validation.job_file_problems(rendered.config_map)
         if problems:
@@ -211,12 +149,21 @@ def register(
         api = store()
         namespace, child = rendered.cron_job["metadata"]["namespace"], rendered.cron_job["metadata"]["name"]
         try:
-            outcomes = apply_rendered(api, rendered)
-            missing = missing_references(api, namespace, rendered)
-        except Exception:
-            if metrics is not None:
-                metrics.reconcile_errors.labels(namespace=meta.get("namespace"), name=meta.get("name")).inc()
-            raise  # kopf retries with back-off
+            outcomes = children.apply_rendered(api, rendered, body)
+            missing = children.missing_references(api, namespace, rendered)
+        except children.NameConflict as conflict:
+            set_ready(body, patch, logger, ready=False, reason=NAME_CONFLICT, message=str(conflict)[:1024])
+            return
+        except kubeapi.Refused as refused:
+            count_error(meta)
+            message = f"the API server refused the {refused.status} ({refused.reason}): {refused.message}"
+            set_ready(body, patch, logger, ready=False, reason=REJECTED, message=message[:1024])
+            return
+        except kubeapi.Transient as error:
+            count_error(meta)
+            delay = backoff(retry)
+            logger.warning(f"the API is not answering as it should ({error}): retrying in {delay:.0f} s")
+            raise kopf.TemporaryError(str(error), delay=delay) from None
         for kind, outcome in outcomes.items():
             if outcome != "unchanged":
                 kopf.info(body, reason=outcome.capitalize(), message=f"{kind} {child} {outcome}")
@@ -231,51 +178,96 @@ def register(
     @kopf.on.create(*where, registry=registry)
     @kopf.on.update(*where, field="spec", registry=registry)
     def spec_changed(
-        body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+        body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, retry: int, **_: Any
     ) -> None:
-        reconcile(body, meta, patch, logger)
+        reconcile(body, meta, patch, logger, retry)
 
-    def waiting_for_reference(body: kopf.Body, **_: Any) -> bool:
+    def generation_unobserved(body: kopf.Body, **_: Any) -> bool:
+        generation = body.get("metadata", {}).get("generation")
+        observed = (body.get("status") or {}).get("observedGeneration")
+        return observed is not None and generation != observed and bookkeeping.handled(body)
+
+    @kopf.on.event(*where, when=generation_unobserved, registry=registry)
+    def generation_changed_back(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        """The generation moved, but the spec is the one last handled (``suspend`` flipped and flipped
+        back before the operator looked): nothing to render, but status must say it saw it."""
+        generation = int(body["metadata"]["generation"])
+        patch.status["observedGeneration"] = generation
+        conditions = [dict(c) for c in (body.get("status", {}).get("conditions") or [])]
+        for condition in conditions:
+            if condition.get("type") == status.READY:
+                condition["observedGeneration"] = generation
+        patch.status["conditions"] = conditions
+
+    def waiting_for_others(body: kopf.Body, **_: Any) -> bool:
         ready = status.find(body.get("status", {}).get("conditions", []) or [], status.READY)
-        return bool(ready.get("status") == "False" and ready.get("reason") == MISSING_REFERENCE)
+        return bool(ready.get("status") == "False" and ready.get("reason") in RECHECKED)
 
     @kopf.timer(
         *where,
         interval=recheck_interval,
         initial_delay=recheck_interval,
-        when=waiting_for_reference,
+        when=waiting_for_others,
         registry=registry,
     )
     def recheck(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-        """A referenced Secret or ConfigMap was missing: it may exist now."""
+        """A referenced Secret or ConfigMap was missing, or a child's name taken: that may be over."""
         reconcile(body, meta, patch, logger)
 
     def run_now_requested(body: kopf.Body, **_: Any) -> bool:
         request = (body.get("metadata", {}).get("annotations") or {}).get(manifests.RUN_NOW)
         handled = body.get("status", {}).get("handledRunNow")
-        return bool(request) and request != handled and not body.get("metadata", {}).get("deletionTimestamp")
+        return (
+            bool(request)
+            and manifests.run_now_token(str(request)) != handled
+            and not body.get("metadata", {}).get("deletionTimestamp")
+        )
 
     # kopf's change detection leaves annotations out, so every event is looked at; the filter
     # keeps the handler (and its log line) to events that carry a new request.
     @kopf.on.event(*where, when=run_now_requested, registry=registry)
     def run_now(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-        """A new ``pgquartz.io/run-now`` value starts one Job; the value is remembered in status,
-        so re-applying the same manifest (GitOps) never starts it again."""
-        request = body["metadata"]["annotations"][manifests.RUN_NOW]
-        try:
-            job = manifests.manual_job(body, request=request, defaults=defaults)
-        except pydantic.ValidationError:
-            return  # the reconcile handler reports the invalid spec
+        """A new ``pgquartz.io/run-now`` value starts one Job with what reconcile accepted; the value
+        is remembered in status, so re-applying the same manifest (GitOps) never starts it again."""
+        request = str(body["metadata"]["annotations"][manifests.RUN_NOW])
+        token = manifests.run_now_token(request)
+        generation = body.get("metadata", {}).get("generation")
+        ready = status.find(body.get("status", {}).get("conditions", []) or [], status.READY)
+        if ready.get("observedGeneration") != generation:
+            return  # this spec is not reconciled yet: its status write brings the request back
+        refusal = None
         api = store()
-        if api.read("Job", job["metadata"]["namespace"], job["metadata"]["name"]) is None:
-            api.create("Job", job["metadata"]["namespace"], job)
-            kopf.info(
-                body,
-                reason="RunNow",
-                message=f"Job {job['metadata']['name']} started for run-now {request!r}",
-            )
-            logger.info(f"started Job {job['metadata']['name']} for run-now {request!r}")
-        patch.status["handledRunNow"] = request
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        cron_job = api.read("CronJob", namespace, names.child_name(name))
+        if ready.get("status") != "True":
+            refusal = f"the PgQuartzJob is not ready ({ready.get('reason')}): {ready.get('message')}"
+        elif cron_job is None or children.ownership_problem(cron_job, body) is not None:
+            refusal = "its CronJob is not in place"
+        if refusal is not None or cron_job is None:
+            message = f"run-now {token!r} not started: {refusal}"[:1024]
+            kopf.warn(body, reason="RunNowRefused", message=message)
+            logger.warning(message)
+            patch.status["handledRunNow"] = token
+            return
+        job = manifests.manual_job(body, cron_job, request=request)
+        if api.read("Job", namespace, job["metadata"]["name"]) is None:
+            api.create("Job", namespace, job)
+            message = f"Job {job['metadata']['name']} started for run-now {token!r}"
+            kopf.info(body, reason="RunNow", message=message)
+            logger.info(message)
+        patch.status["handledRunNow"] = token
+
+    def owned_pgquartzjob(api: ObjectStore, namespace: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The PgQuartzJob that controls ``obj`` (a CronJob), if it exists and is not being deleted."""
+        owner = owner_name(obj)
+        if not owner:
+            return None
+        current = api.read(resource.KIND, namespace, owner)
+        if current is None or current.get("metadata", {}).get("deletionTimestamp"):
+            return None
+        if children.controller_uid(obj) != current["metadata"].get("uid"):
+            return None  # not ours, whatever its labels say
+        return current
 
     @kopf.on.event(
         "batch",
@@ -294,24 +286,27 @@ def register(
         the resume handler, which reconciles every resource anyway, and ADDED events follow the
         operator's own creations."""
         kind = event.get("type")
-        owner = (body.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_NAME)
-        if kind not in ("MODIFIED", "DELETED") or not owner or not namespace:
+        if kind not in ("MODIFIED", "DELETED") or not namespace:
             return
         api = store()
-        current = api.read(resource.KIND, namespace, owner)
-        if current is None or current.get("metadata", {}).get("deletionTimestamp"):
-            return  # being deleted: its children go with it
+        current = owned_pgquartzjob(api, namespace, body)
+        if current is None:
+            return  # being deleted (its children go with it), or not ours
         try:
             rendered = manifests.render(current, defaults=defaults)
         except pydantic.ValidationError:
             return  # the resource's Ready condition already says why
-        if validation.job_file_problems(rendered.config_map):
+        if validation.size_problems(rendered.config_map) or validation.job_file_problems(rendered.config_map):
             return
-        if kind != "DELETED" and not differs(body, rendered.cron_job):
+        if kind != "DELETED" and not children.differs(body, rendered.cron_job):
             existing = api.read("ConfigMap", namespace, rendered.config_map["metadata"]["name"])
-            if existing is not None and not differs(existing, rendered.config_map):
+            if existing is not None and not children.differs(existing, rendered.config_map):
                 return
-        outcomes = apply_rendered(api, rendered)
+        try:
+            outcomes = children.apply_rendered(api, rendered, current)
+        except (children.NameConflict, kubeapi.Refused) as error:
+            logger.warning(f"cannot restore the objects of {current['metadata']['name']}: {error}")
+            return
         child = rendered.cron_job["metadata"]["name"]
         for changed, outcome in outcomes.items():
             if outcome != "unchanged":
@@ -319,18 +314,37 @@ def register(
                 kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason="Restored", message=message)
                 logger.info(f"{message}: it was deleted or changed outside the operator")
 
+    def run_of(api: ObjectStore, job: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
+        """Whether ``job`` is a run of ``owner``: started by it (run-now), or by its own CronJob."""
+        references = job.get("metadata", {}).get("ownerReferences") or []
+        controller = next((ref for ref in references if ref.get("controller")), None)
+        if controller is None or owner_name(job) != owner["metadata"]["name"]:
+            return False
+        if controller.get("kind") == resource.KIND:
+            return bool(controller.get("uid") == owner["metadata"]["uid"])
+        if controller.get("kind") != "CronJob" or controller.get("name") != names.child_name(
+            owner["metadata"]["name"]
+        ):
+            return False
+        cron_job = api.read("CronJob", owner["metadata"]["namespace"], str(controller["name"]))
+        return bool(
+            cron_job is not None
+            and cron_job["metadata"].get("uid") == controller.get("uid")
+            and children.controller_uid(cron_job) == owner["metadata"]["uid"]
+        )
+
     @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_NAME: kopf.PRESENT}, registry=registry)
     def job_changed(body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
         """A run's Job changed: recompute the owner's run status from all its Jobs and their pods."""
-        owner = (body.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_NAME)
+        owner = owner_name(body)
         if not owner or not namespace:
             return
         api = store()
         current = api.read(resource.KIND, namespace, owner)
-        if current is None:
-            return
-        selector = f"{manifests.LABEL_NAME}={owner}"
-        jobs = api.list("Job", namespace, selector)
+        if current is None or not run_of(api, body, current):
+            return  # a Job that only looks like one of its runs is not one
+        selector = f"{manifests.LABEL_NAME}={names.label_value(owner)}"
+        jobs = [job for job in api.list("Job", namespace, selector) if run_of(api, job, current)]
         summaries = {}
         for job in jobs:
             name = job["metadata"]["name"]

@@ -17,18 +17,13 @@ from collections.abc import Callable
 import kopf
 import prometheus_client
 
-from pgquartz.operator import handlers, kubeapi, settings
+from pgquartz.operator import bookkeeping, handlers, kubeapi, settings
 from pgquartz.operator import metrics as operator_metrics
-
-FINALIZER = "pgquartz.io/finalizer"
-STORAGE_PREFIX = "pgquartz.io"
 
 
 def configure(operator_settings: kopf.OperatorSettings) -> None:
-    """kopf's persistence under pgquartz.io: chosen once; changing it later strands objects."""
-    operator_settings.persistence.finalizer = FINALIZER
-    operator_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
-    operator_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=STORAGE_PREFIX)
+    """kopf's bookkeeping under pgquartz.io (pgquartz.operator.bookkeeping)."""
+    bookkeeping.configure(operator_settings)
     operator_settings.posting.level = 20  # INFO: created/updated objects and run outcomes
 
 

@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from pgquartz.operator import resource
+from pgquartz.operator import names, resource
 from pgquartz.runner.model import ExitCode, durations
 
 JOB_DIR = "/etc/pgquartz/job"
 SCRIPTS_DIR = "/etc/pgquartz/scripts"
 LABEL_NAME = "pgquartz.io/job"
+"""The resource's name, or for long names a digest of it (label values have 63 characters)."""
+ANNOTATION_NAME = "pgquartz.io/job-name"
+"""The resource's full name, on every object the operator makes and on the runs' Jobs."""
+ANNOTATION_RENDERED = "pgquartz.io/rendered"
+"""A digest of what the operator last wrote: a changed rendering is written again (and fields it no
+longer renders are dropped by server-side apply)."""
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGER = "pgquartz-operator"
 RUNNER_UID = 65532
@@ -60,20 +66,6 @@ class Rendered:
     """Secrets and ConfigMaps the pods need that the operator does not make."""
 
 
-def child_name(name: str) -> str:
-    """``pgqj-<name>``, shortened with a hash to fit a CronJob name (52 characters)."""
-    full = f"pgqj-{name}"
-    if len(full) <= 52:
-        return full
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{full[:43]}-{digest}"
-
-
-def password_variable(connection: str) -> str:
-    cleaned = "".join(c if c.isalnum() else "_" for c in connection.upper())
-    return f"PGQ_PASSWORD_{cleaned}"
-
-
 def job_file(
     spec: resource.PgQuartzJobSpec,
     *,
@@ -94,7 +86,7 @@ def job_file(
             params.update(target.connections.get(connection_name, {}))
         entry: dict[str, Any] = {"role": connection.role.value, "conn_params": params}
         if connection.password_secret_ref is not None:
-            entry["passwordEnv"] = password_variable(connection_name)
+            entry["passwordEnv"] = names.password_variable(connection_name)
         connections[connection_name] = entry
     if connections:
         body["connections"] = connections
@@ -109,11 +101,34 @@ def job_file(
 
 
 def _file_name(name: str, index: int | None) -> str:
-    return f"{name}.yml" if index is None else f"{name}.t{index}.yml"
+    key = names.job_file_key(name)
+    return key if index is None else f"{key[: -len('.yml')]}.t{index}.yml"
 
 
 def _labels(name: str) -> dict[str, str]:
-    return {LABEL_NAME: name, LABEL_MANAGED: MANAGER}
+    return {LABEL_NAME: names.label_value(name), LABEL_MANAGED: MANAGER}
+
+
+def _annotations(name: str) -> dict[str, str]:
+    return {ANNOTATION_NAME: name}
+
+
+def rendered_digest(obj: Mapping[str, Any]) -> str:
+    """The digest of a rendered object, as its ``pgquartz.io/rendered`` annotation holds it."""
+    metadata = {
+        **obj["metadata"],
+        "annotations": {
+            key: value
+            for key, value in (obj["metadata"].get("annotations") or {}).items()
+            if key != ANNOTATION_RENDERED
+        },
+    }
+    return names.digest(json.dumps({**obj, "metadata": metadata}, sort_keys=True))
+
+
+def _stamped(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"].setdefault("annotations", {})[ANNOTATION_RENDERED] = rendered_digest(obj)
+    return obj
 
 
 def _owner(owner: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -135,7 +150,7 @@ def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
     metadata = obj["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     spec = resource.PgQuartzJobSpec.model_validate(obj["spec"])
-    child = child_name(name)
+    child = names.child_name(name)
     files: dict[str, str] = {}
     if spec.targets:
         for index, target in enumerate(spec.targets):
@@ -151,6 +166,7 @@ def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
             "name": child,
             "namespace": namespace,
             "labels": _labels(name),
+            "annotations": _annotations(name),
             "ownerReferences": _owner(obj),
         },
         "data": files,
@@ -162,11 +178,14 @@ def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
             "name": child,
             "namespace": namespace,
             "labels": _labels(name),
+            "annotations": _annotations(name),
             "ownerReferences": _owner(obj),
         },
         "spec": _cron_spec(spec, name=name, child=child, defaults=defaults),
     }
-    return Rendered(config_map=config_map, cron_job=cron_job, references=tuple(spec.references()))
+    return Rendered(
+        config_map=_stamped(config_map), cron_job=_stamped(cron_job), references=tuple(spec.references())
+    )
 
 
 def _cron_spec(
@@ -179,7 +198,7 @@ def _cron_spec(
         "successfulJobsHistoryLimit": spec.successful_jobs_history_limit,
         "failedJobsHistoryLimit": spec.failed_jobs_history_limit,
         "jobTemplate": {
-            "metadata": {"labels": _labels(name)},
+            "metadata": {"labels": _labels(name), "annotations": _annotations(name)},
             "spec": job_spec(spec, name=name, child=child, defaults=defaults),
         },
     }
@@ -193,24 +212,56 @@ def _cron_spec(
 RUN_NOW = "pgquartz.io/run-now"
 
 
-def manual_job(obj: Mapping[str, Any], *, request: str, defaults: Defaults) -> dict[str, Any]:
-    """One Job from the CronJob's template, for the ``pgquartz.io/run-now`` value ``request``."""
-    rendered = render(obj, defaults=defaults)
-    child = rendered.cron_job["metadata"]["name"]
-    suffix = hashlib.sha256(request.encode()).hexdigest()[:6]
-    template = rendered.cron_job["spec"]["jobTemplate"]
+RUN_NOW_SHOWN = 63
+"""A run-now value longer than this is remembered and shown as its digest."""
+
+
+def run_now_token(request: str) -> str:
+    """The run-now value as status, the Job's annotation, events and logs show it: bounded."""
+    return request if len(request) <= RUN_NOW_SHOWN else f"sha256:{names.digest(request, 40)}"
+
+
+def manual_job(owner: Mapping[str, Any], cron_job: Mapping[str, Any], *, request: str) -> dict[str, Any]:
+    """One Job for the ``pgquartz.io/run-now`` value ``request``, from the template of the CronJob
+    in the cluster: a manual run runs exactly what the last accepted reconcile wrote (a spec the
+    operator refused never reaches a pod this way)."""
+    metadata = owner["metadata"]
+    child = cron_job["metadata"]["name"]
+    template = cron_job["spec"]["jobTemplate"]
+    labels = dict((template.get("metadata") or {}).get("labels") or {})
+    annotations = dict((template.get("metadata") or {}).get("annotations") or {})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": f"{child[:52]}-now-{suffix}",
-            "namespace": obj["metadata"]["namespace"],
-            "labels": {**template["metadata"]["labels"], "pgquartz.io/trigger": "run-now"},
-            "annotations": {RUN_NOW: request},
-            "ownerReferences": rendered.cron_job["metadata"]["ownerReferences"],
+            "name": names.run_now_job_name(child, request, str(metadata.get("resourceVersion", ""))),
+            "namespace": metadata["namespace"],
+            "labels": {**labels, "pgquartz.io/trigger": "run-now"},
+            "annotations": {**annotations, RUN_NOW: run_now_token(request)},
+            "ownerReferences": _owner(owner),
         },
-        "spec": template["spec"],
+        "spec": _template_spec(template["spec"]),
     }
+
+
+_SERVER_SET = ("selector", "manualSelector")
+_SERVER_LABELS = (
+    "controller-uid",
+    "batch.kubernetes.io/controller-uid",
+    "job-name",
+    "batch.kubernetes.io/job-name",
+)
+
+
+def _template_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A CronJob's jobTemplate spec as a new Job's spec: without what the server sets per Job."""
+    result = {key: value for key, value in spec.items() if key not in _SERVER_SET}
+    template = dict(result.get("template") or {})
+    template_metadata = dict(template.get("metadata") or {})
+    labels = {k: v for k, v in (template_metadata.get("labels") or {}).items() if k not in _SERVER_LABELS}
+    template["metadata"] = {**template_metadata, "labels": labels}
+    result["template"] = template
+    return result
 
 
 def job_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults: Defaults) -> dict[str, Any]:
@@ -228,7 +279,8 @@ def job_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults:
                         "values": [int(code) for code in NEVER_RETRY],
                     },
                 },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                # status is required by the API of 1.25-1.34 (a CronJob gets no Job defaults)
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
         "template": {
@@ -255,7 +307,7 @@ def _pod_metadata(spec: resource.PgQuartzJobSpec, name: str) -> dict[str, Any]:
 
 def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults: Defaults) -> dict[str, Any]:
     if spec.targets:
-        job_path = f"{JOB_DIR}/{name}.t$(JOB_COMPLETION_INDEX).yml"
+        job_path = f"{JOB_DIR}/{_file_name(name, None)[: -len('.yml')]}.t$(JOB_COMPLETION_INDEX).yml"
     else:
         job_path = f"{JOB_DIR}/{_file_name(name, None)}"
     env: list[dict[str, Any]] = [
@@ -276,7 +328,7 @@ def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults
         if connection.password_secret_ref is not None:
             env.append(
                 {
-                    "name": password_variable(connection_name),
+                    "name": names.password_variable(connection_name),
                     "valueFrom": {
                         "secretKeyRef": {
                             "name": connection.password_secret_ref.name,

@@ -71,6 +71,22 @@ def _problems(data: Any) -> list[str]:
     return [f"{user_path(problem.path)}: {problem.message}" for problem in found]
 
 
+CONFIG_MAP_LIMIT = 1024 * 1024
+"""What one ConfigMap may hold (the API server's limit on its data)."""
+
+
+def size_problems(config_map: Mapping[str, Any]) -> list[str]:
+    """A rendered ConfigMap the API server would refuse as too large, said in the user's terms."""
+    files = config_map.get("data", {})
+    size = sum(len(text.encode()) for text in files.values())
+    if size <= CONFIG_MAP_LIMIT:
+        return []
+    return [
+        f"spec.job: the job file takes {size} bytes, more than a ConfigMap holds ({CONFIG_MAP_LIMIT} bytes):"
+        " move long commands into scripts (spec.scripts)"
+    ]
+
+
 def script_problems(config_map: Mapping[str, Any], files: set[str], scripts: str) -> list[str]:
     """``file:`` commands naming no key of the scripts ConfigMap ``scripts`` (whose keys are ``files``)."""
     problems: list[str] = []

@@ -13,7 +13,7 @@ import kopf
 import pytest
 import yaml
 
-from pgquartz.operator import handlers, kubeapi, manifests, validation
+from pgquartz.operator import children, handlers, kubeapi, manifests, validation
 from pgquartz.operator import metrics as operator_metrics
 from tests.operator.test_crd import VALID_SPEC
 from tests.support.kube import Emulator, register_pgquartz, running_emulator, running_kopf
@@ -67,6 +67,15 @@ class Cluster:
             for request in self.emulator.history
             if request.method in ("POST", "PUT", "PATCH") and fragment in str(request.url)
         )
+
+    def operator_writes(self) -> list[str]:
+        """Writes by the operator (its client and kopf), not by the test's own session."""
+        return [
+            f"{request.method} {request.url.path}"
+            for request in self.emulator.history
+            if request.method in ("POST", "PUT", "PATCH", "DELETE")
+            and not str(request.headers.get("User-Agent", "")).startswith("Python/")
+        ]
 
 
 @pytest.fixture
@@ -205,17 +214,26 @@ async def test_annotation_changes_render_nothing_again(cluster: Cluster) -> None
     assert cluster.writes("/cronjobs") + cluster.writes("/configmaps") == before
 
 
-async def test_an_invalid_spec_is_reported_not_half_applied(cluster: Cluster) -> None:
+async def test_an_inline_password_never_gets_past_the_api_server(cluster: Cluster) -> None:
     spec = copy.deepcopy(VALID_SPEC)
     spec["connections"]["primary"]["params"]["password"] = "inline"  # refused: use a Secret
+    async with cluster.session.post(cluster.url + JOBS, json=pgqj("broken", spec)) as response:
+        assert response.status == 422
+        assert "passwords go in a Secret" in (await response.json())["message"]
+    assert await cluster.get(f"{JOBS}/broken") is None
+
+
+async def test_an_invalid_spec_is_reported_not_half_applied(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["targets"] = [{"name": "node-a", "connections": {"replica": {"host": "pg-a"}}}]  # no such connection
     await cluster.post(JOBS, pgqj("broken", spec))
     obj = await cluster.eventually(f"{JOBS}/broken", lambda o: ready(o) is not None)
     condition = ready(obj)
     assert condition is not None and condition["status"] == "False" and condition["reason"] == "InvalidSpec"
-    assert "passwordSecretRef" in condition["message"]
+    assert "no connection named 'replica'" in condition["message"]
     assert await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-broken") is None
     assert await cluster.get("/api/v1/namespaces/db/configmaps/pgqj-broken") is None
-    assert obj["spec"] == spec  # the user's spec is never edited
+    assert obj["spec"]["targets"] == spec["targets"]  # the user's spec is never edited
 
 
 async def refused(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -393,24 +411,39 @@ async def test_a_deleted_pgquartzjob_goes_away(cluster: Cluster) -> None:
     assert await cluster.get(f"{JOBS}/nightly") is None  # no finalizer left hanging
 
 
+def scheduled_job(cron_job: dict[str, Any], name: str) -> dict[str, Any]:
+    """The Job the CronJob controller makes from ``cron_job`` (getJobFromTemplate2)."""
+    template = cron_job["spec"]["jobTemplate"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": cron_job["metadata"]["namespace"],
+            "labels": template["metadata"]["labels"],
+            "annotations": template["metadata"]["annotations"],
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "CronJob",
+                    "name": cron_job["metadata"]["name"],
+                    "uid": cron_job["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": template["spec"],
+    }
+
+
 async def test_finished_runs_show_in_status_and_events(cluster: Cluster) -> None:
     await cluster.post(JOBS, pgqj("nightly"))
     await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
-    labels = {"pgquartz.io/job": "nightly"}
     # What the CronJob controller and kubelet would do: a Job, its pod, the runner's summary.
-    await cluster.post(
-        "/apis/batch/v1/namespaces/db/jobs",
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": "pgqj-nightly-29390", "namespace": "db", "labels": labels},
-            "spec": {
-                "template": {
-                    "spec": {"containers": [{"name": "runner", "image": "x"}], "restartPolicy": "Never"}
-                }
-            },
-        },
-    )
+    cron_job = await cluster.get(CRON_JOB)
+    assert cron_job is not None
+    await cluster.post("/apis/batch/v1/namespaces/db/jobs", scheduled_job(cron_job, "pgqj-nightly-29390"))
     summary = {
         "job": "nightly",
         "result": "check-failed",
@@ -429,6 +462,12 @@ async def test_finished_runs_show_in_status_and_events(cluster: Cluster) -> None
                 "labels": {"job-name": "pgqj-nightly-29390"},
             },
             "spec": {"containers": [{"name": "runner", "image": "x"}]},
+        },
+    )
+    # Status goes through the status subresource, as the kubelet and the Job controller write it.
+    await cluster.patch(
+        "/api/v1/namespaces/db/pods/pgqj-nightly-29390-abcde/status",
+        {
             "status": {
                 "containerStatuses": [
                     {
@@ -444,7 +483,7 @@ async def test_finished_runs_show_in_status_and_events(cluster: Cluster) -> None
         },
     )
     await cluster.patch(
-        "/apis/batch/v1/namespaces/db/jobs/pgqj-nightly-29390",
+        "/apis/batch/v1/namespaces/db/jobs/pgqj-nightly-29390/status",
         {
             "status": {
                 "startTime": "2026-11-23T23:15:00Z",
@@ -468,3 +507,119 @@ async def test_finished_runs_show_in_status_and_events(cluster: Cluster) -> None
         "pgquartz_runs_total", {"namespace": "db", "name": "nightly", "result": "Failed"}
     )
     assert runs == 1.0
+
+
+async def test_controller_status_writes_cause_no_writes_and_no_events(cluster: Cluster) -> None:
+    """Against an API that defaults every object, a Ready resource whose CronJob the controller
+    updates at every run sees no writes at all: no false drift, no Restored events."""
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    await asyncio.sleep(1.0)
+    before = cluster.operator_writes()
+    for minute in range(20):
+        await cluster.patch(
+            f"{CRON_JOB}/status", {"status": {"lastScheduleTime": f"2026-11-23T23:{minute:02}:00Z"}}
+        )
+    await asyncio.sleep(1.5)
+    assert cluster.operator_writes() == before
+    cron_job = await cluster.get(CRON_JOB)
+    assert cron_job is not None and cron_job["status"]["lastScheduleTime"] == "2026-11-23T23:19:00Z"
+
+
+async def test_a_hand_edit_of_an_owned_field_is_put_back_and_others_fields_are_kept(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    edit = {"spec": {"successfulJobsHistoryLimit": 10, "startingDeadlineSeconds": 120}}
+    await cluster.patch(CRON_JOB, edit)
+    cron_job = await cluster.eventually(CRON_JOB, lambda o: o["spec"]["successfulJobsHistoryLimit"] == 3)
+    assert cron_job["spec"]["startingDeadlineSeconds"] == 120  # not the operator's field: left alone
+
+
+async def test_a_field_no_longer_rendered_is_dropped_from_the_cron_job(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    cron_job = await cluster.eventually(CRON_JOB, lambda o: True)
+    assert cron_job["spec"]["timeZone"] == "Etc/UTC"
+    await cluster.patch(f"{JOBS}/nightly", {"spec": {"timeZone": None}})
+    await cluster.eventually(CRON_JOB, lambda o: "timeZone" not in o["spec"])
+
+
+async def test_a_child_name_taken_by_another_object_is_a_name_conflict_never_a_takeover(
+    cluster: Cluster,
+) -> None:
+    """Issue 10 §5: a resource must never overwrite or adopt an object it does not control."""
+    await cluster.post(JOBS, pgqj("victim"))
+    await cluster.eventually(f"{JOBS}/victim", lambda o: (ready(o) or {}).get("status") == "True")
+    victim = await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-victim")
+    assert victim is not None
+    # Another resource whose children would have the victim's names.
+    attacker = pgqj("attacker", {**VALID_SPEC, "schedule": "* * * * *", "image": "evil/image:1"})
+    await cluster.post(JOBS, attacker)
+    await cluster.eventually(f"{JOBS}/attacker", lambda o: ready(o) is not None)
+    rendered = manifests.render(
+        {**attacker, "metadata": {"name": "attacker", "namespace": "db", "uid": "x"}}, defaults=DEFAULTS
+    )
+    store = kubeapi.KubernetesStore(kubeapi.client_for(cluster.url))
+    owner = await cluster.get(f"{JOBS}/attacker")
+    renamed = rendered.cron_job | {"metadata": {**rendered.cron_job["metadata"], "name": "pgqj-victim"}}
+    with pytest.raises(children.NameConflict, match="controlled by PgQuartzJob 'victim'"):
+        await asyncio.to_thread(
+            children.apply_rendered, store, manifests.Rendered(rendered.config_map, renamed), owner
+        )
+    after = await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-victim")
+    assert after == victim  # not a byte changed
+
+
+async def test_an_unowned_object_in_the_way_is_reported_and_then_replaced_once_gone(cluster: Cluster) -> None:
+    squatter = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "pgqj-nightly", "namespace": "db"},
+        "data": {"x": "y"},
+    }
+    await cluster.post("/api/v1/namespaces/db/configmaps", squatter)
+    await cluster.post(JOBS, pgqj("nightly"))
+    obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: ready(o) is not None)
+    condition = ready(obj)
+    assert condition is not None and condition["reason"] == "NameConflict"
+    assert "ConfigMap 'pgqj-nightly' exists and is not controlled by this PgQuartzJob" in condition["message"]
+    assert await cluster.get(CRON_JOB) is None  # nothing written, not even the free name
+    async with cluster.session.delete(cluster.url + CONFIG_MAP) as response:
+        assert response.status < 300
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+
+
+async def test_a_write_the_api_server_refuses_is_a_rejected_condition_not_a_retry_loop(
+    cluster: Cluster,
+) -> None:
+    cluster.emulator.admission = lambda obj: (
+        "images must come from registry.example" if obj.get("kind") == "CronJob" else None
+    )
+    await cluster.post(JOBS, pgqj("nightly"))
+    obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: ready(o) is not None)
+    condition = ready(obj)
+    assert condition is not None and condition["status"] == "False" and condition["reason"] == "Rejected"
+    assert "denied the request: images must come from registry.example" in condition["message"]
+    await asyncio.sleep(1.5)
+    attempts = [w for w in cluster.operator_writes() if "/cronjobs/" in w]
+    assert len(attempts) == 1  # refused once, not retried
+    warnings = [
+        e
+        for e in (await cluster.get("/api/v1/namespaces/db/events") or {}).get("items", [])
+        if e["reason"] == "Rejected"
+    ]
+    assert len(warnings) == 1
+
+
+async def test_observed_generation_follows_every_generation(cluster: Cluster) -> None:
+    """60 quick flips of spec.suspend end where they started: kopf sees no change, status must."""
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    for flip in range(60):
+        await cluster.patch(f"{JOBS}/nightly", {"spec": {"suspend": flip % 2 == 0}})
+    obj = await cluster.eventually(
+        f"{JOBS}/nightly",
+        lambda o: o["status"].get("observedGeneration") == o["metadata"]["generation"],
+        within=20,
+    )
+    assert obj["metadata"]["generation"] == 61
+    assert ready(obj)["observedGeneration"] == 61  # type: ignore[index]

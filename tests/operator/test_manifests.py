@@ -7,11 +7,13 @@ import pathlib
 from typing import Any
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from pgquartz.operator import manifests
 from tests.conftest import run_pgquartz
 from tests.operator.test_crd import VALID_SPEC
+from tests.support.apiserver import schemas
 
 DEFAULTS = manifests.Defaults(image="registry.example/pgquartz/runner:1.0", etcd_endpoints=("etcd.pgq:2379",))
 
@@ -29,10 +31,15 @@ def pod_of(rendered: manifests.Rendered) -> dict[str, Any]:
     return rendered.cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
-def test_rendered_objects_are_valid_kubernetes_objects() -> None:
-    rendered = manifests.render(resource(), defaults=DEFAULTS)
-    for obj in (rendered.config_map, rendered.cron_job):
-        kubernetes_validate.validate(obj, "1.37.0", strict=True)
+@pytest.mark.parametrize("minor", schemas.SUPPORTED_MINORS)
+def test_rendered_objects_are_valid_for_every_supported_kubernetes_minor(minor: str) -> None:
+    spec = copy.deepcopy(VALID_SPEC) | {"targets": [{"name": "a"}, {"name": "b"}]}
+    for rendered in (
+        manifests.render(resource(), defaults=DEFAULTS),
+        manifests.render(resource(spec), defaults=DEFAULTS),
+    ):
+        for obj in (rendered.config_map, rendered.cron_job):
+            kubernetes_validate.validate(obj, minor, strict=True)
 
 
 def test_rendering_is_deterministic() -> None:
@@ -133,7 +140,7 @@ def test_children_get_our_labels_and_an_owner_never_the_resources_labels() -> No
             "pgquartz.io/job": "nightly",
             "app.kubernetes.io/managed-by": "pgquartz-operator",
         }
-        assert "annotations" not in child["metadata"]
+        assert set(child["metadata"]["annotations"]) == {"pgquartz.io/job-name", "pgquartz.io/rendered"}
         [owner] = child["metadata"]["ownerReferences"]
         assert owner["kind"] == "PgQuartzJob" and owner["uid"] == "1234-5678" and owner["controller"] is True
 
@@ -186,10 +193,3 @@ def test_scripts_and_pod_overrides() -> None:
     assert {"name": "scripts", "configMap": {"name": "my-scripts", "defaultMode": 0o555}} in pod["volumes"]
     job = yaml.safe_load(next(iter(rendered.config_map["data"].values())))
     assert job["workdir"] == manifests.SCRIPTS_DIR
-
-
-def test_long_names_are_shortened_to_fit_a_cron_job() -> None:
-    name = "a-very-long-pgquartz-job-name-that-goes-on-and-on-and-on"
-    child = manifests.child_name(name)
-    assert len(child) <= 52 and child.startswith("pgqj-a-very-long")
-    assert child != manifests.child_name(name + "x")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import dataclasses
 import datetime
 import itertools
@@ -45,31 +46,74 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
+import aiohttp.test_utils
+import aiohttp.web
+import aiohttp.web_server
 import attrs
 import jsonpatch
+import jsonpointer
 import kmock
 import kopf
+import yaml
 from kmock._internal import enums, k8s
 
+from pgquartz.operator import bookkeeping
+from tests.support.apiserver import defaulting, schemas, validation, writes
 from tests.support.processes import free_port, stop
 
 VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
 
 
 @attrs.frozen
-class Unprocessable(k8s.KubernetesError):
+class ApiError(k8s.KubernetesError):
+    """An API server's refusal, with its Status ``details`` (causes for a 422)."""
+
     status: int = 422
     reason: str = "Invalid"
-    message: str = "a JSON-patch test operation failed"
+    message: str = ""
+    details: Any = None
+
+
+GENERATION_KINDS = {"PgQuartzJob", "CronJob", "Job"}
+"""Kinds whose ``metadata.generation`` the server keeps (ConfigMaps, Secrets, Events have none)."""
+
+STALE = "the object has been modified; please apply your changes to the latest version and try again"
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What a write must change for the server to store a new version (not the version itself)."""
+    metadata = {key: value for key, value in (obj.get("metadata") or {}).items() if key != "resourceVersion"}
+    return {**obj, "metadata": metadata}
+
+
+def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: value for key, value in obj.items() if key not in keys}
 
 
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator with object identity, versions, namespaces from URLs, 422s and kubectl support."""
+    """kmock's emulator with an API server's write path: identity, defaulting, validation, no-op
+    writes, generation, status subresources, every patch type and server-side apply
+    (tests/support/apiserver), and kubectl support."""
 
+    #: The Kubernetes minor whose schemas validate built-in kinds (the oldest supported by default:
+    #: its schemas are the strictest).
+    minor: str = attrs.field(factory=lambda: os.environ.get("PGQUARTZ_TEST_KUBE_MINOR", "1.30"))
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     #: Every request served, oldest first (kmock's own list keeps only those in flight, see _handle).
     history: list[Any] = attrs.field(factory=list, init=False)
+    #: Field managers' fields per object (server-side apply), keyed like kmock's objects.
+    owners: dict[Any, writes.FieldSets] = attrs.field(factory=dict, init=False)
+    #: A validating admission webhook (a policy engine): the reason to deny a write, or None.
+    admission: Callable[[dict[str, Any]], str | None] | None = None
 
     def register(
         self,
@@ -89,6 +133,10 @@ class Emulator(kmock.KubernetesEmulator):
             "subresources": ["status"] if status else [],
         }
 
+    async def _serve_server_version(self, request: Any) -> Any:
+        major, minor = self.minor.split(".")
+        return {"major": major, "minor": minor, "gitVersion": f"v{self.minor}.0", "platform": "linux/amd64"}
+
     async def _serve_version(self, request: Any) -> Any:
         # kmock answers "/v1" for the core group; kubectl then finds no resources there.
         # It also gives subresources their resource's short names, which kubectl warns about.
@@ -106,62 +154,282 @@ class Emulator(kmock.KubernetesEmulator):
         group_version = f"{resource.group}/{resource.version}".lstrip("/")
         return {"apiVersion": group_version, "kind": f"{self.resources[resource].kind}List", **payload}
 
+    async def _render_error(self, exc: Exception) -> Any:
+        if isinstance(exc, ApiError):  # as a server says it: no traceback
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": exc.message,
+                    "reason": exc.reason,
+                    "details": exc.details or {},
+                    "code": exc.status,
+                },
+                status=exc.status,
+            )
+        return await super()._render_error(exc)
+
     async def _handle(self, request: Any) -> Any:
-        # The request is frozen, and kmock's matching needs the very same object: amend in place.
-        if request.resource is not None:
-            if request.action == enums.action.CREATE and isinstance(request.data, dict):
-                # kmock keys new objects by the name in the body, so generateName must be resolved first
-                object.__setattr__(request, "data", self._identify(request.data, request.namespace))
-            elif request.action == enums.action.UPDATE and request.name is not None:
-                object.__setattr__(request, "data", self._versioned(request))
         try:
+            if self._is_write(request):
+                return await self._write(request)
             return await super()._handle(request)
-        except jsonpatch.JsonPatchTestFailed:
-            raise Unprocessable() from None
         finally:
             # kmock matches a request by scanning every request ever served, which makes a long
             # run quadratic (100 resources took 90 s): keep only those in flight there.
             self._requests[:] = [other for other in self._requests if other is not request]
             self.history.append(request)
 
-    def _versioned(self, request: Any) -> Any:
-        """A new resourceVersion on every write; a new generation when the spec is written."""
-        bumps: dict[str, Any] = {"resourceVersion": str(next(self._versions))}
-        data = request.data
-        touches_spec = (isinstance(data, dict) and "spec" in data) or (
-            isinstance(data, list) and any(str(op.get("path", "")).startswith("/spec") for op in data)
-        )
-        key = (request.resource, request.namespace, request.name)
-        stored = self._objects[key] if key in self._objects else None  # noqa: SIM401 (it has no .get)
-        if touches_spec and request.subresource is None and stored is not None and not stored.deleted:
-            bumps["generation"] = int(stored.raw.get("metadata", {}).get("generation") or 1) + 1
-        if isinstance(data, dict):
-            return {**data, "metadata": {**(data.get("metadata") or {}), **bumps}}
-        if isinstance(data, list):
-            ops = [{"op": "add", "path": f"/metadata/{key}", "value": value} for key, value in bumps.items()]
-            return [*data, *ops]
-        return data
+    def _is_write(self, request: Any) -> bool:
+        if request.resource is None or request.resource not in self.resources:
+            return False
+        put = request.method == enums.method.PUT and request.name is not None
+        return put or request.action in (enums.action.CREATE, enums.action.UPDATE)
 
-    def _identify(self, data: dict[str, Any], namespace: str | None) -> dict[str, Any]:
+    async def _write(self, request: Any) -> Any:
+        """Create, patch (any type), apply or replace one object, as an API server does."""
+        resource = request.resource
+        info = self.resources[resource]
+        kind = str(info.kind)
+        api_version = f"{resource.group}/{resource.version}".lstrip("/")
+        content_type = str(request.headers.get("Content-Type", "")).split(";")[0].strip()
+        data = request.data
+        if content_type == APPLY_PATCH and data is None:
+            data = yaml.safe_load(request.text)
+        creating = request.action == enums.action.CREATE
+        if creating:
+            if not isinstance(data, dict):
+                raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
+            data = self._named(data)
+        name = request.name if not creating else data["metadata"]["name"]
+        namespace = request.namespace
+        if creating and not namespace and info.namespaced:
+            namespace = (data.get("metadata") or {}).get("namespace")
+        if (
+            creating
+            and info.namespaced
+            and (data.get("metadata") or {}).get("namespace", namespace) != namespace
+        ):
+            raise ApiError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        key = (resource, namespace, name)
+        async with self._lock:
+            stored = self._objects[key] if key in self._objects else None  # noqa: SIM401 (it has no .get)
+            live = None if stored is None or stored.deleted else copy.deepcopy(stored.raw)
+            if creating and live is not None:
+                raise ApiError(409, "AlreadyExists", f'{kind.lower()}s "{name}" already exists')
+            if not creating and live is None and content_type != APPLY_PATCH:
+                raise ApiError(404, "NotFound", f'{kind.lower()}s "{name}" not found')
+            owners = self.owners.setdefault(key, {}) if live is not None else {}
+            manager = (
+                request.params.get("fieldManager")
+                or str(request.headers.get("User-Agent", "unknown")).split("/")[0]
+            )
+            node = schemas.root(self.minor, api_version, kind)
+            if content_type == APPLY_PATCH:
+                if not request.params.get("fieldManager"):
+                    raise ApiError(
+                        400, "BadRequest", "PATCH requests of type apply must specify a fieldManager"
+                    )
+                candidate = self._apply(
+                    live, data, node=node, owners=owners, manager=manager, request=request
+                )
+            elif creating:
+                candidate = data
+            else:
+                candidate = self._patched(live or {}, data, content_type, kind, node, request)
+            new = self._stored_form(
+                candidate, live, request, kind=kind, api_version=api_version, name=name, namespace=namespace
+            )
+            if content_type != APPLY_PATCH:
+                writes.record_update(live, new, node=node, owners=owners, manager=manager)
+            if live is not None and _comparable(new) == _comparable(live):
+                return aiohttp.web.json_response(live)  # a no-op: no new version, no event
+            new["metadata"]["resourceVersion"] = str(next(self._versions))
+            if live is None:
+                self.owners[key] = owners
+                if stored is None:
+                    self._objects[key] = new
+                else:
+                    stored.create(new)
+                await self._buses[resource].put({"type": "ADDED", "object": new})
+                return aiohttp.web.json_response(new, status=201)
+            assert stored is not None
+            stored.create(new)  # appends a version (kmock's patch() would merge it)
+            finalized = new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers")
+            await self._buses[resource].put({"type": "MODIFIED", "object": new})
+            if finalized:
+                stored.delete()
+                self.owners.pop(key, None)
+                await self._buses[resource].put({"type": "DELETED", "object": new})
+            return aiohttp.web.json_response(new)
+
+    def _named(self, data: dict[str, Any]) -> dict[str, Any]:
         metadata = dict(data.get("metadata") or {})
         if not metadata.get("name") and metadata.get("generateName"):
-            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:8]
-        metadata.setdefault("uid", str(uuid.uuid4()))
-        metadata["resourceVersion"] = str(next(self._versions))
-        metadata.setdefault(
-            "creationTimestamp", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        )
-        metadata.setdefault("generation", 1)
-        if namespace and "namespace" not in metadata:
-            metadata["namespace"] = namespace
-        if data.get("kind") == "Secret" and "stringData" in data:  # the API server stores only data
-            data = dict(data)
-            encoded = {
-                key: base64.b64encode(value.encode()).decode()
-                for key, value in data.pop("stringData").items()
-            }
-            data["data"] = {**(data.get("data") or {}), **encoded}
+            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
+        if not metadata.get("name"):
+            raise ApiError(message="metadata.name: Required value: name or generateName is required")
         return {**data, "metadata": metadata}
+
+    def _apply(
+        self,
+        live: dict[str, Any] | None,
+        config: Any,
+        *,
+        node: Any,
+        owners: writes.FieldSets,
+        manager: str,
+        request: Any,
+    ) -> dict[str, Any]:
+        if not isinstance(config, dict):
+            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
+        force = request.params.get("force") == "true"
+        try:
+            return writes.apply(live, config, node=node, owners=owners, manager=manager, force=force)
+        except writes.Conflict as conflict:
+            raise ApiError(409, "Conflict", str(conflict)) from None
+
+    def _patched(
+        self, live: dict[str, Any], data: Any, content_type: str, kind: str, node: Any, request: Any
+    ) -> Any:
+        if request.method == enums.method.PUT:
+            version = ((data or {}).get("metadata") or {}).get("resourceVersion")
+            if version and version != live["metadata"].get("resourceVersion"):
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    STALE,
+                )
+            return data
+        if content_type == JSON_PATCH:
+            try:
+                return writes.json_patch(live, data)
+            except jsonpatch.JsonPatchTestFailed:
+                raise ApiError(
+                    message="the server rejected our request due to an error in our request"
+                ) from None
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as error:
+                raise ApiError(
+                    message=f"the server rejected our request due to an error in our request: {error}"
+                ) from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
+        version = (data.get("metadata") or {}).get("resourceVersion")
+        if version and version != live["metadata"].get("resourceVersion"):
+            raise ApiError(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        if content_type == STRATEGIC_MERGE_PATCH:
+            if kind == "PgQuartzJob":
+                raise ApiError(
+                    415, "UnsupportedMediaType", "strategic merge patch is not supported for custom resources"
+                )
+            return writes.strategic_merge_patch(live, data, node)
+        return writes.merge_patch(live, data)
+
+    def _stored_form(
+        self,
+        candidate: Any,
+        live: dict[str, Any] | None,
+        request: Any,
+        *,
+        kind: str,
+        api_version: str,
+        name: str,
+        namespace: str | None,
+    ) -> dict[str, Any]:
+        """The object the server would store: identity kept, status by its own subresource only,
+        defaults filled in, pruned and validated (422), the generation moved by real spec changes."""
+        if not isinstance(candidate, dict):
+            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
+        has_status = "status" in self.resources[request.resource].subresources
+        if live is not None and has_status:
+            if request.subresource == "status":  # only status changes; the rest stays as it was
+                candidate = {**live, "status": candidate.get("status")}
+                if candidate["status"] is None:
+                    del candidate["status"]
+            else:  # status is written through its subresource only
+                candidate = _without(candidate, "status")
+                if "status" in live:
+                    candidate["status"] = live["status"]
+        elif live is None and has_status and request.subresource is None:
+            candidate = _without(candidate, "status")
+        new = copy.deepcopy(candidate)
+        new["apiVersion"], new["kind"] = api_version, kind
+        metadata = new.setdefault("metadata", {}) or {}
+        new["metadata"] = metadata
+        previous = (live or {}).get("metadata", {})
+        metadata["name"] = name
+        if namespace:
+            metadata["namespace"] = namespace
+        metadata["uid"] = previous.get("uid") or str(uuid.uuid4())
+        metadata["creationTimestamp"] = previous.get("creationTimestamp") or _now()
+        for system in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            if system in previous:
+                metadata[system] = previous[system]
+            else:
+                metadata.pop(system, None)
+        metadata.pop("managedFields", None)
+        if kind == "Secret" and "stringData" in new:  # the API server stores only data
+            encoded = {
+                key: base64.b64encode(str(value).encode()).decode()
+                for key, value in new.pop("stringData").items()
+            }
+            new["data"] = {**(new.get("data") or {}), **encoded}
+        new = defaulting.default(new)
+        metadata = new["metadata"]
+        if kind == "PgQuartzJob":
+            dropped: list[str] = []
+            for section in ("spec", "status"):
+                if section in new:
+                    new[section], lost = validation.prune(
+                        new[section], schemas.crd_schema()["properties"][section], section
+                    )
+                    dropped += lost
+            if dropped and request.params.get("fieldValidation") == "Strict":
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "; ".join(f'strict decoding error: unknown field "{field}"' for field in dropped),
+                )
+        causes = validation.validate(new, minor=self.minor)
+        if causes:
+            group = request.resource.group
+            what = f"{kind}.{group}" if group else kind
+            raise ApiError(
+                message=f'{what} "{name}" is invalid: ' + ", ".join(map(str, causes[:20])),
+                details={
+                    "name": name,
+                    "group": group,
+                    "kind": kind,
+                    "causes": [
+                        {"reason": "FieldValueInvalid", "message": c.message, "field": c.field}
+                        for c in causes[:20]
+                    ],
+                },
+            )
+        denied = self.admission(new) if self.admission is not None else None
+        if denied:
+            raise ApiError(
+                400, "BadRequest", f'admission webhook "policy.example.com" denied the request: {denied}'
+            )
+        if kind in GENERATION_KINDS:
+            generation = int(previous.get("generation") or 0)
+            changed = live is None or _without(new, "metadata", "status") != _without(
+                live, "metadata", "status"
+            )
+            metadata["generation"] = generation + 1 if changed else generation
+        else:
+            metadata.pop("generation", None)
+        return new
 
 
 #: What the operator reads and writes (besides namespaces and events, which kopf needs):
@@ -170,7 +438,7 @@ PGQUARTZ_RESOURCES = (
     ("pgquartz.io/v1alpha1/pgquartzjobs", "PgQuartzJob", True, ("pgqj",)),
     ("v1/configmaps", "ConfigMap", False, ("cm",)),
     ("v1/secrets", "Secret", False, ()),
-    ("batch/v1/cronjobs", "CronJob", False, ("cj",)),
+    ("batch/v1/cronjobs", "CronJob", True, ("cj",)),
     ("batch/v1/jobs", "Job", True, ()),
     ("v1/pods", "Pod", True, ("po",)),
 )
@@ -181,21 +449,32 @@ def register_pgquartz(emulator: Emulator) -> None:
         emulator.register(name, kind=kind, status=status, short_names=short_names)
 
 
+MAX_REQUEST = 3 * 1024 * 1024
+"""The API server's limit on a request body (``MaxRequestBodyBytes``); aiohttp's own is 1 MiB."""
+
+
+class _Server(aiohttp.web_server.Server):  # type: ignore[misc]
+    def _make_request(self, *args: Any) -> aiohttp.web.BaseRequest:
+        return aiohttp.web.BaseRequest(*args, self._loop, client_max_size=MAX_REQUEST)
+
+
+class _TestServer(aiohttp.test_utils.RawTestServer):
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> aiohttp.web.ServerRunner:
+        server = _Server(self._handler, loop=self._loop, debug=debug, **kwargs)
+        return aiohttp.web.ServerRunner(server, debug=debug, **kwargs)
+
+
 @contextlib.asynccontextmanager
 async def running_emulator() -> AsyncIterator[tuple[Emulator, str]]:
-    async with Emulator() as emulator, kmock.Server(emulator) as server:
+    async with Emulator() as emulator, kmock.Server(emulator, server_cls=_TestServer) as server:
         emulator.register("v1/namespaces", kind="Namespace", namespaced=False)
         emulator.register("v1/events", kind="Event")
         yield emulator, str(server.url).rstrip("/")
 
 
 def settings() -> kopf.OperatorSettings:
-    """kopf's bookkeeping under pgquartz.io (annotations), never in fields Argo CD compares."""
-    configured = kopf.OperatorSettings()
-    configured.persistence.finalizer = "pgquartz.io/finalizer"
-    configured.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="pgquartz.io")
-    configured.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="pgquartz.io")
-    return configured
+    """kopf's bookkeeping as the operator keeps it (pgquartz.operator.bookkeeping)."""
+    return bookkeeping.configure(kopf.OperatorSettings())
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,160 @@
+"""Defaulting: the fields an API server fills in on every write, so stored objects look as on a cluster.
+
+A real API server defaults every object it stores (for built-in kinds the
+generated ``SetObjectDefaults_*`` functions; for custom resources the
+``default`` values of the CRD's structural schema), so what the operator reads
+back is never what it sent. An operator that compares whole specs sees drift at
+every reconcile; this module makes the emulator show that.
+
+Sources (kubernetes/kubernetes, release-1.30…1.37):
+- ``pkg/apis/batch/v1/defaults.go``: ``SetDefaults_CronJob``, ``SetDefaults_Job``.
+- ``pkg/apis/core/v1/defaults.go``: ``SetDefaults_PodSpec``, ``SetDefaults_Container``,
+  ``SetDefaults_Volume`` (via ``SetDefaults_ConfigMapVolumeSource``, ``SetDefaults_SecretVolumeSource``),
+  ``SetDefaults_ObjectFieldSelector``, ``SetDefaults_ContainerPort``.
+- ``pkg/registry/batch/job/strategy.go``: ``generateSelector`` (the Job's selector and the
+  ``controller-uid`` / ``job-name`` labels on its pod template).
+- ``staging/src/k8s.io/apiextensions-apiserver/pkg/apiserver/schema/defaulting``: CRD defaults.
+
+A CronJob's ``jobTemplate.spec`` gets the pod-template defaults but not ``SetDefaults_Job`` (that
+takes a Job, not a JobSpec): that is why a CronJob's ``podFailurePolicy`` must spell out
+``onPodConditions[].status`` on 1.25–1.34 (kubernetes/kubernetes#131512).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from tests.support.apiserver import schemas
+
+DEFAULT_MODE = 0o644  # 420: SetDefaults_ConfigMapVolumeSource, SetDefaults_SecretVolumeSource
+
+
+def default(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` (a new dict) with the defaults its kind gets from the API server."""
+    obj = copy.deepcopy(obj)
+    kind = obj.get("kind")
+    spec = obj.get("spec")
+    if kind == "PgQuartzJob":
+        return _crd_defaults(obj, schemas.crd_schema())
+    if not isinstance(spec, dict):
+        return obj
+    if kind == "CronJob":
+        _cron_job(spec)
+    elif kind == "Job":
+        _job(spec)
+        _job_selector(obj)
+    elif kind == "Pod":
+        _pod_spec(spec)
+        spec.setdefault("enableServiceLinks", True)  # SetDefaults_Pod
+        spec.setdefault("priority", 0)
+    return obj
+
+
+def _cron_job(spec: dict[str, Any]) -> None:
+    # SetDefaults_CronJob
+    spec.setdefault("concurrencyPolicy", "Allow")
+    spec.setdefault("suspend", False)
+    spec.setdefault("successfulJobsHistoryLimit", 3)
+    spec.setdefault("failedJobsHistoryLimit", 1)
+    template = spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
+    if isinstance(template, dict):
+        _pod_spec(template)
+
+
+def _job(spec: dict[str, Any]) -> None:
+    # SetDefaults_Job
+    if spec.get("completions") is None and spec.get("parallelism") is None:
+        spec["completions"] = 1
+        spec["parallelism"] = 1
+    spec.setdefault("parallelism", 1)
+    if spec.get("backoffLimit") is None:
+        spec["backoffLimit"] = 2147483647 if spec.get("backoffLimitPerIndex") is not None else 6
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    policy = spec.get("podFailurePolicy")
+    if isinstance(policy, dict):
+        for rule in policy.get("rules") or []:
+            for pattern in rule.get("onPodConditions") or []:
+                pattern.setdefault("status", "True")
+    # JobPodReplacementPolicy (beta and on since 1.29)
+    spec.setdefault("podReplacementPolicy", "Failed" if policy else "TerminatingOrFailed")
+    template = spec.get("template", {}).get("spec")
+    if isinstance(template, dict):
+        _pod_spec(template)
+
+
+def _job_selector(obj: dict[str, Any]) -> None:
+    """generateSelector: the controller's own labels on the pod template, and a selector for them."""
+    spec, metadata = obj["spec"], obj.get("metadata", {})
+    if spec.get("manualSelector") or "uid" not in metadata:
+        return
+    uid, name = metadata["uid"], metadata.get("name", "")
+    labels = spec.setdefault("template", {}).setdefault("metadata", {}).setdefault("labels", {})
+    labels.setdefault("controller-uid", uid)
+    labels.setdefault("batch.kubernetes.io/controller-uid", uid)
+    labels.setdefault("job-name", name)
+    labels.setdefault("batch.kubernetes.io/job-name", name)
+    spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+
+
+def _pod_spec(spec: dict[str, Any]) -> None:
+    # SetDefaults_PodSpec
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("securityContext", {})
+    spec.setdefault("schedulerName", "default-scheduler")
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            _container(container)
+    for volume in spec.get("volumes") or []:
+        for source in ("configMap", "secret"):
+            if isinstance(volume.get(source), dict):
+                volume[source].setdefault("defaultMode", DEFAULT_MODE)
+
+
+def _container(container: dict[str, Any]) -> None:
+    # SetDefaults_Container
+    container.setdefault("terminationMessagePath", "/dev/termination-log")
+    container.setdefault("terminationMessagePolicy", "File")
+    if "imagePullPolicy" not in container:
+        container["imagePullPolicy"] = (
+            "Always" if _tag(str(container.get("image", ""))) == "latest" else ("IfNotPresent")
+        )
+    for port in container.get("ports") or []:
+        port.setdefault("protocol", "TCP")  # SetDefaults_ContainerPort
+    for variable in container.get("env") or []:
+        field_ref = (variable.get("valueFrom") or {}).get("fieldRef")
+        if isinstance(field_ref, dict):
+            field_ref.setdefault("apiVersion", "v1")  # SetDefaults_ObjectFieldSelector
+
+
+def _tag(image: str) -> str:
+    """The image's tag as ``parsers.ParseImageName`` sees it: ``latest`` when it names neither a tag
+    nor a digest."""
+    last = image.rsplit("/", 1)[-1]
+    name, _, digest = last.partition("@")
+    if ":" in name:
+        return name.rpartition(":")[2]
+    return "" if digest else "latest"
+
+
+def _crd_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Structural-schema defaulting: a missing property with a ``default`` gets it, recursively."""
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        for name, sub in properties.items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = _crd_defaults(value[name], sub)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            for name in value:
+                if name not in properties:
+                    value[name] = _crd_defaults(value[name], extra)
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [_crd_defaults(item, schema["items"]) for item in value]
+    return value
