@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from pgquartz.runner.conditions import limits
 from pgquartz.runner.conditions.views import RuleError, Snapshot, go_root
 
 
@@ -177,11 +178,25 @@ _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
 
 
 def parse(rule: str) -> Template:
-    """Parse a PgQuartz ``when`` rule (bare expression or ``{{ }}`` template)."""
-    if "{{" not in rule or "}}" not in rule:
-        pipeline = _parse_action(rule, 0)
-        return Template(rule, (If(pipeline, (Text("True"),), ()),))
-    nodes, _ = _parse_nodes(_actions(rule), inside_if=False)
+    """Parse a PgQuartz ``when`` rule (bare expression or ``{{ }}`` template), within the limits of
+    pgquartz.runner.conditions.limits."""
+    too_complex = limits.problem(rule)
+    if too_complex is not None:
+        raise RuleSyntaxError(too_complex)
+    try:
+        if "{{" not in rule or "}}" not in rule:
+            pipeline = _parse_action(rule, 0)
+            return Template(rule, (If(pipeline, (Text("True"),), ()),))
+        parts = _actions(rule)
+        actions = [part for part in parts if part[0] == "action"]
+        if len(actions) > limits.MAX_ACTIONS:
+            raise RuleSyntaxError(f"a rule may have at most {limits.MAX_ACTIONS} {{{{ }}}} actions")
+        blocks = sum(1 for part in actions if part[1].split(None, 1)[:1] == ["if"])
+        if blocks > limits.MAX_NESTING:
+            raise RuleSyntaxError(f"a rule may have at most {limits.MAX_NESTING} {{{{if}}}} blocks")
+        nodes, _ = _parse_nodes(parts, inside_if=False)
+    except RecursionError:
+        raise RuleSyntaxError("the rule is too complex to parse") from None
     return Template(rule, nodes)
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+from collections.abc import Mapping
 
 import pydantic
 
 from pgquartz.runner.loader import schema_errors, yamlmarks
 from pgquartz.runner.model.job import Command, Job
 from pgquartz.runner.model.problems import JobFileError, Problem
-from pgquartz.runner.plan import graph
+from pgquartz.runner.plan import graph, matrix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,19 +80,35 @@ def load_text(text: str, *, path: pathlib.Path) -> LoadedJob:
         job = Job.model_validate(marked.data)
     except pydantic.ValidationError as error:
         raise _located(schema_errors.problems_from(error), marked, shown) from None
+    except RecursionError:
+        raise _located([Problem((), "the job file nests too deeply")], marked, shown) from None
 
     base = path.resolve().parent
     workdir = base if job.workdir is None else (base / os.path.expanduser(job.workdir)).resolve()
     problems: list[Problem] = []
     if not workdir.is_dir():
         problems.append(Problem(("workdir",), f"workdir {str(workdir)!r} is not a directory"))
-    plan, plan_problems = graph.build(job)
+    limit, limit_problem = max_instances(os.environ)
+    problems += limit_problem
+    plan, plan_problems = graph.build(job, max_instances=limit)
     problems += plan_problems
     problems += _command_problems(job, workdir)
     problems += _connection_problems(job)
     if problems or plan is None:
         raise _located(problems, marked, shown)
     return LoadedJob(path=path, name=job_name(path), job=job, plan=plan, workdir=workdir)
+
+
+def max_instances(environ: Mapping[str, str]) -> tuple[int, list[Problem]]:
+    """``PGQUARTZ_MAX_INSTANCES``: how many instances a job may have (default 10000)."""
+    text = environ.get("PGQUARTZ_MAX_INSTANCES", "")
+    if not text:
+        return matrix.MAX_INSTANCES, []
+    if not text.isdigit() or int(text) < 1:
+        return matrix.MAX_INSTANCES, [
+            Problem((), f"PGQUARTZ_MAX_INSTANCES must be a positive number, not {text!r}")
+        ]
+    return int(text), []
 
 
 def _located(problems: list[Problem], marked: yamlmarks.MarkedData, shown: str) -> JobFileError:

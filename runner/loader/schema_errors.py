@@ -17,7 +17,7 @@ from typing import Any
 import pydantic
 
 from pgquartz.runner.model.job import Job
-from pgquartz.runner.model.problems import Path, Problem
+from pgquartz.runner.model.problems import Path, Problem, shown_key
 
 
 def problems_from(error: pydantic.ValidationError) -> list[Problem]:
@@ -36,7 +36,7 @@ def _message(detail: Any, path: Path) -> str:
         hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         known = f"; allowed here: {', '.join(allowed)}" if allowed and not hint else ""
-        return f"unknown key {key!r}{suggestion}{known}"
+        return f"unknown key {shown_key(key)!r}{suggestion}{known}"
     if kind == "missing":
         return f"missing required key {path[-1]!r}" if path else "missing required key"
     message = str(detail["msg"]).removeprefix("Value error, ")

@@ -4,7 +4,10 @@ PyYAML's safe loader gives data but forgets positions; pydantic gives errors by
 key path. This module keeps a map from key path to (line, column) so any
 problem, whether the schema's or the planner's, can name the file and line the
 user must edit. It also refuses duplicate keys, which YAML loaders silently
-resolve by keeping the last one.
+resolve by keeping the last one, and documents that expand to more than
+:data:`MAX_VALUES` values: YAML aliases can repeat a node without repeating its
+text, so ten aliases on each of nine levels make a billion values out of a few
+hundred bytes (the "billion laughs").
 """
 
 from __future__ import annotations
@@ -41,6 +44,25 @@ class MarkedData:
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+MAX_VALUES = 250_000
+"""Values (mappings, lists and scalars) a job file may expand to, aliases counted each time used."""
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.left = MAX_VALUES
+
+    def spend(self, node: yaml.Node) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"the document expands to more than {MAX_VALUES} values (aliases?)",
+                node.start_mark,
+            )
+
+
 class YamlProblem(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
@@ -57,7 +79,9 @@ def load(text: str) -> MarkedData:
         if node is None:
             return MarkedData(None, {(): Position(1, 1)})
         positions[()] = _position(node.start_mark)
-        data = _construct(loader, node, (), positions, problems)
+        data = _construct(loader, node, (), positions, problems, budget=_Budget())
+    except RecursionError:
+        raise YamlProblem([Problem((), "invalid YAML: it nests too deeply")]) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         message = " ".join(part for part in (error.context, error.problem) if part) or str(error)
@@ -83,7 +107,10 @@ def _construct(
     path: Path,
     positions: dict[Path, Position],
     problems: list[Problem],
+    *,
+    budget: _Budget,
 ) -> Any:
+    budget.spend(node)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves `<<` merge keys
         result: dict[Any, Any] = {}
@@ -106,12 +133,12 @@ def _construct(
                     )
                 )
             positions[key_path] = _position(key_node.start_mark)
-            result[key] = _construct(loader, value_node, key_path, positions, problems)
+            result[key] = _construct(loader, value_node, key_path, positions, problems, budget=budget)
         return result
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item in enumerate(node.value):
             positions[(*path, index)] = _position(item.start_mark)
-            items.append(_construct(loader, item, (*path, index), positions, problems))
+            items.append(_construct(loader, item, (*path, index), positions, problems, budget=budget))
         return items
     return loader.construct_object(node, deep=True)

@@ -319,6 +319,16 @@ class Job(_Frozen):
         description="Skip commands against a connection with the wrong role instead of refusing to run.",
     )
 
+    @pydantic.field_validator("connections")
+    @classmethod
+    def _no_connection_named_shell(cls, value: dict[str, Connection]) -> dict[str, Connection]:
+        if SHELL in value:
+            raise ValueError(
+                f"a connection may not be called {SHELL!r}: commands of type {SHELL!r} run in bash,"
+                " so its SQL would never run; rename it"
+            )
+        return value
+
     @pydantic.field_validator("timeout")
     @classmethod
     def _positive_timeout(cls, value: datetime.timedelta | None) -> datetime.timedelta | None:

@@ -37,10 +37,20 @@ class Problem:
         return f"{where}:{key} {self.message}"
 
 
+SHOWN_KEY = 40
+"""Characters of a key a message quotes: a file that is no job file (a symlink to a secret, say)
+must not have its lines echoed back as "unknown keys"."""
+
+
+def shown_key(key: str) -> str:
+    return key if len(key) <= SHOWN_KEY else key[: SHOWN_KEY - 12] + "…"
+
+
 def format_path(path: Path) -> str:
     """``('steps', 'step 1', 'commands', 0, 'file')`` → ``steps["step 1"].commands[0].file``."""
     text = ""
-    for part in path:
+    for raw in path:
+        part = shown_key(raw) if isinstance(raw, str) else raw
         if isinstance(part, int):
             text += f"[{part}]"
         elif part.isidentifier():

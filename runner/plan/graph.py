@@ -68,21 +68,47 @@ class Plan:
         return {name: tuple(names) for name, names in result.items()}
 
 
-def build(job: Job) -> tuple[Plan | None, list[Problem]]:
-    """Plan a job; return the plan (None if it cannot run) and every problem found."""
+def build(job: Job, *, max_instances: int = matrix.MAX_INSTANCES) -> tuple[Plan | None, list[Problem]]:
+    """Plan a job; return the plan (None if it cannot run) and every problem found.
+
+    A job may have at most ``max_instances`` instances (steps' and checks' together): counted
+    before anything is expanded, so a matrix of 1000 × 1000 × 1000 values costs nothing."""
     problems: list[Problem] = []
+    too_many = _instance_problems(job, max_instances)
+    problems += too_many
     planned: dict[str, PlannedStep] = {}
     for name, step in job.steps.items():
-        planned[name] = _plan_step(name, step, job, problems)
+        planned[name] = _plan_step(name, step, job, problems, expand=not too_many)
     order = _order(planned, problems)
     problems += _type_problems(job)
-    checks = tuple(PlannedCheck(check, tuple(matrix.expand(check.matrix))) for check in job.checks)
+    checks = tuple(
+        PlannedCheck(check, tuple(matrix.expand(check.matrix)) if not too_many else ())
+        for check in job.checks
+    )
     if problems:
         return None, problems
     return Plan(job=job, steps=planned, order=order, checks=checks), problems
 
 
-def _plan_step(name: str, step: Step, job: Job, problems: list[Problem]) -> PlannedStep:
+def _instance_problems(job: Job, limit: int) -> list[Problem]:
+    counted = [(("steps", name, "matrix"), matrix.count(step.matrix)) for name, step in job.steps.items()]
+    counted += [
+        (("checks", index, "matrix"), matrix.count(check.matrix)) for index, check in enumerate(job.checks)
+    ]
+    total = sum(count for _, count in counted)
+    if total <= limit:
+        return []
+    path, largest = max(counted, key=lambda item: item[1])
+    return [
+        Problem(
+            path,
+            f"the job has {total} instances ({largest} here), more than the limit of {limit}"
+            " (PGQUARTZ_MAX_INSTANCES)",
+        )
+    ]
+
+
+def _plan_step(name: str, step: Step, job: Job, problems: list[Problem], *, expand: bool) -> PlannedStep:
     depends: list[str] = []
     for index, dependency in enumerate(step.depends):
         path = ("steps", name, "depends", index)
@@ -115,7 +141,7 @@ def _plan_step(name: str, step: Step, job: Job, problems: list[Problem]) -> Plan
         depends=tuple(depends),
         implied=tuple(implied),
         rules=tuple(parsed),
-        instances=tuple(matrix.expand(step.matrix)),
+        instances=tuple(matrix.expand(step.matrix)) if expand else (),
     )
 
 

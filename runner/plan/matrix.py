@@ -14,6 +14,10 @@ from collections.abc import Iterator, Mapping, Sequence
 Args = dict[str, str]
 
 
+MAX_INSTANCES = 10_000
+"""Instances a job may have by default (``PGQUARTZ_MAX_INSTANCES`` for the runner and the operator)."""
+
+
 def expand(matrix: Mapping[str, Sequence[str]]) -> list[Args]:
     return list(iter_instances(matrix))
 
