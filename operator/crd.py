@@ -35,7 +35,23 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
         target = copy.deepcopy(definitions[node.pop("$ref").rsplit("/", 1)[1]])
         node = {**target, **node}
     if "anyOf" in node:
-        options = [option for option in node.pop("anyOf") if option != {"type": "null"}]
+        everything = node.pop("anyOf")
+        options = [option for option in everything if option != {"type": "null"}]
+        nullable = len(options) < len(everything)
+        if sorted(option.get("type", "") for option in options) == ["integer", "string"]:
+            # int-or-string (a quantity): the form Kubernetes' own schemas use
+            pattern = node.pop("pattern", None) or next(
+                (o["pattern"] for o in options if "pattern" in o), None
+            )
+            node = {
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "x-kubernetes-int-or-string": True,
+                **({"pattern": pattern} if pattern else {}),
+                **node,
+            }
+            if nullable:
+                node["nullable"] = True
+            return node
         if len(options) != 1:
             raise ValueError(f"cannot make a structural schema of anyOf {options}")
         node = {**_convert(options[0], definitions), **node, "nullable": True}

@@ -365,7 +365,7 @@ def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults
         },
     }
     if spec.resources is not None:
-        container["resources"] = spec.resources
+        container["resources"] = spec.resources.model_dump(by_alias=True, exclude_defaults=True, mode="json")
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -384,7 +384,10 @@ def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults
         if template.node_selector:
             pod["nodeSelector"] = dict(template.node_selector)
         if template.tolerations:
-            pod["tolerations"] = [dict(toleration) for toleration in template.tolerations]
+            pod["tolerations"] = [
+                toleration.model_dump(by_alias=True, exclude_none=True, mode="json")
+                for toleration in template.tolerations
+            ]
         if template.service_account_name:
             pod["serviceAccountName"] = template.service_account_name
     return pod

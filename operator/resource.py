@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Any, NamedTuple
+import re
+from typing import Annotated, Any, NamedTuple
 
 import pydantic
 
+from pgquartz.operator import names
 from pgquartz.operator import schedule as schedules
 from pgquartz.runner.model import Job, Role, durations
 
@@ -42,35 +44,93 @@ JobBody = pydantic.create_model(  # type: ignore[call-overload]
 )
 
 
-class SecretKeyRef(_Strict):
-    name: str = pydantic.Field(min_length=1)
-    key: str = pydantic.Field(min_length=1)
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""Names of Kubernetes objects (Secrets, ConfigMaps, service accounts)."""
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
+"""Keys of Secrets and ConfigMaps."""
+QUANTITY = (
+    r"^(\+)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"  # (no sign: never negative)
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+"""A resource quantity (``500m``, ``1Gi``), never negative."""
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"  # an optional DNS prefix
+    r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$"
+)
+"""Label and annotation keys: an optional DNS prefix, a name of at most 63 characters."""
+CONNECTION_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+SHELL = "shell"
+"""Connection names become environment variable names (``PGQ_PASSWORD_<NAME>``): ASCII only."""
 
+CONNECTION_NAMES: dict[str, pydantic.JsonValue] = {
+    "rule": f"self.all(k, k.matches(r'{CONNECTION_NAME}') && k != '{SHELL}')",
+    "message": "connection names are ASCII identifiers (letters, digits, - and _), not 'shell'",
+}
+
+ObjectName = Annotated[str, pydantic.Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+
+
+class SecretKeyRef(_Strict):
+    name: ObjectName
+    key: str = pydantic.Field(min_length=1, max_length=253, pattern=CONFIG_KEY)
+
+
+_PASSWORD_KEYS = ("password", "sslpassword")
+_CONNINFO_PASSWORD = r"(?i)(^|\s)(ssl)?password\s*="
+_URI_PASSWORD = r"(?i)^postgres(ql)?://[^/?#@]*:[^/?#@]*@"
+_QUERY_PASSWORD = r"(?i)[?&](ssl)?password="
 
 NO_INLINE_PASSWORD: dict[str, pydantic.JsonValue] = {
-    "rule": "!('password' in self)",
-    "message": "passwords go in a Secret: use passwordSecretRef",
+    "rule": (
+        "!('password' in self) && !('sslpassword' in self) && self.all(k,"
+        f" !self[k].matches(r'{_CONNINFO_PASSWORD}') && !self[k].matches(r'{_URI_PASSWORD}')"
+        f" && !self[k].matches(r'{_QUERY_PASSWORD}'))"
+    ),
+    "message": "passwords go in a Secret: use passwordSecretRef (no password, sslpassword, conninfo"
+    " string or URI with a password in params)",
 }
 """The API server's CEL check (the model's own validator says the same to the operator)."""
+
+
+def inline_password(params: dict[str, str]) -> str | None:
+    """The parameter that carries a password in ``params`` (libpq would read one from a conninfo
+    string or a URI in ``dbname``, ``host`` …), or None."""
+    for key, value in params.items():
+        if key.lower() in _PASSWORD_KEYS:
+            return key
+        if any(re.search(pattern, value) for pattern in (_CONNINFO_PASSWORD, _URI_PASSWORD, _QUERY_PASSWORD)):
+            return key
+    return None
+
+
+def _refuse_inline_password(params: dict[str, str]) -> dict[str, str]:
+    key = inline_password(params)
+    if key is not None:
+        raise ValueError(f"params.{key} carries a password: passwords go in a Secret, use passwordSecretRef")
+    return params
+
+
+Params = Annotated[
+    dict[str, str],
+    pydantic.Field(
+        description="libpq keywords: host, port, dbname, user, sslmode, …",
+        json_schema_extra={"x-kubernetes-validations": [NO_INLINE_PASSWORD]},
+    ),
+]
 
 
 class ConnectionSpec(_Strict):
     """A PostgreSQL endpoint; the password only ever comes from a Secret."""
 
     role: Role = Role.ALL
-    params: dict[str, str] = pydantic.Field(
-        default_factory=dict,
-        description="libpq keywords: host, port, dbname, user, sslmode, …",
-        json_schema_extra={"x-kubernetes-validations": [NO_INLINE_PASSWORD]},
-    )
+    params: Params = pydantic.Field(default_factory=dict)
     password_secret_ref: SecretKeyRef | None = pydantic.Field(default=None, alias="passwordSecretRef")
 
     @pydantic.field_validator("params")
     @classmethod
     def _no_inline_password(cls, value: dict[str, str]) -> dict[str, str]:
-        if "password" in value:
-            raise ValueError("passwords go in a Secret: use passwordSecretRef, not params.password")
-        return value
+        return _refuse_inline_password(value)
 
 
 class LockSpec(_Strict):
@@ -86,27 +146,118 @@ class LockSpec(_Strict):
 class TargetSpec(_Strict):
     """One database target: the job runs once per target, with these connection parameters."""
 
-    name: str = pydantic.Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    connections: dict[str, dict[str, str]] = pydantic.Field(
+    name: str = pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    connections: dict[str, Params] = pydantic.Field(
         default_factory=dict, description="Per connection name: libpq parameters that replace the spec's."
     )
 
+    @pydantic.field_validator("connections")
+    @classmethod
+    def _no_inline_password(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for params in value.values():
+            _refuse_inline_password(params)
+        return value
+
 
 class ConfigMapRef(_Strict):
-    name: str = pydantic.Field(min_length=1)
+    name: ObjectName
 
 
 class ScriptsSpec(_Strict):
     config_map_ref: ConfigMapRef = pydantic.Field(alias="configMapRef")
 
 
-class PodTemplateSpec(_Strict):
-    """The small part of the pod a user may change."""
+def _quantity(value: str | int) -> str | int:
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a quantity must not be negative, not {value}")
+        return value
+    if not re.match(QUANTITY, value):
+        raise ValueError(f"{value!r} is not a quantity (e.g. 500m, 2, 1Gi)")
+    return value
 
-    node_selector: dict[str, str] = pydantic.Field(default_factory=dict, alias="nodeSelector")
-    tolerations: list[dict[str, Any]] = pydantic.Field(default_factory=list)
-    service_account_name: str | None = pydantic.Field(default=None, alias="serviceAccountName")
-    annotations: dict[str, str] = pydantic.Field(default_factory=dict)
+
+Quantity = Annotated[
+    str | int,
+    pydantic.Field(union_mode="left_to_right", json_schema_extra={"pattern": QUANTITY}),
+    pydantic.AfterValidator(_quantity),
+]
+
+
+RESOURCE_NAME = (
+    r"^(cpu|memory|ephemeral-storage|hugepages-[0-9A-Za-z]+"  # or an extended resource, example.com/name
+    r"|[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$"
+)
+
+
+def _keys(pattern: str, what: str) -> pydantic.AfterValidator:
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        wrong = [key for key in value if not re.match(pattern, key)]
+        if wrong:
+            raise ValueError(f"{', '.join(map(repr, wrong[:3]))}: not {what}")
+        return value
+
+    return pydantic.AfterValidator(check)
+
+
+def _cel_keys(pattern: str, message: str) -> dict[str, Any]:
+    return {
+        "x-kubernetes-validations": [{"rule": f"self.all(k, k.matches(r'{pattern}'))", "message": message}]
+    }
+
+
+Quantities = Annotated[
+    dict[str, Quantity],
+    _keys(RESOURCE_NAME, "a resource name (cpu, memory, ephemeral-storage, hugepages-*, example.com/x)"),
+    pydantic.Field(json_schema_extra=_cel_keys(RESOURCE_NAME, "not a resource name")),
+]
+
+
+class ResourceRequirements(_Strict):
+    """Container resources, as a Pod's ``resources`` (without ``claims``)."""
+
+    requests: Quantities = pydantic.Field(default_factory=dict)
+    limits: Quantities = pydantic.Field(default_factory=dict)
+
+
+class TolerationOperator(enum.StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(enum.StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(_Strict):
+    """A Pod's toleration."""
+
+    key: str | None = pydantic.Field(default=None, max_length=316, pattern=QUALIFIED_NAME)
+    operator: TolerationOperator | None = None
+    value: str | None = pydantic.Field(default=None, max_length=63, pattern=LABEL_VALUE)
+    effect: TaintEffect | None = None
+    toleration_seconds: int | None = pydantic.Field(default=None, alias="tolerationSeconds")
+
+
+LabelValue = Annotated[str, pydantic.Field(max_length=63, pattern=LABEL_VALUE)]
+QUALIFIED_KEYS = _cel_keys(QUALIFIED_NAME, "keys must be label keys: [prefix/]name, at most 63 characters")
+
+
+class PodTemplateSpec(_Strict):
+    """The small part of the pod a user may change (and the operator's settings may forbid)."""
+
+    node_selector: Annotated[dict[str, LabelValue], _keys(QUALIFIED_NAME, "a label key")] = pydantic.Field(
+        default_factory=dict, alias="nodeSelector", json_schema_extra=QUALIFIED_KEYS
+    )
+    tolerations: list[Toleration] = pydantic.Field(default_factory=list)
+    service_account_name: str | None = pydantic.Field(
+        default=None, alias="serviceAccountName", max_length=253, pattern=DNS_SUBDOMAIN
+    )
+    annotations: Annotated[dict[str, str], _keys(QUALIFIED_NAME, "an annotation key")] = pydantic.Field(
+        default_factory=dict, json_schema_extra=QUALIFIED_KEYS
+    )
 
 
 class Reference(NamedTuple):
@@ -147,15 +298,18 @@ class PgQuartzJobSpec(_Strict):
     successful_jobs_history_limit: int = pydantic.Field(default=3, ge=0, alias="successfulJobsHistoryLimit")
     failed_jobs_history_limit: int = pydantic.Field(default=1, ge=0, alias="failedJobsHistoryLimit")
     job: JobBody
-    connections: dict[str, ConnectionSpec] = pydantic.Field(default_factory=dict)
+    connections: dict[str, ConnectionSpec] = pydantic.Field(
+        default_factory=dict,
+        json_schema_extra={"x-kubernetes-validations": [CONNECTION_NAMES]},
+    )
     lock: LockSpec | None = None
     targets: list[TargetSpec] = pydantic.Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     scripts: ScriptsSpec | None = None
-    image: str | None = None
-    resources: dict[str, Any] | None = pydantic.Field(
+    image: str | None = pydantic.Field(default=None, max_length=1024, pattern=r"^[^\s]+$")
+    resources: ResourceRequirements | None = pydantic.Field(
         default=None, description="Container resources (requests, limits) for the job's pod."
     )
     pod_template: PodTemplateSpec | None = pydantic.Field(default=None, alias="podTemplate")
@@ -174,6 +328,27 @@ class PgQuartzJobSpec(_Strict):
         problem = None if value is None else schedules.time_zone_problem(value)
         if problem is not None:
             raise ValueError(problem)
+        return value
+
+    @pydantic.field_validator("connections")
+    @classmethod
+    def _connection_names(cls, value: dict[str, ConnectionSpec]) -> dict[str, ConnectionSpec]:
+        for name in value:
+            if not re.match(CONNECTION_NAME, name) or name == "shell":
+                raise ValueError(
+                    f"{name[:63]!r}: connection names are ASCII identifiers (letters, digits, - and _;"
+                    " they name an environment variable), and not 'shell'"
+                )
+        shared: dict[str, list[str]] = {}
+        for name, connection in value.items():
+            if connection.password_secret_ref is not None:
+                shared.setdefault(names.password_variable(name), []).append(name)
+        for variable, users in shared.items():
+            if len(users) > 1:
+                raise ValueError(
+                    f"connections {' and '.join(map(repr, users))} would share the password variable"
+                    f" {variable}: rename one"
+                )
         return value
 
     @pydantic.model_validator(mode="after")

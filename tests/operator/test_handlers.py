@@ -192,7 +192,7 @@ async def test_a_deleted_config_map_is_back_by_the_next_scheduled_run(cluster: C
         assert response.status < 300
     assert await cluster.get(CONFIG_MAP) is None
     # What the CronJob controller writes when it starts a run.
-    await cluster.patch(CRON_JOB, {"status": {"lastScheduleTime": "2026-11-23T23:15:00Z"}})
+    await cluster.patch(f"{CRON_JOB}/status", {"status": {"lastScheduleTime": "2026-11-23T23:15:00Z"}})
     config_map = await cluster.eventually(CONFIG_MAP, lambda o: True)
     assert "nightly.yml" in config_map["data"]
 
