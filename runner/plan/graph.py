@@ -91,7 +91,9 @@ def build(job: Job, *, max_instances: int = matrix.MAX_INSTANCES) -> tuple[Plan 
 
 
 def _instance_problems(job: Job, limit: int) -> list[Problem]:
-    counted = [(("steps", name, "matrix"), matrix.count(step.matrix)) for name, step in job.steps.items()]
+    counted: list[tuple[tuple[str | int, ...], int]] = [
+        (("steps", name, "matrix"), matrix.count(step.matrix)) for name, step in job.steps.items()
+    ]
     counted += [
         (("checks", index, "matrix"), matrix.count(check.matrix)) for index, check in enumerate(job.checks)
     ]
