@@ -61,14 +61,6 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         self._store_marker(prefix=self.prefix, patch=patch, body=body)
 
 
-def handled(body: kopf.Body) -> bool:
-    """Whether kopf has handled the spec as it is now (then a new generation needs no reconcile:
-    the spec went back to what was handled, e.g. ``suspend`` flipped twice)."""
-    storage = DigestDiffBaseStorage(prefix=STORAGE_PREFIX)
-    fetched = storage.fetch(body=body)
-    return fetched is not None and dict(fetched) == dict(storage.build(body=body))
-
-
 def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)

@@ -100,6 +100,10 @@ def status_schema() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "observedGeneration": {"type": "integer", "format": "int64"},
+            "observedSpec": {
+                "type": "string",
+                "description": "A digest of the spec the conditions describe.",
+            },
             "conditions": {
                 "type": "array",
                 "items": _condition_schema(),

@@ -24,7 +24,17 @@ from typing import Any, cast
 import kopf
 import pydantic
 
-from pgquartz.operator import bookkeeping, children, kubeapi, manifests, names, resource, status, validation
+from pgquartz.operator import (
+    bookkeeping,
+    children,
+    kubeapi,
+    manifests,
+    names,
+    policy,
+    resource,
+    status,
+    validation,
+)
 from pgquartz.operator import metrics as operator_metrics
 
 ObjectStore = children.ObjectStore
@@ -108,6 +118,9 @@ def register(
             patch.status["conditions"] = new
         if existing.get("observedGeneration") != generation:
             patch.status["observedGeneration"] = generation
+        digest = bookkeeping.spec_digest(dict(body.get("spec") or {}))
+        if existing.get("observedSpec") != digest:
+            patch.status["observedSpec"] = digest
         before = status.find(old, status.READY)
         if (before.get("status"), before.get("reason"), before.get("message")) == (
             "True" if ready else "False",
@@ -121,6 +134,23 @@ def register(
             kopf.warn(body, reason=reason, message=message)
             logger.warning(f"not ready ({reason}): {message}")
 
+    def accepted(body: Mapping[str, Any]) -> tuple[manifests.Rendered | None, str, str]:
+        """The rendering of ``body`` if the operator accepts it, else None, the reason and message."""
+        try:
+            rendered = manifests.render(body, defaults=defaults)
+        except pydantic.ValidationError as error:
+            return None, *spec_problem(error)
+        not_allowed = policy.problems(rendered.spec, defaults.policy) if rendered.spec is not None else []
+        if not_allowed:
+            return None, "NotAllowed", "; ".join(not_allowed)[:1024]
+        too_large = validation.size_problems(rendered.config_map)
+        if too_large:
+            return None, "InvalidSpec", "; ".join(too_large)
+        problems = validation.job_file_problems(rendered.config_map, max_instances=defaults.max_instances)
+        if problems:
+            return None, "InvalidJob", "; ".join(problems)[:1024]
+        return rendered, "", ""
+
     def count_error(meta: kopf.Meta) -> None:
         if metrics is not None:
             metrics.reconcile_errors.labels(namespace=meta.get("namespace"), name=meta.get("name")).inc()
@@ -130,21 +160,9 @@ def register(
     ) -> None:
         """Render, check, apply; nothing is written unless the whole rendering is valid. A write the
         API server refuses is a ``Rejected`` condition; only transient failures are retried."""
-        try:
-            rendered = manifests.render(body, defaults=defaults)
-        except pydantic.ValidationError as error:
-            reason, message = spec_problem(error)
+        rendered, reason, message = accepted(body)
+        if rendered is None:
             set_ready(body, patch, logger, ready=False, reason=reason, message=message)
-            return
-        too_large = validation.size_problems(rendered.config_map)
-        if too_large:
-            set_ready(body, patch, logger, ready=False, reason="InvalidSpec", message="; ".join(too_large))
-            return
-        problems = validation.job_file_problems(rendered.config_map)
-        if problems:
-            set_ready(
-                body, patch, logger, ready=False, reason="InvalidJob", message="; ".join(problems)[:1024]
-            )
             return
         api = store()
         namespace, child = rendered.cron_job["metadata"]["namespace"], rendered.cron_job["metadata"]["name"]
@@ -183,14 +201,18 @@ def register(
         reconcile(body, meta, patch, logger, retry)
 
     def generation_unobserved(body: kopf.Body, **_: Any) -> bool:
+        """The generation moved, but status already describes this very spec (its digest, written in
+        the same status write as the conditions, so no half-written state can pass for it)."""
         generation = body.get("metadata", {}).get("generation")
-        observed = (body.get("status") or {}).get("observedGeneration")
-        return observed is not None and generation != observed and bookkeeping.handled(body)
+        current = body.get("status") or {}
+        observed = current.get("observedGeneration")
+        digest = bookkeeping.spec_digest(dict(body.get("spec") or {}))
+        return observed is not None and generation != observed and current.get("observedSpec") == digest
 
     @kopf.on.event(*where, when=generation_unobserved, registry=registry)
     def generation_changed_back(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        """The generation moved, but the spec is the one last handled (``suspend`` flipped and flipped
-        back before the operator looked): nothing to render, but status must say it saw it."""
+        """``suspend`` flipped and flipped back before the operator looked: kopf sees no change and
+        there is nothing to render, but status must say it saw the new generation."""
         generation = int(body["metadata"]["generation"])
         patch.status["observedGeneration"] = generation
         conditions = [dict(c) for c in (body.get("status", {}).get("conditions") or [])]
@@ -292,12 +314,9 @@ def register(
         current = owned_pgquartzjob(api, namespace, body)
         if current is None:
             return  # being deleted (its children go with it), or not ours
-        try:
-            rendered = manifests.render(current, defaults=defaults)
-        except pydantic.ValidationError:
+        rendered = accepted(current)[0]
+        if rendered is None:
             return  # the resource's Ready condition already says why
-        if validation.size_problems(rendered.config_map) or validation.job_file_problems(rendered.config_map):
-            return
         if kind != "DELETED" and not children.differs(body, rendered.cron_job):
             existing = api.read("ConfigMap", namespace, rendered.config_map["metadata"]["name"])
             if existing is not None and not children.differs(existing, rendered.config_map):

@@ -3,8 +3,9 @@
 The ConfigMap holds the job file exactly as ``pgquartz -c`` reads it: the
 resource's ``spec.job`` plus ``connections`` (passwords as ``passwordEnv``, fed
 from the Secrets), ``etcdConfig`` from ``spec.lock`` (key ``<namespace>/<name>``,
-endpoints from the operator's defaults), ``git`` disabled (pods have no
-repository) and ``workdir`` on the scripts ConfigMap when there is one. With
+or the resource's own key under its namespace; endpoints from the operator's
+defaults), ``git`` disabled (pods have no repository) and ``workdir`` on the
+scripts ConfigMap when there is one. With
 ``targets``, one job file per target (its connection parameters merged in) and
 an Indexed Job whose pod ``i`` runs file ``i``; with a lock they all contend for
 the same key, so they run one at a time ("every node in turn").
@@ -30,7 +31,9 @@ from typing import Any
 import yaml
 
 from pgquartz.operator import names, resource
+from pgquartz.operator import policy as policies
 from pgquartz.runner.model import ExitCode, durations
+from pgquartz.runner.plan import matrix
 
 JOB_DIR = "/etc/pgquartz/job"
 SCRIPTS_DIR = "/etc/pgquartz/scripts"
@@ -52,10 +55,12 @@ NEVER_RETRY = (ExitCode.INVALID_JOB, ExitCode.ROLE_MISMATCH)
 
 @dataclasses.dataclass(frozen=True)
 class Defaults:
-    """The operator's configuration that fills what a resource leaves out."""
+    """The operator's configuration: what fills what a resource leaves out, and what it may ask for."""
 
     image: str = "pgquartz/runner:latest"
     etcd_endpoints: tuple[str, ...] = ()
+    policy: policies.Policy = dataclasses.field(default_factory=policies.Policy)
+    max_instances: int = matrix.MAX_INSTANCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +69,8 @@ class Rendered:
     cron_job: dict[str, Any]
     references: tuple[resource.Reference, ...] = ()
     """Secrets and ConfigMaps the pods need that the operator does not make."""
+    spec: resource.PgQuartzJobSpec | None = None
+    """The spec as the operator read it."""
 
 
 def job_file(
@@ -94,7 +101,9 @@ def job_file(
         endpoints = spec.lock.endpoints or list(defaults.etcd_endpoints)
         body["etcdConfig"] = {
             "endpoints": endpoints,
-            "lockKey": spec.lock.key or f"{namespace}/{name}",
+            "lockKey": policies.lock_key(
+                spec.lock.key, namespace=namespace, name=name, policy=defaults.policy
+            ),
             "lockTimeout": durations.format(spec.lock.ttl),
         }
     return body
@@ -184,7 +193,10 @@ def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
         "spec": _cron_spec(spec, name=name, child=child, defaults=defaults),
     }
     return Rendered(
-        config_map=_stamped(config_map), cron_job=_stamped(cron_job), references=tuple(spec.references())
+        config_map=_stamped(config_map),
+        cron_job=_stamped(cron_job),
+        references=tuple(spec.references()),
+        spec=spec,
     )
 
 
@@ -313,6 +325,8 @@ def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if defaults.max_instances != matrix.MAX_INSTANCES:  # the runner checks it again
+        env.append({"name": "PGQUARTZ_MAX_INSTANCES", "value": str(defaults.max_instances)})
     if spec.targets:
         env.append(
             {

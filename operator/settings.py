@@ -9,6 +9,16 @@
 | ``PGQUARTZ_LIVENESS_PORT`` | port of the liveness/readiness endpoint ``/healthz`` | ``8080`` |
 | ``PGQUARTZ_METRICS_PORT`` | port of the Prometheus metrics | ``9090`` |
 | ``PGQUARTZ_RECHECK_SECONDS`` | how often a resource missing a Secret or ConfigMap is checked | ``30`` |
+| ``PGQUARTZ_MAX_INSTANCES`` | instances (matrix × steps) a job may have | ``10000`` |
+| ``PGQUARTZ_ALLOWED_IMAGES`` | images a spec may name: repositories, ``prefix/``, ``*`` | the runner's |
+| ``PGQUARTZ_ALLOW_SERVICE_ACCOUNTS`` | may a spec set ``podTemplate.serviceAccountName`` | ``false`` |
+| ``PGQUARTZ_ALLOW_TOLERATIONS`` | may a spec set ``podTemplate.tolerations`` | ``false`` |
+| ``PGQUARTZ_ALLOW_NODE_SELECTORS`` | may a spec set ``podTemplate.nodeSelector`` | ``false`` |
+| ``PGQUARTZ_DENIED_ANNOTATIONS`` | pod annotations a spec may not set: keys, or ``prefix/`` | see policy |
+| ``PGQUARTZ_ALLOW_LOCK_ENDPOINTS`` | may a spec name its own etcd endpoints | ``false`` |
+| ``PGQUARTZ_ALLOW_CROSS_NAMESPACE_LOCKS`` | may a lock key leave the resource's namespace | ``false`` |
+
+See pgquartz.operator.policy for why the defaults are what they are.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from pgquartz.operator import manifests
+from pgquartz.operator import policy as policies
 from pgquartz.runner import __version__
 
 
@@ -57,17 +68,40 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
         raise SettingsError(
             f"PGQUARTZ_RECHECK_SECONDS must be a number of seconds (1-86400), not {recheck!r}"
         )
+    image = environ.get("PGQUARTZ_RUNNER_IMAGE") or f"pgquartz/runner:{__version__}"
+    denied = environ.get("PGQUARTZ_DENIED_ANNOTATIONS")
+    rules = policies.Policy(
+        allowed_images=_items(environ.get("PGQUARTZ_ALLOWED_IMAGES")) or (policies.repository(image),),
+        allow_service_accounts=_flag(environ, "PGQUARTZ_ALLOW_SERVICE_ACCOUNTS"),
+        allow_tolerations=_flag(environ, "PGQUARTZ_ALLOW_TOLERATIONS"),
+        allow_node_selectors=_flag(environ, "PGQUARTZ_ALLOW_NODE_SELECTORS"),
+        denied_annotations=policies.DENIED_ANNOTATIONS if denied is None else _items(denied),
+        allow_lock_endpoints=_flag(environ, "PGQUARTZ_ALLOW_LOCK_ENDPOINTS"),
+        allow_cross_namespace_locks=_flag(environ, "PGQUARTZ_ALLOW_CROSS_NAMESPACE_LOCKS"),
+    )
+    max_instances = environ.get("PGQUARTZ_MAX_INSTANCES", "10000")
+    if not max_instances.isdigit() or int(max_instances) < 1:
+        raise SettingsError(f"PGQUARTZ_MAX_INSTANCES must be a positive number, not {max_instances!r}")
     return Settings(
         namespaces=_items(environ.get("PGQUARTZ_NAMESPACES")),
         defaults=manifests.Defaults(
-            image=environ.get("PGQUARTZ_RUNNER_IMAGE") or f"pgquartz/runner:{__version__}",
+            image=image,
             etcd_endpoints=_items(environ.get("PGQUARTZ_ETCD_ENDPOINTS")),
+            policy=rules,
+            max_instances=int(max_instances),
         ),
         log_format=log_format,
         liveness_port=liveness_port,
         metrics_port=metrics_port,
         recheck_seconds=recheck_seconds,
     )
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    text = environ.get(name, "false").strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"{name} must be true or false, not {text!r}")
+    return text in ("true", "1", "yes")
 
 
 def _port(environ: Mapping[str, str], name: str, default: str) -> int:

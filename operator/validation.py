@@ -27,7 +27,7 @@ import pydantic
 import yaml
 
 from pgquartz.runner.model import Job
-from pgquartz.runner.plan import graph
+from pgquartz.runner.plan import graph, matrix
 
 _TOP = {
     "steps": "spec.job.steps",
@@ -56,18 +56,24 @@ def _job_files(config_map: Mapping[str, Any]) -> Iterator[Any]:
             yield yaml.safe_load(text)
 
 
-def job_file_problems(config_map: Mapping[str, Any]) -> list[str]:
+def job_file_problems(
+    config_map: Mapping[str, Any], *, max_instances: int = matrix.MAX_INSTANCES
+) -> list[str]:
     """Every problem the runner would report for the job files in a rendered ConfigMap (deduplicated:
     with targets, each target's file repeats the same job)."""
-    return list(dict.fromkeys(problem for data in _job_files(config_map) for problem in _problems(data)))
+    return list(
+        dict.fromkeys(
+            problem for data in _job_files(config_map) for problem in _problems(data, max_instances)
+        )
+    )
 
 
-def _problems(data: Any) -> list[str]:
+def _problems(data: Any, max_instances: int) -> list[str]:
     try:
         job = Job.model_validate(data)
     except pydantic.ValidationError as error:
         return [f"{user_path(tuple(detail['loc']))}: {detail['msg']}" for detail in error.errors()]
-    _, found = graph.build(job)
+    _, found = graph.build(job, max_instances=max_instances)
     return [f"{user_path(problem.path)}: {problem.message}" for problem in found]
 
 

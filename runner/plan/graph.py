@@ -127,7 +127,8 @@ def _plan_step(name: str, step: Step, job: Job, problems: list[Problem], *, expa
         try:
             rule = rules.compile_rule(source)
         except rules.RuleSyntaxError as error:
-            problems.append(Problem(path, f"rule {source!r} does not parse: {error}"))
+            shown = source if len(source) <= 80 else f"{source[:60]}…"
+            problems.append(Problem(path, f"rule {shown!r} does not parse: {error}"))
             continue
         parsed.append(rule)
         for read in sorted(rule.reads):

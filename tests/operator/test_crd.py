@@ -105,7 +105,7 @@ VALID_SPEC = {
             "passwordSecretRef": {"name": "pg-maint", "key": "password"},
         }
     },
-    "lock": {"endpoints": ["etcd:2379"], "ttl": "1m"},
+    "lock": {"ttl": "1m"},
 }
 
 

@@ -623,3 +623,126 @@ async def test_observed_generation_follows_every_generation(cluster: Cluster) ->
     )
     assert obj["metadata"]["generation"] == 61
     assert ready(obj)["observedGeneration"] == 61  # type: ignore[index]
+
+
+async def test_a_spec_asking_for_what_the_policy_forbids_is_not_allowed(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC) | {
+        "image": "evil/miner:1",
+        "podTemplate": {"serviceAccountName": "admin"},
+    }
+    condition = await refused(cluster, "greedy", spec)
+    assert condition["reason"] == "NotAllowed"
+    assert "spec.image: 'evil/miner:1' is not an allowed image" in condition["message"]
+    assert (
+        "spec.podTemplate.serviceAccountName: not allowed (PGQUARTZ_ALLOW_SERVICE_ACCOUNTS)"
+        in (condition["message"])
+    )
+
+
+async def test_a_lock_key_naming_another_namespace_stays_in_its_own(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC) | {"lock": {"key": "payments/nightly-vacuum"}}
+    await cluster.post(JOBS, pgqj("nightly", spec))
+    config_map = await cluster.eventually(CONFIG_MAP, lambda o: True)
+    job_file = yaml.safe_load(config_map["data"]["nightly.yml"])
+    assert job_file["etcdConfig"]["lockKey"] == "db/payments/nightly-vacuum"
+
+
+async def test_run_now_runs_only_what_reconcile_accepted(cluster: Cluster) -> None:
+    """Issue 10 §8: one patch with an invalid job, a new image and service account and a run-now."""
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["job"]["steps"]["vacuum"]["depends"] = ["nothing"]
+    spec["image"] = "pgquartz/runner:other"
+    spec["podTemplate"] = {"serviceAccountName": "admin"}
+    await cluster.patch(
+        f"{JOBS}/nightly", {"metadata": {"annotations": {"pgquartz.io/run-now": "now"}}, "spec": spec}
+    )
+    obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: o["status"].get("handledRunNow") == "now")
+    assert ready(obj)["status"] == "False"  # type: ignore[index]
+    assert await jobs(cluster) == []  # nothing ran
+    events = (await cluster.get("/api/v1/namespaces/db/events") or {}).get("items", [])
+    [refusal] = [e for e in events if e["reason"] == "RunNowRefused"]
+    assert refusal["message"].startswith("run-now 'now' not started: the PgQuartzJob is not ready")
+
+
+async def test_run_now_starts_a_job_from_the_cron_jobs_template_for_each_request_even_a_repeated_one(
+    cluster: Cluster,
+) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    cron_job = await cluster.get(CRON_JOB)
+    assert cron_job is not None
+    for count, value in enumerate(("A", "B", "A"), start=1):
+        await cluster.patch(f"{JOBS}/nightly", {"metadata": {"annotations": {"pgquartz.io/run-now": value}}})
+        await cluster.eventually(f"{JOBS}/nightly", lambda o, v=value: o["status"].get("handledRunNow") == v)
+        started = await jobs(cluster)
+        assert len(started) == count
+    template = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert all(job["spec"]["template"]["spec"]["containers"] == template["containers"] for job in started)
+
+
+async def test_a_huge_run_now_value_is_shown_as_a_digest(cluster: Cluster) -> None:
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    huge = "x" * 100_000
+    await cluster.patch(f"{JOBS}/nightly", {"metadata": {"annotations": {"pgquartz.io/run-now": huge}}})
+    obj = await cluster.eventually(
+        f"{JOBS}/nightly", lambda o: str(o["status"].get("handledRunNow", "")).startswith("sha256:")
+    )
+    assert len(obj["status"]["handledRunNow"]) < 64
+    [job] = await jobs(cluster)
+    assert len(job["metadata"]["annotations"]["pgquartz.io/run-now"]) < 64
+    events = (await cluster.get("/api/v1/namespaces/db/events") or {}).get("items", [])
+    assert all(len(e["message"]) < 2048 for e in events)
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        ('"x" * 800000000 == steps["vacuum"].stdout', "works on numbers"),
+        ('steps["vacuum"].rc == 99999999 ** 99999999', "limited to 4096 bits"),
+        ("(" * 3000 + 'steps["vacuum"].rc' + ")" * 3000, "at most 4096 characters"),
+        ("{{if " * 40 + ".Steps" + "}}True{{end}}" * 40, "nest more than 32 deep"),
+    ],
+)
+async def test_a_hostile_rule_is_an_invalid_job_and_everyone_else_is_served(
+    cluster: Cluster, rule: str, reason: str
+) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["job"]["steps"]["analyze"] = {"when": [rule], "commands": [{"type": "primary", "inline": "analyze"}]}
+    condition = await refused(cluster, "hostile", spec)
+    assert condition["reason"] == "InvalidJob" and reason in condition["message"]
+    await cluster.post(JOBS, pgqj("innocent"))
+    await cluster.eventually(f"{JOBS}/innocent", lambda o: (ready(o) or {}).get("status") == "True")
+
+
+async def test_a_matrix_of_a_billion_instances_is_refused_before_it_is_expanded(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    values = [str(n) for n in range(1000)]
+    spec["job"]["steps"]["vacuum"]["matrix"] = {"a": values, "b": values, "c": values}
+    condition = await refused(cluster, "explosive", spec)
+    assert condition["reason"] == "InvalidJob"
+    assert "1000000001 instances" in condition["message"] and "limit of 10000" in condition["message"]
+
+
+async def test_a_spec_larger_than_annotations_may_be_still_gets_its_status(cluster: Cluster) -> None:
+    """kopf's bookkeeping is a digest: a 300 KiB command does not overflow the 256 KiB of annotations."""
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["job"]["steps"]["vacuum"]["commands"] = [
+        {"type": "primary", "inline": "select 1; -- " + "x" * 300_000}
+    ]
+    await cluster.post(JOBS, pgqj("large", spec))
+    obj = await cluster.eventually(f"{JOBS}/large", lambda o: (ready(o) or {}).get("status") == "True")
+    annotations = obj["metadata"].get("annotations") or {}
+    assert sum(len(k) + len(v) for k, v in annotations.items()) < 1024
+
+
+async def test_job_files_over_a_config_maps_limit_are_refused_naming_it(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["job"]["steps"]["vacuum"]["commands"] = [
+        {"type": "primary", "inline": "select 1; -- " + "x" * 1_100_000}
+    ]
+    condition = await refused(cluster, "huge", spec)
+    assert condition["reason"] == "InvalidSpec"
+    assert "more than a ConfigMap holds (1048576 bytes)" in condition["message"]

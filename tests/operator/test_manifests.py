@@ -55,7 +55,7 @@ def test_the_config_map_holds_a_job_file_the_runner_accepts(tmp_path: pathlib.Pa
     assert result.returncode == 0, result.stderr
     job = yaml.safe_load(text)
     assert job["connections"]["primary"]["passwordEnv"] == "PGQ_PASSWORD_PRIMARY"
-    assert job["etcdConfig"] == {"endpoints": ["etcd:2379"], "lockKey": "db/nightly", "lockTimeout": "1m"}
+    assert job["etcdConfig"] == {"endpoints": ["etcd.pgq:2379"], "lockKey": "db/nightly", "lockTimeout": "1m"}
     assert job["git"] == {"disable": True}
     assert "password" not in text.replace("passwordEnv", "")
 

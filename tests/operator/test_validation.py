@@ -29,7 +29,9 @@ def test_job_file_paths_are_shown_as_the_users_fields(path: tuple[str | int, ...
 
 def render(spec: dict[str, Any], defaults: manifests.Defaults | None = None) -> dict[str, Any]:
     obj = {"metadata": {"name": "nightly", "namespace": "db", "uid": "u"}, "spec": spec}
-    return manifests.render(obj, defaults=defaults or manifests.Defaults()).config_map
+    return manifests.render(
+        obj, defaults=defaults or manifests.Defaults(etcd_endpoints=("etcd:2379",))
+    ).config_map
 
 
 def test_a_valid_job_has_no_problems() -> None:
