@@ -6,9 +6,10 @@ from the Secrets), ``etcdConfig`` from ``spec.lock`` (key ``<namespace>/<name>``
 or the resource's own key under its namespace; endpoints from the operator's
 defaults), ``git`` disabled (pods have no repository) and ``workdir`` on the
 scripts ConfigMap when there is one. With
-``targets``, one job file per target (its connection parameters merged in) and
-an Indexed Job whose pod ``i`` runs file ``i``; with a lock they all contend for
-the same key, so they run one at a time ("every node in turn").
+``targets``, the same job file for all and a small file of connection
+parameters per target, and an Indexed Job whose pod ``i`` runs the job with
+target ``i``'s parameters (``PGQUARTZ_CONNECTION_PARAMS``); with a lock they
+all contend for the same key, so they run one at a time ("every node in turn").
 
 The CronJob's pod is fit for the ``restricted`` Pod Security Standard
 (non-root, read-only root filesystem with a writable /tmp, no capabilities,
@@ -79,9 +80,8 @@ def job_file(
     namespace: str,
     name: str,
     defaults: Defaults,
-    target: resource.TargetSpec | None = None,
 ) -> dict[str, Any]:
-    """The job file's content (as data) for the whole job or one target."""
+    """The job file's content (as data)."""
     body: dict[str, Any] = spec.job.model_dump(by_alias=True, exclude_defaults=True, mode="json")
     body["git"] = {"disable": True}
     if spec.scripts is not None:
@@ -89,8 +89,6 @@ def job_file(
     connections: dict[str, Any] = {}
     for connection_name, connection in spec.connections.items():
         params = dict(connection.params)
-        if target is not None:
-            params.update(target.connections.get(connection_name, {}))
         entry: dict[str, Any] = {"role": connection.role.value, "conn_params": params}
         if connection.password_secret_ref is not None:
             entry["passwordEnv"] = names.password_variable(connection_name)
@@ -109,9 +107,13 @@ def job_file(
     return body
 
 
-def _file_name(name: str, index: int | None) -> str:
-    key = names.job_file_key(name)
-    return key if index is None else f"{key[: -len('.yml')]}.t{index}.yml"
+def _file_name(name: str) -> str:
+    return names.job_file_key(name)
+
+
+def _target_file(name: str, index: int | str) -> str:
+    """A target's connection parameters (``PGQUARTZ_CONNECTION_PARAMS`` for the runner)."""
+    return f"{names.job_file_key(name)[: -len('.yml')]}.t{index}.conn"
 
 
 def _labels(name: str) -> dict[str, str]:
@@ -160,14 +162,10 @@ def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
     name, namespace = metadata["name"], metadata["namespace"]
     spec = resource.PgQuartzJobSpec.model_validate(obj["spec"])
     child = names.child_name(name)
-    files: dict[str, str] = {}
-    if spec.targets:
-        for index, target in enumerate(spec.targets):
-            content = job_file(spec, namespace=namespace, name=name, defaults=defaults, target=target)
-            files[_file_name(name, index)] = yaml.safe_dump(content, sort_keys=False)
-    else:
-        content = job_file(spec, namespace=namespace, name=name, defaults=defaults)
-        files[_file_name(name, None)] = yaml.safe_dump(content, sort_keys=False)
+    content = job_file(spec, namespace=namespace, name=name, defaults=defaults)
+    files = {_file_name(name): yaml.safe_dump(content, sort_keys=False)}
+    for index, target in enumerate(spec.targets):
+        files[_target_file(name, index)] = yaml.safe_dump(dict(target.connections), sort_keys=False)
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -318,10 +316,7 @@ def _pod_metadata(spec: resource.PgQuartzJobSpec, name: str) -> dict[str, Any]:
 
 
 def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults: Defaults) -> dict[str, Any]:
-    if spec.targets:
-        job_path = f"{JOB_DIR}/{_file_name(name, None)[: -len('.yml')]}.t$(JOB_COMPLETION_INDEX).yml"
-    else:
-        job_path = f"{JOB_DIR}/{_file_name(name, None)}"
+    job_path = f"{JOB_DIR}/{_file_name(name)}"
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
@@ -338,6 +333,9 @@ def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults
                 },
             }
         )
+        # an env value may refer to one defined before it
+        target_file = f"{JOB_DIR}/{_target_file(name, '$(JOB_COMPLETION_INDEX)')}"
+        env.append({"name": "PGQUARTZ_CONNECTION_PARAMS", "value": target_file})
     for connection_name, connection in spec.connections.items():
         if connection.password_secret_ref is not None:
             env.append(

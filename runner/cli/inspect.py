@@ -67,6 +67,16 @@ def plan_data(name: str, plan: Plan) -> dict[str, Any]:
             "endpoints": job.etcd_config.endpoints,
             "ttl": job.etcd_config.lock_timeout.total_seconds(),
         },
+        "connections": {
+            name: {
+                "role": connection.role.value,
+                "conn_params": {
+                    key: "***" if "password" in key.lower() else value
+                    for key, value in connection.conn_params.items()
+                },
+            }
+            for name, connection in job.connections.items()
+        },
         "order": list(plan.order),
         "steps": [
             {

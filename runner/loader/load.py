@@ -18,6 +18,7 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Mapping
+from typing import Any
 
 import pydantic
 
@@ -76,6 +77,9 @@ def load_text(text: str, *, path: pathlib.Path) -> LoadedJob:
         raise _located(
             [Problem((), f"a job file must be a mapping with at least 'steps', it is {what}")], marked, shown
         )
+    overlay = os.environ.get(CONNECTION_PARAMS)
+    if overlay:
+        _merge_connection_params(marked.data, pathlib.Path(overlay), shown)
     try:
         job = Job.model_validate(marked.data)
     except pydantic.ValidationError as error:
@@ -97,6 +101,37 @@ def load_text(text: str, *, path: pathlib.Path) -> LoadedJob:
     if problems or plan is None:
         raise _located(problems, marked, shown)
     return LoadedJob(path=path, name=job_name(path), job=job, plan=plan, workdir=workdir)
+
+
+CONNECTION_PARAMS = "PGQUARTZ_CONNECTION_PARAMS"
+"""A YAML file of ``{connection: {libpq keyword: value}}`` merged into the job's ``conn_params``: one
+job file, run against several targets (the operator's ``targets``) without a copy per target."""
+
+
+def _merge_connection_params(data: dict[str, Any], overlay: pathlib.Path, shown: str) -> None:
+    where = f"{CONNECTION_PARAMS}={overlay}"
+    try:
+        params = yamlmarks.load(overlay.read_text(encoding="utf-8")).data
+    except (OSError, UnicodeDecodeError) as error:
+        raise JobFileError([Problem((), f"cannot read {where}: {error}", file=shown)]) from None
+    except yamlmarks.YamlProblem as error:
+        raise JobFileError([Problem((), f"{where}: {error}", file=shown)]) from None
+    connections = data.get("connections")
+    problems = []
+    if not isinstance(params, dict) or not all(isinstance(value, dict) for value in params.values()):
+        problems.append(Problem((), f"{where}: must map connection names to libpq parameters", file=shown))
+    else:
+        for name, values in params.items():
+            target = connections.get(name) if isinstance(connections, dict) else None
+            if not isinstance(target, dict):
+                problems.append(
+                    Problem((), f"{where}: no connection named {name!r} in the job file", file=shown)
+                )
+                continue
+            base = target.get("conn_params")
+            target["conn_params"] = {**(base if isinstance(base, dict) else {}), **values}
+    if problems:
+        raise JobFileError(problems)
 
 
 def max_instances(environ: Mapping[str, str]) -> tuple[int, list[Problem]]:

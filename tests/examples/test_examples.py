@@ -118,6 +118,7 @@ def test_04_kubernetes_manifests_are_valid_and_render_runnable_objects(tmp_path:
 
     from pgquartz.operator import crd, manifests
     from tests.operator.test_crd import _as_json_schema
+    from tests.support.apiserver import schemas
 
     validator = jsonschema.Draft7Validator(_as_json_schema(crd.spec_schema()))
     defaults = manifests.Defaults(image="pgquartz/runner:test", etcd_endpoints=("etcd.pgquartz:2379",))
@@ -129,11 +130,16 @@ def test_04_kubernetes_manifests_are_valid_and_render_runnable_objects(tmp_path:
         obj["metadata"]["uid"] = "uid-1"
         rendered = manifests.render(obj, defaults=defaults)
         for child in (rendered.config_map, rendered.cron_job):
-            kubernetes_validate.validate(child, "1.37.0", strict=True)
-        for key, text in rendered.config_map["data"].items():
+            for minor in schemas.SUPPORTED_MINORS:
+                kubernetes_validate.validate(child, minor, strict=True)
+        data = rendered.config_map["data"]
+        for key, text in data.items():
             (tmp_path / key).write_text(text)
-            result = run_pgquartz("validate", key, cwd=tmp_path)
-            assert result.returncode == 0, f"{path.name}: {result.stderr}"
+        [job_file] = [key for key in data if key.endswith(".yml")]
+        for target in [None, *sorted(key for key in data if key.endswith(".conn"))]:
+            environment = {"PGQUARTZ_CONNECTION_PARAMS": target} if target else {}
+            result = run_pgquartz("validate", job_file, cwd=tmp_path, env=environment)
+            assert result.returncode == 0, f"{path.name} ({target}): {result.stderr}"
     turns = yaml.safe_load(
         next(
             iter(

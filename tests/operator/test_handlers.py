@@ -746,3 +746,19 @@ async def test_job_files_over_a_config_maps_limit_are_refused_naming_it(cluster:
     condition = await refused(cluster, "huge", spec)
     assert condition["reason"] == "InvalidSpec"
     assert "more than a ConfigMap holds (1048576 bytes)" in condition["message"]
+
+
+async def test_many_targets_share_one_copy_of_a_large_job(cluster: Cluster) -> None:
+    """8 targets × a 150 KB job: 1.2 MB if copied per target, more than a ConfigMap holds."""
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["job"]["steps"]["vacuum"]["commands"] = [
+        {"type": "primary", "inline": "select 1; -- " + "x" * 150_000}
+    ]
+    spec["targets"] = [
+        {"name": f"node-{n}", "connections": {"primary": {"host": f"pg-{n}"}}} for n in range(8)
+    ]
+    await cluster.post(JOBS, pgqj("nightly", spec))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    config_map = await cluster.get(CONFIG_MAP)
+    assert config_map is not None
+    assert sum(len(text) for text in config_map["data"].values()) < 200_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import pathlib
 from typing import Any
 
@@ -145,30 +146,50 @@ def test_children_get_our_labels_and_an_owner_never_the_resources_labels() -> No
         assert owner["kind"] == "PgQuartzJob" and owner["uid"] == "1234-5678" and owner["controller"] is True
 
 
-def test_targets_become_an_indexed_job_with_one_job_file_each(tmp_path: pathlib.Path) -> None:
+def test_targets_become_an_indexed_job_sharing_one_job_file(tmp_path: pathlib.Path) -> None:
     spec = copy.deepcopy(VALID_SPEC)
     spec["targets"] = [
         {"name": "node-a", "connections": {"primary": {"host": "pg-a"}}},
         {"name": "node-b", "connections": {"primary": {"host": "pg-b"}}},
     ]
     rendered = manifests.render(resource(spec), defaults=DEFAULTS)
-    kubernetes_validate.validate(rendered.cron_job, "1.37.0", strict=True)
+    kubernetes_validate.validate(rendered.cron_job, "1.30.0", strict=True)
     files = rendered.config_map["data"]
-    assert sorted(files) == ["nightly.t0.yml", "nightly.t1.yml"]
-    hosts = [
-        yaml.safe_load(files[key])["connections"]["primary"]["conn_params"]["host"] for key in sorted(files)
-    ]
-    assert hosts == ["pg-a", "pg-b"]
-    locks = {yaml.safe_load(text)["etcdConfig"]["lockKey"] for text in files.values()}
-    assert locks == {"db/nightly"}  # one key: the targets run one at a time
+    assert sorted(files) == [
+        "nightly.t0.conn",
+        "nightly.t1.conn",
+        "nightly.yml",
+    ]  # the job once, not per target
+    assert yaml.safe_load(files["nightly.t1.conn"]) == {"primary": {"host": "pg-b"}}
+    assert yaml.safe_load(files["nightly.yml"])["etcdConfig"]["lockKey"] == "db/nightly"  # one key for all
     job = rendered.cron_job["spec"]["jobTemplate"]["spec"]
     assert job["completionMode"] == "Indexed" and job["completions"] == 2 and job["parallelism"] == 2
     container = job["template"]["spec"]["containers"][0]
-    assert container["args"][1] == "/etc/pgquartz/job/nightly.t$(JOB_COMPLETION_INDEX).yml"
-    assert any(env["name"] == "JOB_COMPLETION_INDEX" for env in container["env"])
+    assert container["args"][1] == "/etc/pgquartz/job/nightly.yml"
+    variables = [env["name"] for env in container["env"]]
+    assert variables.index("JOB_COMPLETION_INDEX") < variables.index("PGQUARTZ_CONNECTION_PARAMS")
+    [params] = [env["value"] for env in container["env"] if env["name"] == "PGQUARTZ_CONNECTION_PARAMS"]
+    assert params == "/etc/pgquartz/job/nightly.t$(JOB_COMPLETION_INDEX).conn"
     for key, text in files.items():
         (tmp_path / key).write_text(text)
-        assert run_pgquartz("validate", key, cwd=tmp_path).returncode == 0
+    for index, host in enumerate(["pg-a", "pg-b"]):
+        done = run_pgquartz(
+            "plan",
+            "nightly.yml",
+            "--json",
+            cwd=tmp_path,
+            env={"PGQUARTZ_CONNECTION_PARAMS": f"nightly.t{index}.conn"},
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["connections"]["primary"]["conn_params"]["host"] == host
+
+
+def test_a_target_params_file_naming_an_unknown_connection_is_an_invalid_job(tmp_path: pathlib.Path) -> None:
+    rendered = manifests.render(resource(), defaults=DEFAULTS)
+    (tmp_path / "nightly.yml").write_text(rendered.config_map["data"]["nightly.yml"])
+    (tmp_path / "t.conn").write_text("replica: {host: pg-x}\n")
+    done = run_pgquartz("validate", "nightly.yml", cwd=tmp_path, env={"PGQUARTZ_CONNECTION_PARAMS": "t.conn"})
+    assert done.returncode == 2 and "no connection named 'replica'" in done.stderr
 
 
 def test_scripts_and_pod_overrides() -> None:
