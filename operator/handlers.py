@@ -146,7 +146,11 @@ def register(
         too_large = validation.size_problems(rendered.config_map)
         if too_large:
             return None, "InvalidSpec", "; ".join(too_large)
-        problems = validation.job_file_problems(rendered.config_map, max_instances=defaults.max_instances)
+        problems = validation.job_file_problems(
+            rendered.config_map,
+            max_instances=defaults.max_instances,
+            budget_seconds=defaults.validation_seconds,
+        )
         if problems:
             return None, "InvalidJob", "; ".join(problems)[:1024]
         return rendered, "", ""

@@ -62,6 +62,8 @@ class Defaults:
     etcd_endpoints: tuple[str, ...] = ()
     policy: policies.Policy = dataclasses.field(default_factory=policies.Policy)
     max_instances: int = matrix.MAX_INSTANCES
+    validation_seconds: float = 5.0
+    """How long checking one resource's job may take (pgquartz.operator.validation)."""
 
 
 @dataclasses.dataclass(frozen=True)

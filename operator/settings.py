@@ -10,6 +10,7 @@
 | ``PGQUARTZ_METRICS_PORT`` | port of the Prometheus metrics | ``9090`` |
 | ``PGQUARTZ_RECHECK_SECONDS`` | how often a resource missing a Secret or ConfigMap is checked | ``30`` |
 | ``PGQUARTZ_MAX_INSTANCES`` | instances (matrix × steps) a job may have | ``10000`` |
+| ``PGQUARTZ_VALIDATION_SECONDS`` | how long checking one resource's job may take | ``5`` |
 | ``PGQUARTZ_ALLOWED_IMAGES`` | images a spec may name: repositories, ``prefix/``, ``*`` | the runner's |
 | ``PGQUARTZ_ALLOW_SERVICE_ACCOUNTS`` | may a spec set ``podTemplate.serviceAccountName`` | ``false`` |
 | ``PGQUARTZ_ALLOW_TOLERATIONS`` | may a spec set ``podTemplate.tolerations`` | ``false`` |
@@ -59,15 +60,7 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
         raise SettingsError(f"PGQUARTZ_LOG_FORMAT must be text or json, not {log_format!r}")
     liveness_port = _port(environ, "PGQUARTZ_LIVENESS_PORT", "8080")
     metrics_port = _port(environ, "PGQUARTZ_METRICS_PORT", "9090")
-    recheck = environ.get("PGQUARTZ_RECHECK_SECONDS", "30")
-    try:
-        recheck_seconds = float(recheck)
-    except ValueError:
-        recheck_seconds = 0.0
-    if not 1 <= recheck_seconds <= 86400:
-        raise SettingsError(
-            f"PGQUARTZ_RECHECK_SECONDS must be a number of seconds (1-86400), not {recheck!r}"
-        )
+    recheck_seconds = _seconds(environ, "PGQUARTZ_RECHECK_SECONDS", "30", lower=1, upper=86400)
     image = environ.get("PGQUARTZ_RUNNER_IMAGE") or f"pgquartz/runner:{__version__}"
     denied = environ.get("PGQUARTZ_DENIED_ANNOTATIONS")
     rules = policies.Policy(
@@ -82,6 +75,7 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
     max_instances = environ.get("PGQUARTZ_MAX_INSTANCES", "10000")
     if not max_instances.isdigit() or int(max_instances) < 1:
         raise SettingsError(f"PGQUARTZ_MAX_INSTANCES must be a positive number, not {max_instances!r}")
+    budget = _seconds(environ, "PGQUARTZ_VALIDATION_SECONDS", "5", upper=600)
     return Settings(
         namespaces=_items(environ.get("PGQUARTZ_NAMESPACES")),
         defaults=manifests.Defaults(
@@ -89,12 +83,26 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
             etcd_endpoints=_items(environ.get("PGQUARTZ_ETCD_ENDPOINTS")),
             policy=rules,
             max_instances=int(max_instances),
+            validation_seconds=budget,
         ),
         log_format=log_format,
         liveness_port=liveness_port,
         metrics_port=metrics_port,
         recheck_seconds=recheck_seconds,
     )
+
+
+def _seconds(
+    environ: Mapping[str, str], name: str, default: str, *, lower: float = 0.1, upper: float
+) -> float:
+    text = environ.get(name, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not lower <= value <= upper:
+        raise SettingsError(f"{name} must be a number of seconds ({lower:g}-{upper:g}), not {text!r}")
+    return value
 
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:

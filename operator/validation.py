@@ -20,7 +20,8 @@ ConfigMap (absolute paths into the image).
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pydantic
@@ -50,30 +51,57 @@ def user_path(path: tuple[str | int, ...]) -> str:
 
 
 def _job_files(config_map: Mapping[str, Any]) -> Iterator[Any]:
-    """The contents of a rendered ConfigMap's job files (one, or one per target), in file order."""
+    """The rendered ConfigMap's job file (targets' ``.conn`` files hold connection parameters)."""
     for key, text in sorted(config_map.get("data", {}).items()):
         if key.endswith(".yml"):
             yield yaml.safe_load(text)
 
 
+BUDGET_SECONDS = 5.0
+"""How long checking one resource's job may take (``PGQUARTZ_VALIDATION_SECONDS``): every rule is
+bounded, but a spec can hold thousands of them, and the operator serves every tenant."""
+
+
+class _OverBudget(Exception):
+    pass
+
+
 def job_file_problems(
-    config_map: Mapping[str, Any], *, max_instances: int = matrix.MAX_INSTANCES
+    config_map: Mapping[str, Any],
+    *,
+    max_instances: int = matrix.MAX_INSTANCES,
+    budget_seconds: float = BUDGET_SECONDS,
 ) -> list[str]:
-    """Every problem the runner would report for the job files in a rendered ConfigMap (deduplicated:
-    with targets, each target's file repeats the same job)."""
-    return list(
-        dict.fromkeys(
-            problem for data in _job_files(config_map) for problem in _problems(data, max_instances)
+    """Every problem the runner would report for the job file in a rendered ConfigMap, found within
+    ``budget_seconds`` (past it, one problem says so)."""
+    deadline = time.monotonic() + budget_seconds
+
+    def checkpoint() -> None:
+        if time.monotonic() > deadline:
+            raise _OverBudget
+
+    try:
+        return list(
+            dict.fromkeys(
+                problem
+                for data in _job_files(config_map)
+                for problem in _problems(data, max_instances, checkpoint)
+            )
         )
-    )
+    except _OverBudget:
+        return [
+            f"spec.job: checking the job took longer than {budget_seconds:g} s"
+            " (PGQUARTZ_VALIDATION_SECONDS): split it, or ask the operator's admin"
+        ]
 
 
-def _problems(data: Any, max_instances: int) -> list[str]:
+def _problems(data: Any, max_instances: int, checkpoint: Callable[[], None]) -> list[str]:
+    checkpoint()
     try:
         job = Job.model_validate(data)
     except pydantic.ValidationError as error:
         return [f"{user_path(tuple(detail['loc']))}: {detail['msg']}" for detail in error.errors()]
-    _, found = graph.build(job, max_instances=max_instances)
+    _, found = graph.build(job, max_instances=max_instances, checkpoint=checkpoint)
     return [f"{user_path(problem.path)}: {problem.message}" for problem in found]
 
 

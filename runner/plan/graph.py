@@ -13,7 +13,7 @@ writes anything.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pgquartz.runner.conditions import rules
 from pgquartz.runner.model.job import Check, Job, Step
@@ -68,16 +68,22 @@ class Plan:
         return {name: tuple(names) for name, names in result.items()}
 
 
-def build(job: Job, *, max_instances: int = matrix.MAX_INSTANCES) -> tuple[Plan | None, list[Problem]]:
+def build(
+    job: Job, *, max_instances: int = matrix.MAX_INSTANCES, checkpoint: Callable[[], None] | None = None
+) -> tuple[Plan | None, list[Problem]]:
     """Plan a job; return the plan (None if it cannot run) and every problem found.
 
     A job may have at most ``max_instances`` instances (steps' and checks' together): counted
-    before anything is expanded, so a matrix of 1000 × 1000 × 1000 values costs nothing."""
+    before anything is expanded, so a matrix of 1000 × 1000 × 1000 values costs nothing.
+    ``checkpoint`` is called before each step is planned: a caller with a time budget (the
+    operator, planning every tenant's jobs) raises from it to stop."""
     problems: list[Problem] = []
     too_many = _instance_problems(job, max_instances)
     problems += too_many
     planned: dict[str, PlannedStep] = {}
     for name, step in job.steps.items():
+        if checkpoint is not None:
+            checkpoint()
         planned[name] = _plan_step(name, step, job, problems, expand=not too_many)
     order = _order(planned, problems)
     problems += _type_problems(job)

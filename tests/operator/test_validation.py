@@ -77,3 +77,14 @@ def test_file_scripts_must_be_keys_of_the_scripts_config_map() -> None:
         "spec.job.steps.archive.commands[1].file: './rotate.sh' is not a key of ConfigMap"
         " 'maintenance-scripts'"
     ]
+
+
+def test_checking_a_job_stops_at_its_time_budget() -> None:
+    """One tenant's spec cannot hold the operator: past the budget, the job is refused as such."""
+    spec = copy.deepcopy(VALID_SPEC)
+    for n in range(50):
+        spec["job"]["steps"][f"s{n}"] = {"when": ['steps["vacuum"].rc == 0'], "commands": [{"inline": "true"}]}
+    config_map = render(spec)
+    assert validation.job_file_problems(config_map) == []
+    [problem] = validation.job_file_problems(config_map, budget_seconds=0)
+    assert problem.startswith("spec.job: checking the job took longer than 0 s (PGQUARTZ_VALIDATION_SECONDS)")
