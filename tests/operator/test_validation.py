@@ -83,7 +83,10 @@ def test_checking_a_job_stops_at_its_time_budget() -> None:
     """One tenant's spec cannot hold the operator: past the budget, the job is refused as such."""
     spec = copy.deepcopy(VALID_SPEC)
     for n in range(50):
-        spec["job"]["steps"][f"s{n}"] = {"when": ['steps["vacuum"].rc == 0'], "commands": [{"inline": "true"}]}
+        spec["job"]["steps"][f"s{n}"] = {
+            "when": ['steps["vacuum"].rc == 0'],
+            "commands": [{"inline": "true"}],
+        }
     config_map = render(spec)
     assert validation.job_file_problems(config_map) == []
     [problem] = validation.job_file_problems(config_map, budget_seconds=0)
