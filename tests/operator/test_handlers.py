@@ -123,9 +123,9 @@ async def test_creating_a_pgquartzjob_makes_its_config_map_and_cron_job(cluster:
     obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
     assert obj["status"]["observedGeneration"] == 1
     assert ready(obj)["reason"] == "ObjectsInPlace"  # type: ignore[index]
-    events = await cluster.eventually(
+    events = await cluster.eventually(  # kopf posts events from a queue of its own: wait for both
         "/api/v1/namespaces/db/events",
-        lambda listing: any(e.get("reason") == "Created" for e in listing.get("items", [])),
+        lambda listing: sum(e.get("reason") == "Created" for e in listing.get("items", [])) >= 2,
     )
     created = [e for e in events["items"] if e.get("reason") == "Created"]
     assert {e["involvedObject"]["name"] for e in created} == {"nightly"}
@@ -661,8 +661,11 @@ async def test_run_now_runs_only_what_reconcile_accepted(cluster: Cluster) -> No
     obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: o["status"].get("handledRunNow") == "now")
     assert ready(obj)["status"] == "False"  # type: ignore[index]
     assert await jobs(cluster) == []  # nothing ran
-    events = (await cluster.get("/api/v1/namespaces/db/events") or {}).get("items", [])
-    [refusal] = [e for e in events if e["reason"] == "RunNowRefused"]
+    listing = await cluster.eventually(
+        "/api/v1/namespaces/db/events",
+        lambda listing: any(e.get("reason") == "RunNowRefused" for e in listing.get("items", [])),
+    )
+    [refusal] = [e for e in listing["items"] if e["reason"] == "RunNowRefused"]
     assert refusal["message"].startswith("run-now 'now' not started: the PgQuartzJob is not ready")
 
 
