@@ -765,3 +765,36 @@ async def test_many_targets_share_one_copy_of_a_large_job(cluster: Cluster) -> N
     config_map = await cluster.get(CONFIG_MAP)
     assert config_map is not None
     assert sum(len(text) for text in config_map["data"].values()) < 200_000
+
+
+async def test_a_transient_api_failure_is_retried_with_back_off_not_reported(cluster: Cluster) -> None:
+    cluster.emulator.unavailable["CronJob"] = 2
+    await cluster.post(JOBS, pgqj("nightly"))
+    obj = await cluster.eventually(
+        f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True", within=20
+    )
+    assert ready(obj)["reason"] == "ObjectsInPlace"  # type: ignore[index]
+    assert cluster.emulator.unavailable["CronJob"] == 0
+    errors = cluster.metrics.registry.get_sample_value(
+        "pgquartz_reconcile_errors_total", {"namespace": "db", "name": "nightly"}
+    )
+    assert errors == 2.0
+    events = (await cluster.get("/api/v1/namespaces/db/events") or {}).get("items", [])
+    assert not [e for e in events if e["type"] == "Warning"]
+
+
+@pytest.mark.parametrize("length", [64, 100, 253])
+async def test_any_valid_name_gets_its_objects_within_kubernetes_limits(
+    cluster: Cluster, length: int
+) -> None:
+    name = ("nightly-vacuum-of-the-orders-database-" * 8)[: length - 1] + "x"
+    await cluster.post(JOBS, pgqj(name))
+    obj = await cluster.eventually(f"{JOBS}/{name}", lambda o: (ready(o) or {}).get("status") == "True")
+    child = manifests.names.child_name(name)
+    assert len(child) == 52 and child in ready(obj)["message"]  # type: ignore[index]
+    cron_job = await cluster.get(f"/apis/batch/v1/namespaces/db/cronjobs/{child}")
+    assert cron_job is not None
+    assert len(cron_job["metadata"]["labels"]["pgquartz.io/job"]) <= 63
+    assert cron_job["metadata"]["annotations"]["pgquartz.io/job-name"] == name
+    config_map = await cluster.get(f"/api/v1/namespaces/db/configmaps/{child}")
+    assert config_map is not None and all(len(key) <= 253 for key in config_map["data"])

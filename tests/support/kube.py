@@ -114,6 +114,8 @@ class Emulator(kmock.KubernetesEmulator):
     owners: dict[Any, writes.FieldSets] = attrs.field(factory=dict, init=False)
     #: A validating admission webhook (a policy engine): the reason to deny a write, or None.
     admission: Callable[[dict[str, Any]], str | None] | None = None
+    #: Writes of these kinds answer 503 (etcd timing out), this many times each, before they work.
+    unavailable: dict[str, int] = attrs.field(factory=dict)
 
     def register(
         self,
@@ -198,6 +200,9 @@ class Emulator(kmock.KubernetesEmulator):
         data = request.data
         if content_type == APPLY_PATCH and data is None:
             data = yaml.safe_load(request.text)
+        if self.unavailable.get(kind, 0) > 0:
+            self.unavailable[kind] -= 1
+            raise ApiError(503, "ServiceUnavailable", "etcdserver: request timed out")
         creating = request.action == enums.action.CREATE
         if creating:
             if not isinstance(data, dict):
