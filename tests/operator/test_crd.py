@@ -69,19 +69,8 @@ def test_spec_job_is_the_job_files_schema() -> None:
 
 
 def _as_json_schema(node: Any) -> Any:
-    """OpenAPI's ``nullable`` → JSON Schema's type list, to validate resources like the API server."""
-    if isinstance(node, dict):
-        node = {
-            key: _as_json_schema(value) for key, value in node.items() if not key.startswith("x-kubernetes")
-        }
-        if node.pop("nullable", False) and "type" in node:
-            node["type"] = [node["type"], "null"]
-        if "properties" in node and "additionalProperties" not in node:
-            node["additionalProperties"] = False  # what pruning would drop, validation should flag
-        return node
-    if isinstance(node, list):
-        return [_as_json_schema(item) for item in node]
-    return node
+    """The CRD's schema as JSON Schema, flagging what pruning would drop."""
+    return validation.as_json_schema(node, strict_fields=True)
 
 
 VALID_SPEC = {

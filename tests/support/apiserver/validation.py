@@ -252,27 +252,34 @@ def prune(value: Any, schema: Mapping[str, Any], path: str = "") -> tuple[Any, l
     return value, []
 
 
-def _as_json_schema(node: Any) -> Any:
-    """OpenAPI v3 (structural) → JSON Schema: ``nullable`` as a type list, int-or-string as either."""
+def as_json_schema(node: Any, *, strict_fields: bool = False) -> Any:
+    """OpenAPI v3 (structural) → JSON Schema: ``nullable`` as a type list, int-or-string as either.
+
+    ``strict_fields``: fields the schema does not declare are errors (``fieldValidation=Strict``),
+    not pruned."""
     if isinstance(node, dict):
         converted = {
-            key: _as_json_schema(value) for key, value in node.items() if not key.startswith("x-kubernetes")
+            key: as_json_schema(value, strict_fields=strict_fields)
+            for key, value in node.items()
+            if not key.startswith("x-kubernetes")
         }
         if converted.pop("nullable", False) and "type" in converted:
             converted["type"] = [converted["type"], "null"]
         if node.get("x-kubernetes-int-or-string"):
             converted["type"] = ["integer", "string"]
         converted.pop("format", None)  # the server checks few formats; the CRD's are informative
+        if strict_fields and "properties" in converted and "additionalProperties" not in converted:
+            converted["additionalProperties"] = False
         return converted
     if isinstance(node, list):
-        return [_as_json_schema(item) for item in node]
+        return [as_json_schema(item, strict_fields=strict_fields) for item in node]
     return node
 
 
 @functools.cache
 def _crd_validator() -> jsonschema.protocols.Validator:
     validator: jsonschema.protocols.Validator = jsonschema.Draft7Validator(
-        _as_json_schema(schemas.crd_schema())
+        as_json_schema(schemas.crd_schema())
     )
     return validator
 
