@@ -74,7 +74,7 @@ class ApiError(k8s.KubernetesError):
     details: Any = None
 
 
-GENERATION_KINDS = {"PgQuartzJob", "CronJob", "Job"}
+GENERATION_KINDS = {"PgQuartzJob", "CronJob", "Job", "Deployment"}
 """Kinds whose ``metadata.generation`` the server keeps (ConfigMaps, Secrets, Events have none)."""
 
 STALE = "the object has been modified; please apply your changes to the latest version and try again"
@@ -92,6 +92,21 @@ def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
     """What a write must change for the server to store a new version (not the version itself)."""
     metadata = {key: value for key, value in (obj.get("metadata") or {}).items() if key != "resourceVersion"}
     return {**obj, "metadata": metadata}
+
+
+def _established(crd: Mapping[str, Any]) -> dict[str, Any]:
+    now = _now()
+    conditions = [
+        {"type": kind, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now}
+        for kind, reason in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))
+    ]
+    return {
+        "conditions": conditions,
+        "acceptedNames": crd.get("spec", {}).get("names", {}),
+        "storedVersions": [
+            version["name"] for version in crd.get("spec", {}).get("versions", []) if version.get("storage")
+        ],
+    }
 
 
 def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
@@ -426,6 +441,8 @@ class Emulator(kmock.KubernetesEmulator):
             raise ApiError(
                 400, "BadRequest", f'admission webhook "policy.example.com" denied the request: {denied}'
             )
+        if kind == "CustomResourceDefinition" and live is None:
+            new["status"] = _established(new)  # what the apiextensions controller soon writes
         if kind in GENERATION_KINDS:
             generation = int(previous.get("generation") or 0)
             changed = live is None or _without(new, "metadata", "status") != _without(
@@ -514,12 +531,21 @@ def _serves_http(task: asyncio.Task[Any]) -> bool:
     return getattr(task.get_coro(), "__qualname__", "").startswith("RequestHandler.")
 
 
+def register_chart(emulator: Emulator) -> None:
+    """Also what the Helm chart installs (see tests/support/helm.py)."""
+    from tests.support.helm import CHART_RESOURCES
+
+    for name, kind, namespaced, status in CHART_RESOURCES:
+        emulator.register(name, kind=kind, namespaced=namespaced, status=status)
+
+
 async def _serve() -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     async with running_emulator() as (emulator, url):
         register_pgquartz(emulator)
+        register_chart(emulator)
         print(url, flush=True)
         await stop.wait()
 

@@ -7,10 +7,12 @@ back is never what it sent. An operator that compares whole specs sees drift at
 every reconcile; this module makes the emulator show that.
 
 Sources (kubernetes/kubernetes, release-1.30…1.37):
-- ``pkg/apis/batch/v1/defaults.go``: ``SetDefaults_CronJob``, ``SetDefaults_Job``.
+- ``pkg/apis/batch/v1/defaults.go``: ``SetDefaults_CronJob``, ``SetDefaults_Job``;
+  ``pkg/apis/apps/v1/defaults.go``: ``SetDefaults_Deployment``.
 - ``pkg/apis/core/v1/defaults.go``: ``SetDefaults_PodSpec``, ``SetDefaults_Container``,
   ``SetDefaults_Volume`` (via ``SetDefaults_ConfigMapVolumeSource``, ``SetDefaults_SecretVolumeSource``),
-  ``SetDefaults_ObjectFieldSelector``, ``SetDefaults_ContainerPort``.
+  ``SetDefaults_ObjectFieldSelector``, ``SetDefaults_ContainerPort``, ``SetDefaults_Probe``,
+  ``SetDefaults_HTTPGetAction``.
 - ``pkg/registry/batch/job/strategy.go``: ``generateSelector`` (the Job's selector and the
   ``controller-uid`` / ``job-name`` labels on its pod template).
 - ``staging/src/k8s.io/apiextensions-apiserver/pkg/apiserver/schema/defaulting``: CRD defaults.
@@ -45,6 +47,8 @@ def default(obj: dict[str, Any]) -> dict[str, Any]:
     elif kind == "Job":
         _job(spec)
         _job_selector(obj)
+    elif kind == "Deployment":
+        _deployment(spec)
     elif kind == "Pod":
         _pod_spec(spec)
         spec.setdefault("enableServiceLinks", True)  # SetDefaults_Pod
@@ -59,6 +63,21 @@ def _cron_job(spec: dict[str, Any]) -> None:
     spec.setdefault("successfulJobsHistoryLimit", 3)
     spec.setdefault("failedJobsHistoryLimit", 1)
     template = spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
+    if isinstance(template, dict):
+        _pod_spec(template)
+
+
+def _deployment(spec: dict[str, Any]) -> None:
+    # pkg/apis/apps/v1/defaults.go SetDefaults_Deployment
+    spec.setdefault("replicas", 1)
+    strategy = spec.setdefault("strategy", {})
+    strategy.setdefault("type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        strategy.setdefault("rollingUpdate", {}).setdefault("maxUnavailable", "25%")
+        strategy["rollingUpdate"].setdefault("maxSurge", "25%")
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    template = spec.get("template", {}).get("spec")
     if isinstance(template, dict):
         _pod_spec(template)
 
@@ -125,6 +144,18 @@ def _container(container: dict[str, Any]) -> None:
         )
     for port in container.get("ports") or []:
         port.setdefault("protocol", "TCP")  # SetDefaults_ContainerPort
+    for name in ("livenessProbe", "readinessProbe", "startupProbe"):
+        probe = container.get(name)
+        if isinstance(probe, dict):  # SetDefaults_Probe, SetDefaults_HTTPGetAction
+            for key, value in (
+                ("timeoutSeconds", 1),
+                ("periodSeconds", 10),
+                ("successThreshold", 1),
+                ("failureThreshold", 3),
+            ):
+                probe.setdefault(key, value)
+            if isinstance(probe.get("httpGet"), dict):
+                probe["httpGet"].setdefault("scheme", "HTTP")
     for variable in container.get("env") or []:
         field_ref = (variable.get("valueFrom") or {}).get("fieldRef")
         if isinstance(field_ref, dict):
