@@ -29,7 +29,10 @@ def structural(schema: dict[str, Any], definitions: dict[str, Any] | None = None
     return _convert(schema, definitions)
 
 
-def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
+def _convert(node: dict[str, Any], definitions: dict[str, Any], *, in_list: bool = False) -> dict[str, Any]:
+    """``in_list``: inside a list's items no ``default`` is kept. The API server would fill defaults
+    into every item, and clients that compare lists whole (kubectl's and Argo CD's three-way diff)
+    would then see every applied list as changed; the runner applies those defaults itself."""
     node = dict(node)
     if "$ref" in node:
         target = copy.deepcopy(definitions[node.pop("$ref").rsplit("/", 1)[1]])
@@ -54,10 +57,10 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
             return node
         if len(options) != 1:
             raise ValueError(f"cannot make a structural schema of anyOf {options}")
-        node = {**_convert(options[0], definitions), **node, "nullable": True}
+        node = {**_convert(options[0], definitions, in_list=in_list), **node, "nullable": True}
     result: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROPPED or (key == "default" and value is None):
+        if key in _DROPPED or (key == "default" and (value is None or in_list)):
             continue
         if key == "additionalProperties":
             if value is False:
@@ -65,11 +68,11 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
             if value is True:
                 result["x-kubernetes-preserve-unknown-fields"] = True
                 continue
-            result[key] = _convert(value, definitions)
+            result[key] = _convert(value, definitions, in_list=in_list)
         elif key == "properties":
-            result[key] = {name: _convert(sub, definitions) for name, sub in value.items()}
+            result[key] = {name: _convert(sub, definitions, in_list=in_list) for name, sub in value.items()}
         elif key == "items":
-            result[key] = _convert(value, definitions)
+            result[key] = _convert(value, definitions, in_list=True)
         else:
             result[key] = value
     if "enum" in result and "type" not in result:

@@ -55,13 +55,29 @@ import jsonpointer
 import kmock
 import kopf
 import yaml
-from kmock._internal import enums, k8s
+from kmock._internal import enums, k8s, parsing
 
 from pgquartz.operator import bookkeeping
 from tests.support.apiserver import defaulting, schemas, validation, writes
 from tests.support.processes import free_port, stop
 
 VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
+
+_kmock_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> Any:
+    """kmock reads ``/api/v1/namespaces[/<name>[/status]]`` as a namespace prefix without a resource
+    (creating a Namespace fails with a 500): these are the cluster-scoped ``namespaces`` resource."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (len(parts) <= 4 or parts[4] in ("status", "finalize")):
+        name = parts[3] if len(parts) > 3 else None
+        subresource = parts[4] if len(parts) > 4 else None
+        return parsing.ParsedPath("", "v1", "namespaces", None, name, subresource)
+    return _kmock_parse_path(path)
+
+
+parsing.parse_path = _parse_path
 
 
 @attrs.frozen
