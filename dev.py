@@ -78,6 +78,25 @@ def setup_helm() -> None:
     stamp.write_text(HELM_SDKPY)
 
 
+IMAGE_TOOLS = {"podman": "podman", "runc": "runc", "mmdebstrap": "mmdebstrap"}
+
+
+def setup_images() -> None:
+    """podman, runc and mmdebstrap from Debian's packages, for the image tests (skipped, saying why,
+    where they cannot be installed)."""
+    missing = [package for tool, package in IMAGE_TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        print(f"cannot install {', '.join(missing)}: the image tests will be skipped", flush=True)
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet = {"stdout": subprocess.DEVNULL}
+    print(f"+ apt-get install {' '.join(missing)}", flush=True)
+    if subprocess.run(["apt-get", "update", "-q"], env=env, check=False, **quiet).returncode == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env, check=False, **quiet)
+
+
 def type_tree() -> pathlib.Path:
     """A tree where the folders appear under their import names, for mypy and import-linter."""
     tree = ROOT / "build" / "typecheck"
@@ -93,8 +112,8 @@ def type_tree() -> pathlib.Path:
 
 
 def lint() -> None:
-    run(BIN / "ruff", "check", "runner", "operator", "tests", "bench", "dev.py")
-    run(BIN / "ruff", "format", "--check", "runner", "operator", "tests", "bench", "dev.py")
+    run(BIN / "ruff", "check", "runner", "operator", "tests", "bench", "images", "dev.py")
+    run(BIN / "ruff", "format", "--check", "runner", "operator", "tests", "bench", "images", "dev.py")
     tree = type_tree()
     env = {**os.environ, "MYPYPATH": str(tree), "PYTHONPATH": str(tree)}
     packages = ["-p", "pgquartz.runner"]
@@ -143,6 +162,7 @@ def main() -> None:
     setup()
     if command in ("test", "setup"):
         setup_helm()
+        setup_images()
     if command == "demo":
         demo()
     elif command == "test":

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Build the runner and operator images with podman or docker.
+
+    python3 images/build.py                          # both, FROM python:3.11-slim-bookworm
+    python3 images/build.py --base localhost/pgquartz-base:bookworm --offline
+    python3 images/build.py --make-base              # that base, made with mmdebstrap (no registry)
+
+The project's wheel and every dependency's wheel are built or downloaded first
+(``pip wheel``, with this Python: use a 3.11 like the base image's), then
+installed in the image with ``--no-index``, so the build itself needs no
+network when the base already has the client tools. Images are tagged with the
+package version (``pgquartz/runner:<version>``, ``pgquartz/operator:<version>``),
+the tag the operator's default runner image and the Helm chart name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+IMAGES = ("runner", "operator")
+DEFAULT_BASE = "docker.io/library/python:3.11-slim-bookworm"
+LOCAL_BASE = "localhost/pgquartz-base:bookworm"
+BASE_PACKAGES = (
+    "python3,python3-venv,bash,coreutils,postgresql-client,git,openssh-client,ca-certificates,tini"
+)
+
+
+def version() -> str:
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
+def tag(name: str) -> str:
+    return f"pgquartz/{name}:{version()}"
+
+
+def run(*argv: str | os.PathLike[str], **kwargs: object) -> None:
+    print("+", " ".join(map(str, argv)), flush=True)
+    subprocess.run([str(a) for a in argv], check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def wheels(target: pathlib.Path) -> pathlib.Path:
+    """The project's wheel and its dependencies' (operator extra included) in ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", target, f"{ROOT}[operator]")
+    return target
+
+
+def make_base(engine: str, work: pathlib.Path) -> str:
+    """A Debian bookworm base with Python and the tools, from Debian's packages (mmdebstrap)."""
+    rootfs = work / "rootfs.tar"
+    run("mmdebstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", rootfs)
+    run(engine, "import", rootfs, LOCAL_BASE)
+    rootfs.unlink()
+    return LOCAL_BASE
+
+
+def build(engine: str, name: str, *, base: str, wheel_dir: pathlib.Path, offline: bool) -> str:
+    context = ROOT / "build" / "images" / name
+    shutil.rmtree(context, ignore_errors=True)
+    context.mkdir(parents=True)
+    shutil.copy(ROOT / "images" / name / "Containerfile", context / "Containerfile")
+    shutil.copytree(wheel_dir, context / "wheels")
+    network = ["--network", "none"] if offline else []
+    run(
+        engine, "build", *network,
+        "--build-arg", f"BASE={base}", "--build-arg", f"VERSION={version()}",
+        "--tag", tag(name), "--file", context / "Containerfile", context,
+    )  # fmt: skip
+    return tag(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    engine = os.environ.get("CONTAINER_ENGINE") or ("podman" if shutil.which("podman") else "docker")
+    parser.add_argument("--engine", default=engine, help="podman (default when installed) or docker")
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"the base image (default {DEFAULT_BASE})")
+    parser.add_argument(
+        "--make-base", action="store_true", help=f"make {LOCAL_BASE} with mmdebstrap and use it"
+    )
+    parser.add_argument(
+        "--offline", action="store_true", help="build without network (the base has the tools)"
+    )
+    parser.add_argument("--only", default=",".join(IMAGES), help="runner, operator or both (default)")
+    args = parser.parse_args(argv)
+    work = ROOT / "build" / "images"
+    work.mkdir(parents=True, exist_ok=True)
+    base = make_base(args.engine, work) if args.make_base else args.base
+    wheel_dir = wheels(work / "wheels")
+    for name in args.only.split(","):
+        if name not in IMAGES:
+            parser.error(f"unknown image {name!r}")
+        print(
+            build(args.engine, name, base=base, wheel_dir=wheel_dir, offline=args.offline or args.make_base)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
