@@ -24,6 +24,8 @@ Benchmarks (targets from the issues; figures are min/median over the runs):
 - operator: 1000 PgQuartzJobs (PGQ_BENCH_OPERATOR_COUNT) reconciled by the ``pgquartz-operator``
   process against the emulated API running in another process (bench/reconcile.py): time until every
   CronJob exists against a plain render-and-create loop, and the operator's CPU time and peak RSS.
+- images: the runner and operator images' sizes, and ``podman run`` of the runner image to a finished
+  trivial job against ``podman run`` of the base image running ``true`` (bench/images.py).
 """
 
 from __future__ import annotations
@@ -368,6 +370,13 @@ def bench_operator(work: pathlib.Path, runs: int) -> None:
     reconcile.bench(work, runs)
 
 
+def bench_images(work: pathlib.Path, runs: int) -> None:
+    """See bench/images.py (it builds the images with podman, as the tests do)."""
+    from bench import images
+
+    images.bench(work, runs)
+
+
 BENCHMARKS = {
     "commands": bench_commands,
     "matrix": bench_matrix,
@@ -375,6 +384,7 @@ BENCHMARKS = {
     "startup": bench_startup,
     "sql": bench_sql,
     "lock": bench_lock,
+    "images": bench_images,
     "operator": bench_operator,
 }
 
