@@ -112,8 +112,9 @@ def type_tree() -> pathlib.Path:
 
 
 def lint() -> None:
-    run(BIN / "ruff", "check", "runner", "operator", "tests", "bench", "images", "dev.py")
-    run(BIN / "ruff", "format", "--check", "runner", "operator", "tests", "bench", "images", "dev.py")
+    sources = ("runner", "operator", "tests", "bench", "images", "docs", "dev.py")
+    run(BIN / "ruff", "check", *sources)
+    run(BIN / "ruff", "format", "--check", *sources)
     tree = type_tree()
     env = {**os.environ, "MYPYPATH": str(tree), "PYTHONPATH": str(tree)}
     packages = ["-p", "pgquartz.runner"]
