@@ -272,3 +272,22 @@ def test_all_at_once_runs_every_target_in_parallel_without_a_lock(
     apply(cluster, obj)
     result = run_now(cluster, kubelet, "collect-stats")
     assert result["status"]["lastRun"]["result"] == "Succeeded", kubelet.logs
+
+
+def test_one_node_runs_the_examples_vacuum_and_its_check_in_a_pod(
+    cluster: OperatorCluster, kubelet: Kubelet, pg_cluster: PgCluster, database: str
+) -> None:
+    """examples/04's nightly vacuum, as written but for where the database is."""
+    with pg_cluster.primary.connect(dbname=database) as conn:
+        conn.execute("create table orders (id int); create table invoices (id int)")
+    obj = on_this_machine(example("one-node.yaml"), pg_cluster, database)
+    apply(cluster, obj)
+    result = run_now(cluster, kubelet, "nightly-vacuum")
+    run = result["status"]["lastRun"]
+    assert run["result"] == "Succeeded" and run["exitCode"] == 0, kubelet.logs
+    with pg_cluster.primary.connect(dbname=database) as conn:
+        analyzed = conn.execute(
+            "select count(*) from pg_stat_user_tables where relname in ('orders', 'invoices')"
+            " and last_analyze is not null"
+        ).fetchall()
+    assert analyzed == [(2,)]
