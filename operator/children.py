@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pgquartz.operator import manifests, validation
+from pgquartz.operator import quantities as kubequantities
 
 
 class ObjectStore(Protocol):
@@ -48,13 +49,26 @@ class NameConflict(Exception):
     """A child's name is taken by an object this PgQuartzJob does not control."""
 
 
-def contains(live: Any, wanted: Any) -> bool:
+QUANTITY_MAPS = ("limits", "requests")
+"""Maps whose values are resource quantities, which the API server stores in canonical form."""
+
+
+def contains(live: Any, wanted: Any, *, quantities: bool = False) -> bool:
     """Whether every field of ``wanted`` is in ``live`` with the same value (maps may have more keys;
-    lists must have the same items in the same order, each containing the wanted one)."""
+    lists must have the same items in the same order, each containing the wanted one; the values of
+    ``limits`` and ``requests`` compare as quantities, ``1000m`` being ``1``)."""
     if isinstance(wanted, Mapping):
-        return isinstance(live, Mapping) and all(
-            key in live and contains(live[key], value) for key, value in wanted.items()
-        )
+        if not isinstance(live, Mapping):
+            return False
+        for key, value in wanted.items():
+            if key not in live:
+                return False
+            if quantities:
+                if not kubequantities.same(live[key], value):
+                    return False
+            elif not contains(live[key], value, quantities=key in QUANTITY_MAPS):
+                return False
+        return True
     if isinstance(wanted, list):
         return (
             isinstance(live, list)

@@ -798,3 +798,24 @@ async def test_any_valid_name_gets_its_objects_within_kubernetes_limits(
     assert cron_job["metadata"]["annotations"]["pgquartz.io/job-name"] == name
     config_map = await cluster.get(f"/api/v1/namespaces/db/configmaps/{child}")
     assert config_map is not None and all(len(key) <= 253 for key in config_map["data"])
+
+
+async def test_quantities_the_server_rewrites_are_no_drift(cluster: Cluster) -> None:
+    """The API server stores 1000m as 1 and 1024Mi as 1Gi: the same quantities, so no writes."""
+    spec = copy.deepcopy(VALID_SPEC) | {
+        "resources": {"limits": {"cpu": "1000m", "memory": "1024Mi"}, "requests": {"cpu": "0.5"}}
+    }
+    await cluster.post(JOBS, pgqj("nightly", spec))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    cron_job = await cluster.get(CRON_JOB)
+    assert cron_job is not None
+    container = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}
+    await asyncio.sleep(1.0)
+    before = cluster.operator_writes()
+    for minute in range(5):
+        await cluster.patch(
+            f"{CRON_JOB}/status", {"status": {"lastScheduleTime": f"2026-11-23T23:0{minute}:00Z"}}
+        )
+    await asyncio.sleep(1.5)
+    assert cluster.operator_writes() == before

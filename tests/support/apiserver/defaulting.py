@@ -134,7 +134,36 @@ def _pod_spec(spec: dict[str, Any]) -> None:
                 volume[source].setdefault("defaultMode", DEFAULT_MODE)
 
 
+_DECIMAL = {-9: "n", -6: "u", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}
+_BINARY = {60: "Ei", 50: "Pi", 40: "Ti", 30: "Gi", 20: "Mi", 10: "Ki"}
+
+
+def canonical_quantity(text: Any) -> Any:
+    """A quantity as the API server stores it (``resource.Quantity``'s canonical form, for the forms
+    pods use): ``1000m`` → ``1``, ``0.5`` → ``500m``, ``1024Mi`` → ``1Gi``, ``2000`` → ``2k``."""
+    from pgquartz.operator import quantities  # the parser; the formatting here is the server's side
+
+    number = quantities.value(text)
+    if number is None:
+        return text
+    if isinstance(text, str) and text.endswith("i") and number == number.to_integral_value():
+        for bits, suffix in _BINARY.items():
+            if number >= 2**bits and number % (2**bits) == 0:
+                return f"{int(number / 2**bits)}{suffix}"
+        return str(int(number))
+    for exponent in sorted(_DECIMAL, reverse=True):
+        mantissa = number.scaleb(-exponent)
+        if mantissa == mantissa.to_integral_value() and (mantissa != 0 or exponent == 0):
+            return f"{int(mantissa)}{_DECIMAL[exponent]}"
+    return str(text)
+
+
 def _container(container: dict[str, Any]) -> None:
+    resources = container.get("resources")
+    if isinstance(resources, dict):  # serialised in canonical form (resource.Quantity.String)
+        for section in ("requests", "limits"):
+            if isinstance(resources.get(section), dict):
+                resources[section] = {k: canonical_quantity(v) for k, v in resources[section].items()}
     # SetDefaults_Container
     container.setdefault("terminationMessagePath", "/dev/termination-log")
     container.setdefault("terminationMessagePolicy", "File")
