@@ -10,10 +10,13 @@ from __future__ import annotations
 import decimal
 import re
 
-_SUFFIXES = {
-    "": 1, "n": decimal.Decimal("1e-9"), "u": decimal.Decimal("1e-6"), "m": decimal.Decimal("1e-3"),
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+_SUFFIXES: dict[str, decimal.Decimal] = {
+    suffix: decimal.Decimal(scale)
+    for suffix, scale in {
+        "": "1", "n": "1e-9", "u": "1e-6", "m": "1e-3",
+        "k": "1e3", "M": "1e6", "G": "1e9", "T": "1e12", "P": "1e15", "E": "1e18",
+        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    }.items()
 }  # fmt: skip
 _QUANTITY = re.compile(
     r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([numkMGTPE]|[KMGTPE]i)|[eE]([+-]?[0-9]+))?$"
@@ -28,7 +31,7 @@ def value(text: str | int | float) -> decimal.Decimal | None:
     if match is None:
         return None
     number, suffix, exponent = match.groups()
-    scale = decimal.Decimal(10) ** int(exponent) if exponent else decimal.Decimal(_SUFFIXES[suffix or ""])
+    scale = decimal.Decimal(10) ** int(exponent) if exponent else _SUFFIXES[suffix or ""]
     return decimal.Decimal(number) * scale
 
 
