@@ -10,14 +10,12 @@ from __future__ import annotations
 import decimal
 import re
 
-_SUFFIXES: dict[str, decimal.Decimal] = {
-    suffix: decimal.Decimal(scale)
-    for suffix, scale in {
-        "": "1", "n": "1e-9", "u": "1e-6", "m": "1e-3",
-        "k": "1e3", "M": "1e6", "G": "1e9", "T": "1e12", "P": "1e15", "E": "1e18",
-        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    }.items()
+_SCALES: dict[str, str | int] = {
+    "": "1", "n": "1e-9", "u": "1e-6", "m": "1e-3",
+    "k": "1e3", "M": "1e6", "G": "1e9", "T": "1e12", "P": "1e15", "E": "1e18",
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
+_SUFFIXES = {suffix: decimal.Decimal(scale) for suffix, scale in _SCALES.items()}
 _QUANTITY = re.compile(
     r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([numkMGTPE]|[KMGTPE]i)|[eE]([+-]?[0-9]+))?$"
 )
