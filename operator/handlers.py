@@ -2,17 +2,23 @@
 
 Reconciliation reacts to ``spec`` only (``field="spec"``): a change of labels or
 annotations, such as Argo CD's tracking annotation or kubectl's
-``last-applied-configuration``, renders nothing again. Applying is idempotent:
-an object is written only when what is in the cluster differs from the
-rendering. The user's spec is never edited; problems land in the ``Ready``
-condition and a Warning event, never in a crash loop or a half-made object
-(nothing is written unless the whole rendering, and the runner's own checks of
-the job files, succeeded). Referenced Secrets and ConfigMaps that are missing
-make ``Ready`` false and are checked again on a timer until they exist.
+``last-applied-configuration``, renders nothing again. Children are written by
+server-side apply and only when they drifted (pgquartz.operator.children), never
+when another resource controls their name (``NameConflict``). The user's spec is
+never edited; problems land in the ``Ready`` condition and one Warning event,
+never in a crash loop or a half-made object: nothing is written unless the
+rendering, the operator's policy (``NotAllowed``), the sizes and the runner's own
+checks of the job file (within a time budget) all pass. A write the API server
+refuses is ``Rejected``; only transient failures are retried, with back-off.
+Referenced Secrets and ConfigMaps that are missing (``MissingReference``), and
+names taken by others, are checked again on a timer. ``observedGeneration``
+follows every generation, also when a spec changes and changes back unseen.
 
-Besides the PgQuartzJobs themselves, the handlers follow the CronJobs they own
-(a deleted or hand-edited one is put back) and the Jobs of runs (their outcome
-goes to status, events and metrics).
+Manual runs (``pgquartz.io/run-now``) start a Job from the CronJob in the
+cluster, i.e. from what reconcile accepted, and only when ``Ready`` for the
+current generation. The handlers also follow the CronJobs they own (a deleted or
+hand-edited one is put back) and the Jobs of runs whose owner chain is intact
+(their outcome goes to status, events and metrics).
 """
 
 from __future__ import annotations
