@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,10 +42,12 @@ def cluster(tmp_path: pathlib.Path, etcd: EtcdCluster, runner_image: str) -> Ite
 
 
 @pytest.fixture
-def kubelet(cluster: OperatorCluster, pg_cluster: PgCluster) -> Kubelet:
+def kubelet(cluster: OperatorCluster, pg_cluster: PgCluster) -> Iterator[Kubelet]:
     url = next(c["cluster"]["server"] for c in _kubeconfig(cluster)["clusters"])
     socket_dir = str(pg_cluster.primary.socket_dir)
-    return Kubelet(url, NAMESPACE, mounts=[(socket_dir, socket_dir)])
+    playing = Kubelet(url, NAMESPACE, mounts=[(socket_dir, socket_dir)])
+    yield playing
+    shutil.rmtree(playing.scratch, ignore_errors=True)  # the pods' ConfigMap files
 
 
 def _kubeconfig(cluster: OperatorCluster) -> dict[str, Any]:
