@@ -88,23 +88,28 @@ def differs(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     return not contains(live, {key: value for key, value in wanted.items() if key != "status"})
 
 
-def controller_uid(obj: Mapping[str, Any]) -> str | None:
+def controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference of ``obj`` that names its controller, if any."""
     references = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return next((str(ref.get("uid")) for ref in references if ref.get("controller")), None)
+    return next((ref for ref in references if ref.get("controller")), None)
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    reference = controller(obj)
+    return None if reference is None else str(reference.get("uid"))
 
 
 def ownership_problem(live: Mapping[str, Any], owner: Mapping[str, Any]) -> str | None:
     """Why ``live`` is not this PgQuartzJob's to write, or None if it is."""
-    if controller_uid(live) == owner["metadata"]["uid"]:
+    reference = controller(live)
+    if reference is not None and str(reference.get("uid")) == owner["metadata"]["uid"]:
         return None
-    references = (live.get("metadata") or {}).get("ownerReferences") or []
-    controller = next((ref for ref in references if ref.get("controller")), None)
     what = f"{live['kind']} {live['metadata']['name']!r}"
-    if controller is None:
+    if reference is None:
         return f"{what} exists and is not controlled by this PgQuartzJob: delete it or rename this one"
     return (
-        f"{what} is controlled by {controller.get('kind')} {controller.get('name')!r}"
-        f" (uid {controller.get('uid')}): rename this PgQuartzJob"
+        f"{what} is controlled by {reference.get('kind')} {reference.get('name')!r}"
+        f" (uid {reference.get('uid')}): rename this PgQuartzJob"
     )
 
 

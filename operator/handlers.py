@@ -267,15 +267,17 @@ def register(
         ready = status.find(body.get("status", {}).get("conditions", []) or [], status.READY)
         if ready.get("observedGeneration") != generation:
             return  # this spec is not reconciled yet: its status write brings the request back
-        refusal = None
         api = store()
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-        cron_job = api.read("CronJob", namespace, names.child_name(name))
+        cron_job = None
         if ready.get("status") != "True":
             refusal = f"the PgQuartzJob is not ready ({ready.get('reason')}): {ready.get('message')}"
-        elif cron_job is None or children.ownership_problem(cron_job, body) is not None:
+        else:
+            cron_job = api.read("CronJob", namespace, names.child_name(name))
             refusal = "its CronJob is not in place"
-        if refusal is not None or cron_job is None:
+            if cron_job is not None and children.ownership_problem(cron_job, body) is not None:
+                cron_job = None
+        if cron_job is None:
             message = f"run-now {token!r} not started: {refusal}"[:1024]
             kopf.warn(body, reason="RunNowRefused", message=message)
             logger.warning(message)
@@ -343,22 +345,19 @@ def register(
                 kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason="Restored", message=message)
                 logger.info(f"{message}: it was deleted or changed outside the operator")
 
-    def run_of(api: ObjectStore, job: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
-        """Whether ``job`` is a run of ``owner``: started by it (run-now), or by its own CronJob."""
-        references = job.get("metadata", {}).get("ownerReferences") or []
-        controller = next((ref for ref in references if ref.get("controller")), None)
-        if controller is None or owner_name(job) != owner["metadata"]["name"]:
+    def run_of(job: Mapping[str, Any], owner: Mapping[str, Any], cron_job: Mapping[str, Any] | None) -> bool:
+        """Whether ``job`` is a run of ``owner``: started by it (run-now), or by ``cron_job``, its own
+        CronJob as the cluster has it."""
+        reference = children.controller(job)
+        if reference is None or owner_name(job) != owner["metadata"]["name"]:
             return False
-        if controller.get("kind") == resource.KIND:
-            return bool(controller.get("uid") == owner["metadata"]["uid"])
-        if controller.get("kind") != "CronJob" or controller.get("name") != names.child_name(
-            owner["metadata"]["name"]
-        ):
-            return False
-        cron_job = api.read("CronJob", owner["metadata"]["namespace"], str(controller["name"]))
+        if reference.get("kind") == resource.KIND:
+            return bool(reference.get("uid") == owner["metadata"]["uid"])
         return bool(
-            cron_job is not None
-            and cron_job["metadata"].get("uid") == controller.get("uid")
+            reference.get("kind") == "CronJob"
+            and cron_job is not None
+            and reference.get("name") == cron_job["metadata"]["name"]
+            and reference.get("uid") == cron_job["metadata"].get("uid")
             and children.controller_uid(cron_job) == owner["metadata"]["uid"]
         )
 
@@ -370,10 +369,13 @@ def register(
             return
         api = store()
         current = api.read(resource.KIND, namespace, owner)
-        if current is None or not run_of(api, body, current):
+        if current is None:
+            return
+        cron_job = api.read("CronJob", namespace, names.child_name(owner))  # once, for every Job below
+        if not run_of(body, current, cron_job):
             return  # a Job that only looks like one of its runs is not one
         selector = f"{manifests.LABEL_NAME}={names.label_value(owner)}"
-        jobs = [job for job in api.list("Job", namespace, selector) if run_of(api, job, current)]
+        jobs = [job for job in api.list("Job", namespace, selector) if run_of(job, current, cron_job)]
         summaries = {}
         for job in jobs:
             name = job["metadata"]["name"]

@@ -109,10 +109,6 @@ def job_file(
     return body
 
 
-def _file_name(name: str) -> str:
-    return names.job_file_key(name)
-
-
 def _target_file(name: str, index: int | str) -> str:
     """A target's connection parameters (``PGQUARTZ_CONNECTION_PARAMS`` for the runner)."""
     return f"{names.job_file_key(name)[: -len('.yml')]}.t{index}.conn"
@@ -165,7 +161,7 @@ def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
     spec = resource.PgQuartzJobSpec.model_validate(obj["spec"])
     child = names.child_name(name)
     content = job_file(spec, namespace=namespace, name=name, defaults=defaults)
-    files = {_file_name(name): yaml.safe_dump(content, sort_keys=False)}
+    files = {names.job_file_key(name): yaml.safe_dump(content, sort_keys=False)}
     for index, target in enumerate(spec.targets):
         files[_target_file(name, index)] = yaml.safe_dump(dict(target.connections), sort_keys=False)
     config_map = {
@@ -318,7 +314,7 @@ def _pod_metadata(spec: resource.PgQuartzJobSpec, name: str) -> dict[str, Any]:
 
 
 def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults: Defaults) -> dict[str, Any]:
-    job_path = f"{JOB_DIR}/{_file_name(name)}"
+    job_path = f"{JOB_DIR}/{names.job_file_key(name)}"
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]

@@ -335,14 +335,7 @@ class Emulator(kmock.KubernetesEmulator):
         self, live: dict[str, Any], data: Any, content_type: str, kind: str, node: Any, request: Any
     ) -> Any:
         if request.method == enums.method.PUT:
-            version = ((data or {}).get("metadata") or {}).get("resourceVersion")
-            if version and version != live["metadata"].get("resourceVersion"):
-                raise ApiError(
-                    409,
-                    "Conflict",
-                    STALE,
-                )
-            return data
+            return self._unless_stale(live, data)
         if content_type == JSON_PATCH:
             try:
                 return writes.json_patch(live, data)
@@ -354,15 +347,7 @@ class Emulator(kmock.KubernetesEmulator):
                 raise ApiError(
                     message=f"the server rejected our request due to an error in our request: {error}"
                 ) from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
-        version = (data.get("metadata") or {}).get("resourceVersion")
-        if version and version != live["metadata"].get("resourceVersion"):
-            raise ApiError(
-                409,
-                "Conflict",
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+        data = self._unless_stale(live, data)
         if content_type == STRATEGIC_MERGE_PATCH:
             if kind == "PgQuartzJob":
                 raise ApiError(
@@ -370,6 +355,17 @@ class Emulator(kmock.KubernetesEmulator):
                 )
             return writes.strategic_merge_patch(live, data, node)
         return writes.merge_patch(live, data)
+
+    @staticmethod
+    def _unless_stale(live: Mapping[str, Any], data: Any) -> dict[str, Any]:
+        """``data`` (a whole object or a merge patch), unless it names a resourceVersion other than the
+        stored one: a 409, the server's optimistic concurrency."""
+        if not isinstance(data, dict):
+            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
+        version = (data.get("metadata") or {}).get("resourceVersion")
+        if version and version != live["metadata"].get("resourceVersion"):
+            raise ApiError(409, "Conflict", STALE)
+        return data
 
     def _stored_form(
         self,
