@@ -9,7 +9,8 @@ read the key names of referenced Secrets (RBAC ``get`` on secrets, never list or
 watch; values are dropped as soon as they arrive).
 
 Failures come out as two kinds: :class:`Refused` (the server judged the request
-and will judge it the same way again: 400, 403, 404 on a write, 415, 422) and
+and will judge it the same way again: 400, 403, 404 (:class:`Missing`, which reads
+answer with None), 415, 422) and
 :class:`Transient` (worth retrying: 409, 429, 5xx, no connection).
 """
 
@@ -47,6 +48,10 @@ class Refused(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+class Missing(Refused):
+    """A 404: what a read of something that is not there gets (reads answer None)."""
+
+
 class Transient(Exception):
     """A request that failed for now: a conflict, throttling, a server error or no connection."""
 
@@ -57,7 +62,7 @@ def _failure(error: Exception) -> Exception:
     if isinstance(error, kubernetes.client.ApiException) and isinstance(status, int):
         if 400 <= status < 500 and status not in RETRIED:
             reason, message = _status_text(error)
-            return Refused(status, reason, message)
+            return (Missing if status == 404 else Refused)(status, reason, message)
         return Transient(f"{status} {error.reason}")
     return Transient(f"{type(error).__name__}: {error}")
 
@@ -83,20 +88,12 @@ def _done(response: Any) -> None:
 
 
 @contextlib.contextmanager
-def _classified(*, missing_is_none: bool = False) -> Iterator[list[Any]]:
-    """Run one call; its client errors come out as :class:`Refused` or :class:`Transient`.
-
-    With ``missing_is_none``, a 404 puts None into the yielded list instead (a read of something
-    that is not there)."""
-    found: list[Any] = []
+def _classified() -> Iterator[None]:
+    """Run one call; its client errors come out as :class:`Refused` (a 404 as :class:`Missing`) or
+    :class:`Transient`."""
     try:
-        yield found
-    except kubernetes.client.ApiException as error:
-        if missing_is_none and error.status == 404:
-            found.append(None)
-            return
-        raise _failure(error) from error
-    except (OSError, urllib3.exceptions.HTTPError) as error:
+        yield
+    except (kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError) as error:
         raise _failure(error) from error
 
 
@@ -108,27 +105,32 @@ class KubernetesStore:
         self._custom: Any = kubernetes.client.CustomObjectsApi(client)
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        with _classified(missing_is_none=True) as missing:
-            if kind == "ConfigMap":
-                response = self._core.read_namespaced_config_map(name, namespace, **RAW)
-            elif kind == "Job":
-                response = self._batch.read_namespaced_job(name, namespace, **RAW)
-            elif kind == resource.KIND:
-                response = self._custom.get_namespaced_custom_object(
-                    resource.GROUP, resource.VERSION, namespace, resource.PLURAL, name, **RAW
-                )
-            else:
-                response = self._batch.read_namespaced_cron_job(name, namespace, **RAW)
-            return _json(response)
-        assert missing == [None]
-        return None
+        try:
+            with _classified():
+                response = self._read(kind, namespace, name)
+        except Missing:
+            return None
+        return _json(response)
+
+    def _read(self, kind: str, namespace: str, name: str) -> Any:
+        if kind == "ConfigMap":
+            return self._core.read_namespaced_config_map(name, namespace, **RAW)
+        if kind == "Job":
+            return self._batch.read_namespaced_job(name, namespace, **RAW)
+        if kind == resource.KIND:
+            return self._custom.get_namespaced_custom_object(
+                resource.GROUP, resource.VERSION, namespace, resource.PLURAL, name, **RAW
+            )
+        return self._batch.read_namespaced_cron_job(name, namespace, **RAW)
 
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The Secret's key names; its values are dropped here and never logged or kept."""
-        with _classified(missing_is_none=True):
-            secret = _json(self._core.read_namespaced_secret(name, namespace, **RAW))
-            return set(secret.get("data") or {})
-        return None
+        try:
+            with _classified():
+                secret = _json(self._core.read_namespaced_secret(name, namespace, **RAW))
+        except Missing:
+            return None
+        return set(secret.get("data") or {})
 
     def create(self, kind: str, namespace: str, body: Mapping[str, Any]) -> None:
         with _classified():
