@@ -219,22 +219,17 @@ def apply(
     """Server-side apply of ``config`` by ``manager`` onto ``live``; updates ``owners`` in place."""
     live = copy.deepcopy(dict(live or {}))
     applied = set(fields(config, node))
-    conflicts: list[tuple[str, str]] = []
-    for other, owned in owners.items():
-        if other == manager:
-            continue
-        for path in owned & applied:
-            if value_at(live, path) != value_at(config, path):
-                conflicts.append((other, _describe(path)))
+    changing = {path for path in applied if value_at(live, path) != value_at(config, path)}
+    others = {other: owned for other, owned in owners.items() if other != manager}
+    conflicts = sorted(
+        (other, _describe(path)) for other, owned in others.items() for path in owned & changing
+    )
     if conflicts and not force:
-        raise Conflict(sorted(conflicts))
-    for other, owned in owners.items():
-        if other != manager:
-            owned.difference_update(
-                {path for path in applied if value_at(live, path) != value_at(config, path)}
-            )
+        raise Conflict(conflicts)
+    for owned in others.values():
+        owned.difference_update(changing)  # forced: the fields change hands
     merged: dict[str, Any] = _merge(live, config, node)
-    shared = set().union(*(owned for other, owned in owners.items() if other != manager)) if owners else set()
+    shared: set[Path] = set().union(*others.values())
     for path in sorted(owners.get(manager, set()) - applied, key=len, reverse=True):
         if path in shared or any(other[: len(path)] == path for other in shared):
             continue
