@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pydantic
@@ -50,11 +50,10 @@ def user_path(path: tuple[str | int, ...]) -> str:
     return text
 
 
-def _job_files(config_map: Mapping[str, Any]) -> Iterator[Any]:
-    """The rendered ConfigMap's job file (targets' ``.conn`` files hold connection parameters)."""
-    for key, text in sorted(config_map.get("data", {}).items()):
-        if key.endswith(".yml"):
-            yield yaml.safe_load(text)
+def _job_file(config_map: Mapping[str, Any]) -> Any:
+    """The rendered ConfigMap's one job file (targets' ``.conn`` files hold connection parameters)."""
+    [text] = [text for key, text in config_map.get("data", {}).items() if key.endswith(".yml")]
+    return yaml.safe_load(text)
 
 
 BUDGET_SECONDS = 5.0
@@ -81,13 +80,7 @@ def job_file_problems(
             raise _OverBudget
 
     try:
-        return list(
-            dict.fromkeys(
-                problem
-                for data in _job_files(config_map)
-                for problem in _problems(data, max_instances, checkpoint)
-            )
-        )
+        return list(dict.fromkeys(_problems(_job_file(config_map), max_instances, checkpoint)))
     except _OverBudget:
         return [
             f"spec.job: checking the job took longer than {budget_seconds:g} s"
@@ -123,20 +116,17 @@ def size_problems(config_map: Mapping[str, Any]) -> list[str]:
 
 def script_problems(config_map: Mapping[str, Any], files: set[str], scripts: str) -> list[str]:
     """``file:`` commands naming no key of the scripts ConfigMap ``scripts`` (whose keys are ``files``)."""
+    try:
+        job = Job.model_validate(_job_file(config_map))
+    except pydantic.ValidationError:
+        return []  # reported by job_file_problems
     problems: list[str] = []
-    for data in _job_files(config_map):
-        try:
-            job = Job.model_validate(data)
-        except pydantic.ValidationError:
-            continue  # reported by job_file_problems
-        workdir = job.workdir or "/"  # the renderer points workdir at the mounted ConfigMap
-        for path, command in job.located_commands():
-            name = command.file
-            if name is None or name.startswith(("/", "~")):
-                continue
-            relative = posixpath.relpath(posixpath.normpath(posixpath.join(workdir, name)), workdir)
-            if relative not in files:
-                problems.append(
-                    f"{user_path((*path, 'file'))}: {name!r} is not a key of ConfigMap {scripts!r}"
-                )
-    return list(dict.fromkeys(problems))
+    workdir = job.workdir or "/"  # the renderer points workdir at the mounted ConfigMap
+    for path, command in job.located_commands():
+        name = command.file
+        if name is None or name.startswith(("/", "~")):
+            continue
+        relative = posixpath.relpath(posixpath.normpath(posixpath.join(workdir, name)), workdir)
+        if relative not in files:
+            problems.append(f"{user_path((*path, 'file'))}: {name!r} is not a key of ConfigMap {scripts!r}")
+    return problems
