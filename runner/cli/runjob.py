@@ -16,6 +16,7 @@ import pathlib
 import re
 import signal
 import sys
+import time
 from typing import TextIO
 
 from pgquartz.runner import gitpull, loader, report
@@ -158,11 +159,14 @@ async def _run(
     if loaded.job.etcd_config is not None:
         from pgquartz.runner.lock import guard  # the etcd client only for jobs that lock
 
+        timeout = loaded.job.timeout
         steps_guard = functools.partial(
             guard.hold,
             loaded.job.etcd_config,
             job_name=loaded.name,
             stop_budget=kill_grace + 1.0,
+            # a little before the engine's own timeout, so that giving up says why
+            deadline=time.monotonic() + timeout.total_seconds() - 0.05 if timeout else None,
             on_waiting=lambda message: record(events.Notice(level="info", message=message)),
         )
     try:

@@ -6,6 +6,12 @@ need TLS and credentials, so :func:`connect` builds the gRPC channel itself:
 every endpoint resolved to an address in one ``ipv4:``/``ipv6:`` target (gRPC
 then fails over between members by itself), TLS when a CA file is given.
 Secrets come from files or the environment and are never shown.
+
+The channel balances calls round-robin over the members (gRPC's default,
+pick-first, sticks to one member: a paused member that keeps its TCP connection
+open then fails every call until the deadline), and with a :class:`Budget` set
+the calls the lock makes while getting in line are retried through a member's
+failure (:mod:`pgquartz.runner.lock.retrying`).
 """
 
 from __future__ import annotations
@@ -20,13 +26,21 @@ import grpc
 from aetcd import rpc, watcher
 
 from pgquartz.runner import secrets
+from pgquartz.runner.lock import retrying
+from pgquartz.runner.lock.errors import EtcdRefused, EtcdUnavailable
 from pgquartz.runner.model.job import EtcdConfig
 
 DEFAULT_PORT = 2379
-
-
-class EtcdUnavailable(Exception):
-    """etcd cannot be reached or refused us; the message is safe to show."""
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.enable_retries", 1),
+    ("grpc.lb_policy_name", "round_robin"),
+    # etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time)
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int, bool]:
@@ -80,13 +94,40 @@ def _read(path: str) -> bytes:
 class Client(aetcd.Client):
     """aetcd's client on a channel to every endpoint, with optional TLS and authentication."""
 
-    def __init__(self, config: EtcdConfig, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, config: EtcdConfig, *, timeout: float = 5.0, budget: retrying.Budget | None = None
+    ) -> None:
         username, password = None, None
         if config.username:
             username = config.username
             password = _password(config)
         super().__init__(host="unused", port=0, username=username, password=password, timeout=timeout)
         self._config = config
+        self.budget = budget
+        """Retry transient errors of the lock's calls until this is spent; None: fail at once."""
+        self.on_retry: Any = lambda error, attempt: None
+
+    async def _retrying(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.budget is None:
+            return await operation(*args, **kwargs)
+        return await retrying.call(
+            lambda: operation(*args, **kwargs), budget=self.budget, on_retry=self.on_retry
+        )
+
+    async def get_prefix(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._retrying(super().get_prefix, *args, **kwargs)
+
+    async def transaction(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._retrying(super().transaction, *args, **kwargs)
+
+    async def put(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._retrying(super().put, *args, **kwargs)
+
+    async def lease(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._retrying(super().lease, *args, **kwargs)
+
+    async def watch(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._retrying(super().watch, *args, **kwargs)
 
     async def connect(self) -> None:
         """Open the channel (replaces aetcd's single-host, plaintext connect)."""
@@ -94,7 +135,7 @@ class Client(aetcd.Client):
             return
         config = self._config
         target = grpc_target(config.endpoints)
-        options: list[tuple[str, Any]] = [("grpc.enable_retries", 1)]
+        options = CHANNEL_OPTIONS
         tls = config.ca_file is not None or any(parse_endpoint(e)[2] for e in config.endpoints)
         try:
             if tls:
@@ -107,7 +148,7 @@ class Client(aetcd.Client):
             else:
                 self.channel = grpc.aio.insecure_channel(target, options=options)
         except OSError as error:
-            raise EtcdUnavailable(f"cannot read the etcd TLS files: {error}") from None
+            raise EtcdRefused(f"cannot read the etcd TLS files: {error}") from None
         if self._username is not None:
             self.auth_stub = rpc.AuthStub(self.channel)
             try:
@@ -117,9 +158,10 @@ class Client(aetcd.Client):
                 )
             except grpc.aio.AioRpcError as error:
                 await self.channel.close()
-                raise EtcdUnavailable(
-                    f"etcd authentication as {self._username!r} failed: {error.details()}"
-                ) from None
+                message = f"etcd authentication as {self._username!r} failed: {error.details()}"
+                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise EtcdUnavailable(message) from None
+                raise EtcdRefused(message) from None
             self.metadata = (("token", response.token),)
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
@@ -135,7 +177,7 @@ def _password(config: EtcdConfig) -> str:
     try:
         password = secrets.read(file=config.password_file, env=config.password_env, what="etcd password")
     except secrets.SecretUnavailable as error:
-        raise EtcdUnavailable(str(error)) from None
+        raise EtcdRefused(str(error)) from None
     if password is None:
-        raise EtcdUnavailable("an etcd username needs passwordFile or passwordEnv")
+        raise EtcdRefused("an etcd username needs passwordFile or passwordEnv")
     return password

@@ -20,12 +20,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import aetcd
 
-from pgquartz.runner.lock import mutex
-from pgquartz.runner.lock.client import Client, EtcdUnavailable
-from pgquartz.runner.lock.errors import LockLost, LockNotAcquired
+from pgquartz.runner.lock import mutex, retrying
+from pgquartz.runner.lock.client import Client
+from pgquartz.runner.lock.errors import EtcdUnavailable, LockLost, LockNotAcquired
 from pgquartz.runner.model.job import EtcdConfig
 
 RELEASE_TIMEOUT = 5.0
@@ -42,18 +43,30 @@ async def hold(
     *,
     job_name: str,
     stop_budget: float,
+    deadline: float | None = None,
     on_waiting: Callable[[str], None] = lambda message: None,
 ) -> AsyncIterator[Mapping[str, str]]:
-    """Hold the lock for the body; raise :class:`LockLost` out of it if the lease is lost."""
+    """Hold the lock for the body; raise :class:`LockLost` out of it if the lease is lost.
+
+    ``deadline`` (monotonic: the job's timeout) bounds retrying an etcd that is
+    unusable while getting in line; without it, :data:`retrying.UNAVAILABLE_LIMIT`
+    seconds of failures in a row do.
+    """
     ttl = max(1, round(config.lock_timeout.total_seconds()))
-    client = Client(config, timeout=min(5.0, max(1.0, ttl / 3)))
     key = lock_key(config, job_name)
+    try:
+        retry = retrying.Budget(deadline=deadline)
+        client = Client(config, timeout=min(5.0, max(1.0, ttl / 3)), budget=retry)
+    except EtcdUnavailable as error:  # a password file that cannot be read
+        raise LockNotAcquired(f"cannot take the etcd lock {key!r}: {error}") from None
+    client.on_retry = _retry_notice(on_waiting)
     held: mutex.Mutex | None = None
     try:
         try:
-            held = await _acquire(client, key=key, ttl=ttl, job_name=job_name, on_waiting=on_waiting)
-        except (EtcdUnavailable, aetcd.ClientError, OSError) as error:
+            held, sent = await _acquire(client, key=key, ttl=ttl, job_name=job_name, on_waiting=on_waiting)
+        except (retrying.GaveUp, EtcdUnavailable, aetcd.ClientError, OSError) as error:
             raise LockNotAcquired(f"cannot take the etcd lock {key!r}: {_describe(error)}") from None
+        client.budget = None  # from here on, the lease's TTL is the bound (the watchdog's rule)
         task = asyncio.current_task()
         assert task is not None
         lost: list[str] = []
@@ -64,15 +77,6 @@ async def hold(
                 task.cancel()
 
         budget = min(stop_budget, ttl / 2)
-        sent = time.monotonic()
-        try:
-            reply = await client.refresh_lease(held.lease.id)
-        except (aetcd.ClientError, OSError) as error:
-            raise LockLost(
-                f"the etcd lease could not be confirmed before the steps: {_describe(error)}"
-            ) from None
-        if reply is None or reply.TTL <= 0:
-            raise LockLost("the etcd lease expired before the steps could start")
         watchdog = asyncio.create_task(
             _keep_alive(client, held.lease, ttl=ttl, budget=budget, sent_ok=sent, stop=stop)
         )
@@ -89,10 +93,23 @@ async def hold(
         await asyncio.shield(_release(client, held))
 
 
+def _retry_notice(on_waiting: Callable[[str], None]) -> Callable[[BaseException, int], None]:
+    """Say once per outage that etcd is being retried (not once per attempt)."""
+    said: list[float] = []
+
+    def notice(error: BaseException, attempt: int) -> None:
+        if attempt == 1 and (not said or time.monotonic() - said[-1] > 10):
+            said.append(time.monotonic())
+            on_waiting(f"etcd is not answering ({retrying.describe(error)}); retrying on the other members")
+
+    return notice
+
+
 async def _acquire(
     client: Client, *, key: str, ttl: int, job_name: str, on_waiting: Callable[[str], None]
-) -> mutex.Mutex:
-    """Get in line and wait for our turn; if our place is lost (lease expired), get in line again."""
+) -> tuple[mutex.Mutex, float]:
+    """Get in line, wait for our turn and confirm the lease; if our place is lost (the lease
+    expired), get in line again. Returns the mutex and when its confirmed keep-alive was sent."""
     while True:
         lease = await client.lease(ttl)
         attempt = mutex.Mutex(
@@ -109,9 +126,11 @@ async def _acquire(
                     f" {holder.get('pod') or holder.get('host', '?')} (pid {holder.get('pid', '?')})"
                     f" since {holder.get('acquired', holder.get('started', '?'))}"
                 )
-            await attempt.wait()
+            await attempt.wait(recheck=max(0.5, ttl / 3))
             await attempt.mark_held()
-            return attempt
+            keeper.cancel()
+            sent = await _confirm(client, lease, ttl=ttl)
+            return attempt, sent
         except mutex.LeaseLost as lost:
             on_waiting(f"{lost}; getting in line again")
         except BaseException:
@@ -120,6 +139,29 @@ async def _acquire(
             raise
         finally:
             keeper.cancel()
+
+
+async def _confirm(client: Client, lease: aetcd.Lease, *, ttl: int) -> float:
+    """A keep-alive answered before the steps start: the watchdog counts from when it was sent.
+
+    Raises :class:`mutex.LeaseLost` if etcd says the lease is gone (our key went with it).
+    """
+
+    async def refresh() -> tuple[float, Any]:
+        sent = time.monotonic()
+        reply = await asyncio.wait_for(client.refresh_lease(lease.id), timeout=_attempt_timeout(ttl))
+        return sent, reply
+
+    assert client.budget is not None
+    sent, reply = await retrying.call(refresh, budget=client.budget, on_retry=client.on_retry)
+    if reply is None or reply.TTL <= 0:
+        raise mutex.LeaseLost("the etcd lease expired before the steps could start")
+    return sent
+
+
+def _attempt_timeout(ttl: float) -> float:
+    """One keep-alive attempt's bound: short, so that a paused member leaves time to try another."""
+    return max(0.3, min(1.0, ttl / 6))
 
 
 async def _refresh_while_waiting(client: Client, lease: aetcd.Lease, ttl: int) -> None:
@@ -152,7 +194,9 @@ async def _keep_alive(
         await asyncio.sleep(wait)
         sent = time.monotonic()
         try:
-            reply = await asyncio.wait_for(client.refresh_lease(lease.id), timeout=max(0.1, deadline - sent))
+            reply = await asyncio.wait_for(
+                client.refresh_lease(lease.id), timeout=max(0.1, min(_attempt_timeout(ttl), deadline - sent))
+            )
         except (TimeoutError, aetcd.ClientError, OSError):
             failed = True
             continue
@@ -163,17 +207,17 @@ async def _keep_alive(
 
 
 async def _release(client: Client, held: mutex.Mutex | None) -> None:
+    """Delete our key and revoke the lease, retrying on other members for a few seconds; if that
+    fails too, the lease expires by itself after its TTL."""
     try:
         if held is not None:
+            budget = retrying.Budget(deadline=time.monotonic() + RELEASE_TIMEOUT)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(held.release(), RELEASE_TIMEOUT)
+                await asyncio.wait_for(retrying.call(held.release, budget=budget), RELEASE_TIMEOUT)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), RELEASE_TIMEOUT)
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error).strip()
-    if isinstance(error, aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError) or not text:
-        return f"etcd is unreachable ({type(error).__name__}{': ' + text if text else ''})"
-    return text
+    return retrying.describe(error)

@@ -93,11 +93,13 @@ class Mutex:
         else:
             self.revision = responses[0][0][1].create_revision
 
-    async def wait(self) -> None:
+    async def wait(self, *, recheck: float | None = None) -> None:
         """Return once we hold the lock: wait for each predecessor's key to be deleted, in order.
 
         Raises :class:`LeaseLost` if our own key goes away while waiting (our lease expired,
-        e.g. while etcd was unreachable): our place in line is gone.
+        e.g. while etcd was unreachable): our place in line is gone. With ``recheck``, the
+        line is read again at least that often: a watch on a member that is paused (its
+        connection open, nothing answering) would otherwise deliver the deletion late.
         """
         while True:
             everyone, revision = await contenders(self._client, self.prefix)
@@ -107,9 +109,9 @@ class Mutex:
             if not before:
                 return
             # Only our predecessor (no thundering herd), and our own key, in case our lease goes.
-            await self._first_deleted([before[-1].key, self.key], after=revision)
+            await self._first_deleted([before[-1].key, self.key], after=revision, at_most=recheck)
 
-    async def _first_deleted(self, keys: list[bytes], *, after: int) -> None:
+    async def _first_deleted(self, keys: list[bytes], *, after: int, at_most: float | None) -> None:
         watches = [
             await self._client.watch(key, start_revision=after + 1, kind=rtypes.EventKind.DELETE)
             for key in keys
@@ -121,10 +123,13 @@ class Mutex:
 
         waiters = [asyncio.ensure_future(first_event(watch)) for watch in watches]
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED, timeout=at_most)
         finally:
             for waiter in waiters:
                 waiter.cancel()
+            for waiter in waiters:
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # a broken watch stream: the caller reads the line again
             for watch in watches:
                 with contextlib.suppress(Exception):
                     await watch.cancel()

@@ -214,17 +214,34 @@ def test_waiting_is_bounded_by_the_timeout_with_exit_4(
     assert process.wait(timeout=20) == 0
 
 
-def test_etcd_down_at_start_is_exit_4_with_a_clear_error(write_job: Write, tmp_path: pathlib.Path) -> None:
+def test_etcd_down_at_start_is_retried_until_the_timeout_then_exit_4_with_the_last_error(
+    write_job: Write, tmp_path: pathlib.Path
+) -> None:
     write_job(
         lock_yaml(["127.0.0.1:1"], "nowhere")
-        + "timeout: 20s\nsteps:\n  s: {commands: [{inline: touch ran}]}\n"
+        + "timeout: 3s\nsteps:\n  s: {commands: [{inline: touch ran}]}\n"
+    )
+    started = time.monotonic()
+    result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
+    took = time.monotonic() - started
+    assert result.returncode == 4, result.stderr
+    assert "cannot take the etcd lock 'nowhere': etcd unusable for" in result.stderr
+    assert "(last error: etcd is unreachable" in result.stderr
+    assert "retrying on the other members" in result.stdout + result.stderr
+    assert not (tmp_path / "ran").exists()
+    assert 2.5 < took < 8, took
+
+
+def test_bad_etcd_credentials_are_not_retried(write_job: Write, tmp_path: pathlib.Path) -> None:
+    write_job(
+        "etcdConfig: {endpoints: ['127.0.0.1:1'], lockKey: x, username: u, passwordFile: /nonexistent}\n"
+        "timeout: 30s\nsteps:\n  s: {commands: [{inline: touch ran}]}\n"
     )
     started = time.monotonic()
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 4, result.stderr
-    assert "cannot take the etcd lock 'nowhere'" in result.stderr
-    assert not (tmp_path / "ran").exists()
-    assert time.monotonic() - started < 20
+    assert "cannot take the etcd lock 'x'" in result.stderr and "/nonexistent" in result.stderr
+    assert time.monotonic() - started < 10
 
 
 def test_sigterm_releases_the_lock_at_once_and_stops_children(
