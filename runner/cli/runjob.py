@@ -151,6 +151,7 @@ async def _run(
                 application_name=f"pgquartz/{loaded.name}",
                 max_sessions=loaded.job.parallel,
                 limits=limits,
+                on_failover=lambda seen: dispatcher.report_failover(seen),
             )
             for name, connection in loaded.job.connections.items()
         }

@@ -44,6 +44,7 @@ def _jsonable(value: Any) -> Any:
             "rc": value.rc,
             "duration": round(value.duration, 6),
             "error": value.error,
+            "attempts": value.attempts,
             "stdout_bytes": value.stdout.total_bytes,
             "stderr_bytes": value.stderr.total_bytes,
         }
@@ -102,6 +103,47 @@ class CommandFinished(Event):
     result: CommandResult
     debug: bool = False
     """Whether reporters should show the command's output (the job's or the CLI's ``debug``)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommandRetried(Event):
+    """An attempt failed with an error its ``retry`` lists; the command runs again after ``delay``."""
+
+    step: str | None
+    instance: Mapping[str, str]
+    command: str
+    attempt: int
+    attempts: int
+    error: str
+    delay: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Failover(Event):
+    """A connection reached another server than the run's first one."""
+
+    connection: str
+    changes: tuple[str, ...]
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+    action: str
+    """``abort`` (the run stops) or ``continue``."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GatesClosed(Event):
+    """Gates do not hold (first evaluation, or a change of why); ``step`` None for the job's."""
+
+    step: str | None
+    reasons: tuple[str, ...]
+    waiting: float
+    """Seconds left to wait for them (0: no more waiting)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GatesOpened(Event):
+    step: str | None
+    waited: float
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,13 @@ Semantics, as PgQuartz's manual gives them and where it is silent:
   before :func:`run` returns.
 - Cancelling :func:`run` (SIGINT/SIGTERM in the CLI) cancels every command the
   same way and propagates.
+- The job's ``gates`` are evaluated once the guard is entered, before the first
+  step; closed past their ``wait``, the run ends as ``gated`` (or
+  ``gate-failed``) with nothing run and no checks. A step's gates are evaluated
+  when it becomes ready; closed, the step is skipped (or fails) and the others
+  go on.
+- A failover an executor detects on a connection whose ``onFailover`` is abort
+  stops every command, like a lost lock, and the run ends as ``failover``.
 """
 
 from __future__ import annotations
@@ -26,19 +33,31 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from pgquartz.runner.conditions import expectations, rules
 from pgquartz.runner.conditions.views import StepSnapshot
-from pgquartz.runner.engine import events, roles
+from pgquartz.runner.engine import events, gates, roles
 from pgquartz.runner.engine.dispatch import Dispatcher
 from pgquartz.runner.engine.summary import Outcome, StepSummary, Summary
+from pgquartz.runner.executors.identity import FailoverDetected, FailoverSeen
 from pgquartz.runner.loader import LoadedJob
 from pgquartz.runner.lock import errors as lock_errors
+from pgquartz.runner.model.gates import OnTimeout
 from pgquartz.runner.model.job import Command, Job
-from pgquartz.runner.model.results import CommandResult, CommandState, InstanceResult, StepState
+from pgquartz.runner.model.results import (
+    CommandResult,
+    CommandState,
+    InstanceResult,
+    OnRetry,
+    RetryAttempt,
+    StepState,
+)
 from pgquartz.runner.plan import matrix
 
 StepsGuard = Callable[[], AbstractAsyncContextManager[Mapping[str, str]]]
@@ -75,6 +94,7 @@ async def run(
     job = loaded.job
     started = datetime.datetime.now(datetime.UTC)
     timeout = job.timeout.total_seconds() if job.timeout else None
+    deadline = time.monotonic() + timeout if timeout is not None else None
     emit(
         events.JobStarted(
             job=loaded.name,
@@ -86,8 +106,11 @@ async def run(
             timeout=timeout,
         )
     )
-    steps = _Steps(loaded, dispatcher, emit, debug or job.debug)
+    record = _Record()
+    dispatcher.on_failover = functools.partial(_failover_seen, emit, record)
+    steps = _Steps(loaded, dispatcher, emit, debug or job.debug, deadline=deadline)
     outcome, message, failed_check = Outcome.SUCCEEDED, "", None
+    checks = _Checks(loaded, dispatcher, emit, debug or job.debug)
     guard_entered = False
     try:
         async with asyncio.timeout(timeout):
@@ -96,6 +119,7 @@ async def run(
                     guard_entered = True
                     # Roles are checked once the lock is held: a failover while waiting counts.
                     await _check_roles(job, dispatcher, emit)
+                    await _wait_for_gates(job, dispatcher, emit, deadline, record)
                     dispatcher.use_run_variables(guard_env)
                     await steps.run()
             except GuardFailed as failure:
@@ -105,8 +129,13 @@ async def run(
             except lock_errors.LockLost as failure:
                 outcome = Outcome.LOCK_LOST
                 message = f"lost the etcd lock while steps ran: {failure}; every running command was stopped"
+            except FailoverDetected as failure:
+                outcome, message = Outcome.FAILOVER, f"{failure}; every running command was stopped"
             if outcome is Outcome.SUCCEEDED:
-                failed_check = await _run_checks(loaded, dispatcher, emit, debug or job.debug)
+                try:
+                    failed_check = await checks.run()
+                except FailoverDetected as failure:
+                    outcome, message = Outcome.FAILOVER, f"{failure} (while checks ran)"
                 if failed_check is not None:
                     outcome, message = Outcome.CHECK_FAILED, f"check failed: {failed_check}"
     except TimeoutError:
@@ -123,6 +152,8 @@ async def run(
                 summary=_summary(
                     loaded,
                     steps=steps,
+                    checks=checks,
+                    record=record,
                     outcome=outcome,
                     started=started,
                     message="stopped by a signal; every running command was stopped",
@@ -139,10 +170,59 @@ async def run(
         if failed:
             message += f"; steps with failures: {', '.join(failed)}"
     summary = _summary(
-        loaded, steps=steps, outcome=outcome, started=started, message=message, failed_check=failed_check
+        loaded,
+        steps=steps,
+        checks=checks,
+        record=record,
+        outcome=outcome,
+        started=started,
+        message=message,
+        failed_check=failed_check,
     )
     emit(events.JobFinished(summary=summary))
     return summary
+
+
+@dataclasses.dataclass
+class _Record:
+    """What the summary reports beyond steps and checks."""
+
+    failover: dict[str, Any] | None = None
+    gated: tuple[str, ...] = ()
+
+
+def _failover_seen(emit: events.Emit, record: _Record, seen: FailoverSeen) -> None:
+    record.failover = seen.to_dict()
+    emit(
+        events.Failover(
+            connection=seen.connection,
+            changes=tuple(seen.changes),
+            before=seen.before.to_dict(),
+            after=seen.after.to_dict(),
+            action=seen.action.value,
+        )
+    )
+
+
+async def _wait_for_gates(
+    job: Job, dispatcher: Dispatcher, emit: events.Emit, deadline: float | None, record: _Record
+) -> None:
+    """The job's gates, before the first step: closed past their wait, the run ends here."""
+    if job.gates is None:
+        return
+    verdict = await gates.wait_open(job, job.gates, dispatcher, emit=emit, step=None, deadline=deadline)
+    if verdict.opened:
+        return
+    record.gated = verdict.reasons
+    waited = f" after waiting {_seconds(verdict.waited)}" if job.gates.wait.total_seconds() else ""
+    reasons = "; ".join(verdict.reasons)
+    if job.gates.on_timeout is OnTimeout.FAIL:
+        raise GuardFailed(Outcome.GATE_FAILED, f"gates still closed{waited}: {reasons}; nothing ran")
+    raise GuardFailed(Outcome.GATED, f"gated{waited}: {reasons}; nothing ran")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s"
 
 
 async def _check_roles(job: Job, dispatcher: Dispatcher, emit: events.Emit) -> None:
@@ -160,6 +240,8 @@ def _summary(
     loaded: LoadedJob,
     *,
     steps: _Steps,
+    checks: _Checks,
+    record: _Record,
     outcome: Outcome,
     started: datetime.datetime,
     message: str,
@@ -173,6 +255,9 @@ def _summary(
         finished=datetime.datetime.now(datetime.UTC),
         steps=tuple(steps.summaries().values()),
         failed_check=failed_check,
+        check_retries=tuple(checks.retries.items()),
+        failover=record.failover,
+        gated=record.gated,
     )
 
 
@@ -186,13 +271,22 @@ class _StepProgress:
 
 
 class _Steps:
-    """The steps phase: readiness, rules, the queue and its runners."""
+    """The steps phase: readiness, rules, gates, the queue and its runners."""
 
-    def __init__(self, loaded: LoadedJob, dispatcher: Dispatcher, emit: events.Emit, debug: bool) -> None:
+    def __init__(
+        self,
+        loaded: LoadedJob,
+        dispatcher: Dispatcher,
+        emit: events.Emit,
+        debug: bool,
+        *,
+        deadline: float | None = None,
+    ) -> None:
         self._plan = loaded.plan
         self._dispatcher = dispatcher
         self._emit = emit
         self._debug = debug
+        self._deadline = deadline
         self._dependants = self._plan.dependants()
         self._progress = {
             name: _StepProgress(results=[None] * len(step.instances), remaining=len(step.instances))
@@ -200,14 +294,23 @@ class _Steps:
         }
         self._unfinished = len(self._plan.steps)
         self._queue: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
+        self._group: asyncio.TaskGroup | None = None
 
     async def run(self) -> None:
-        for name in self._plan.order:
-            if not self._plan.steps[name].waits_for:
-                self._make_ready(name)
-        async with asyncio.TaskGroup() as group:
-            for _ in range(self._plan.job.parallel):
-                group.create_task(self._runner())
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                for name in self._plan.order:
+                    if not self._plan.steps[name].waits_for:
+                        self._make_ready(name)
+                for _ in range(self._plan.job.parallel):
+                    group.create_task(self._runner())
+        except BaseExceptionGroup as failures:
+            # A failover stops every runner (the group cancels them); raise it as itself.
+            found = failures.subgroup(FailoverDetected)
+            if found is not None:
+                raise _first(found) from None
+            raise
 
     def summaries(self) -> dict[str, StepSummary]:
         result = {}
@@ -217,6 +320,11 @@ class _Steps:
             duration = 0.0
             if progress.started is not None:
                 duration = (progress.finished or time.monotonic()) - progress.started
+            retries: Counter[str] = Counter()
+            for instance in finished:
+                for command in instance.commands:
+                    if command.retries:
+                        retries[command.name] += command.retries
             result[name] = StepSummary(
                 name=name,
                 state=progress.state,
@@ -224,6 +332,7 @@ class _Steps:
                 duration=duration,
                 instances=len(progress.results),
                 failed_instances=sum(1 for r in finished if r.failed),
+                retries=tuple(retries.items()),
             )
         return result
 
@@ -238,7 +347,6 @@ class _Steps:
 
     def _make_ready(self, name: str) -> None:
         planned = self._plan.steps[name]
-        progress = self._progress[name]
         if planned.rules:
             snapshot = self._snapshot()
             for rule in planned.rules:
@@ -250,10 +358,40 @@ class _Steps:
                 if not holds:
                     self._skip(name, f"rule {rule.source!r} does not hold")
                     return
-        progress.state = StepState.READY
+        self._progress[name].state = StepState.READY
+        if planned.step.gates is not None:
+            assert self._group is not None
+            self._group.create_task(self._open_gates(name))
+            return
+        self._start(name)
+
+    def _start(self, name: str) -> None:
+        planned = self._plan.steps[name]
         self._emit(events.StepStarted(step=name, instances=len(planned.instances)))
         for index in range(len(planned.instances)):
             self._queue.put_nowait((name, index))
+
+    async def _open_gates(self, name: str) -> None:
+        """A step's gates, before its first instance: open → start it; closed → skip or fail it."""
+        step_gates = self._plan.steps[name].step.gates
+        assert step_gates is not None
+        verdict = await gates.wait_open(
+            self._plan.job, step_gates, self._dispatcher, emit=self._emit, step=name, deadline=self._deadline
+        )
+        if verdict.opened:
+            self._start(name)
+            return
+        reason = "gates closed: " + "; ".join(verdict.reasons)
+        if step_gates.on_timeout is OnTimeout.SKIP:
+            self._skip(name, reason)
+            return
+        progress = self._progress[name]
+        progress.started = progress.finished = time.monotonic()
+        gate = CommandResult(name="gates", state=CommandState.FAILED, rc=1, error=reason)
+        for index, args in enumerate(self._plan.steps[name].instances):
+            progress.results[index] = InstanceResult(step=name, args=args, commands=(gate,))
+        progress.remaining = 0
+        self._step_done(name)
 
     def _skip(self, name: str, reason: str, *, error: bool = False) -> None:
         self._progress[name].state = StepState.SKIPPED
@@ -289,7 +427,9 @@ class _Steps:
         try:
             for command in planned.step.commands:
                 self._emit(events.CommandStarted(step=name, instance=args, command=command.label))
-                result = await _run_command(self._dispatcher, command, args)
+                result = await _run_command(
+                    self._dispatcher, command, args, _retry_reporter(self._emit, name, args, command)
+                )
                 done.append(result)
                 self._emit(
                     events.CommandFinished(
@@ -298,38 +438,67 @@ class _Steps:
                 )
                 if not result.ok:
                     break
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, FailoverDetected) as stopped:
+            error = "cancelled" if isinstance(stopped, asyncio.CancelledError) else str(stopped)
             progress.results[index] = InstanceResult(
                 step=name,
                 args=args,
-                commands=(
-                    *done,
-                    CommandResult(name="", state=CommandState.CANCELLED, rc=1, error="cancelled"),
-                ),
+                commands=(*done, CommandResult(name="", state=CommandState.CANCELLED, rc=1, error=error)),
             )
             raise
         progress.results[index] = InstanceResult(step=name, args=args, commands=tuple(done))
         progress.remaining -= 1
         if progress.remaining == 0:
-            progress.state = StepState.DONE
-            progress.finished = time.monotonic()
-            finished = [r for r in progress.results if r is not None]
-            self._emit(
-                events.StepFinished(
-                    step=name,
-                    state=StepState.DONE,
-                    rc=sum(r.rc for r in finished),
-                    duration=progress.finished - (progress.started or progress.finished),
-                    failed_instances=tuple(r.args for r in finished if r.failed),
-                )
+            self._step_done(name)
+
+    def _step_done(self, name: str) -> None:
+        progress = self._progress[name]
+        progress.state = StepState.DONE
+        progress.finished = time.monotonic()
+        finished = [r for r in progress.results if r is not None]
+        self._emit(
+            events.StepFinished(
+                step=name,
+                state=StepState.DONE,
+                rc=sum(r.rc for r in finished),
+                duration=progress.finished - (progress.started or progress.finished),
+                failed_instances=tuple(r.args for r in finished if r.failed),
             )
-            self._finished(name)
+        )
+        self._finished(name)
 
 
-async def _run_command(dispatcher: Dispatcher, command: Command, args: Mapping[str, str]) -> CommandResult:
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first exception of a (possibly nested) group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _retry_reporter(
+    emit: events.Emit, step: str | None, args: Mapping[str, str], command: Command
+) -> OnRetry:
+    def report(attempt: RetryAttempt) -> None:
+        emit(
+            events.CommandRetried(
+                step=step,
+                instance=args,
+                command=command.label,
+                attempt=attempt.attempt,
+                attempts=attempt.attempts,
+                error=attempt.error,
+                delay=attempt.delay,
+            )
+        )
+
+    return report
+
+
+async def _run_command(
+    dispatcher: Dispatcher, command: Command, args: Mapping[str, str], on_retry: OnRetry
+) -> CommandResult:
     try:
-        return await dispatcher.run(command, args=args)
-    except asyncio.CancelledError:
+        return await dispatcher.run(command, args=args, on_retry=on_retry)
+    except (asyncio.CancelledError, FailoverDetected):
         raise
     except Exception as error:  # an executor bug must fail this command, not the whole run
         return CommandResult(
@@ -341,30 +510,43 @@ async def _run_command(dispatcher: Dispatcher, command: Command, args: Mapping[s
         )
 
 
-async def _run_checks(
-    loaded: LoadedJob, dispatcher: Dispatcher, emit: events.Emit, debug: bool
-) -> str | None:
-    """Run checks in order; return a description of the first failure, or None."""
-    if not loaded.plan.checks:
+class _Checks:
+    """Checks in file order, each matrix instance in turn; the first failure ends them."""
+
+    def __init__(self, loaded: LoadedJob, dispatcher: Dispatcher, emit: events.Emit, debug: bool) -> None:
+        self._plan = loaded.plan
+        self._dispatcher = dispatcher
+        self._emit = emit
+        self._debug = debug
+        self.retries: Counter[str] = Counter()
+
+    async def run(self) -> str | None:
+        """Run the checks; return a description of the first failure, or None."""
+        emit = self._emit
+        if not self._plan.checks:
+            return None
+        emit(events.ChecksStarted(checks=sum(len(check.instances) for check in self._plan.checks)))
+        for planned in self._plan.checks:
+            check = planned.check
+            for args in planned.instances:
+                emit(events.CommandStarted(step=None, instance=args, command=check.label))
+                result = await _run_command(
+                    self._dispatcher, check, args, _retry_reporter(emit, None, args, check)
+                )
+                if result.retries:
+                    self.retries[check.label] += result.retries
+                emit(
+                    events.CommandFinished(
+                        step=None, instance=args, command=check.label, result=result, debug=self._debug
+                    )
+                )
+                reason = expectations.failure(check, result)
+                emit(
+                    events.CheckFinished(
+                        check=check.label, instance=args, passed=reason is None, reason=reason, result=result
+                    )
+                )
+                if reason is not None:
+                    label = f"{check.label} [{matrix.label(args)}]" if args else check.label
+                    return f"{label}: {reason}"
         return None
-    emit(events.ChecksStarted(checks=sum(len(check.instances) for check in loaded.plan.checks)))
-    for planned in loaded.plan.checks:
-        check = planned.check
-        for args in planned.instances:
-            emit(events.CommandStarted(step=None, instance=args, command=check.label))
-            result = await _run_command(dispatcher, check, args)
-            emit(
-                events.CommandFinished(
-                    step=None, instance=args, command=check.label, result=result, debug=debug
-                )
-            )
-            reason = expectations.failure(check, result)
-            emit(
-                events.CheckFinished(
-                    check=check.label, instance=args, passed=reason is None, reason=reason, result=result
-                )
-            )
-            if reason is not None:
-                label = f"{check.label} [{matrix.label(args)}]" if args else check.label
-                return f"{label}: {reason}"
-    return None

@@ -26,6 +26,9 @@ class Outcome(enum.Enum):
     LOCK_NOT_ACQUIRED = "lock-not-acquired"
     LOCK_LOST = "lock-lost"
     ROLE_MISMATCH = "role-mismatch"
+    FAILOVER = "failover"
+    GATED = "gated"
+    GATE_FAILED = "gate-failed"
 
     @property
     def exit_code(self) -> ExitCode:
@@ -41,6 +44,9 @@ _EXIT_CODES = {
     Outcome.LOCK_NOT_ACQUIRED: ExitCode.LOCK_NOT_ACQUIRED,
     Outcome.LOCK_LOST: ExitCode.LOCK_LOST,
     Outcome.ROLE_MISMATCH: ExitCode.ROLE_MISMATCH,
+    Outcome.FAILOVER: ExitCode.FAILOVER,
+    Outcome.GATED: ExitCode.SUCCESS,
+    Outcome.GATE_FAILED: ExitCode.GATE_FAILED,
 }
 
 
@@ -52,6 +58,8 @@ class StepSummary:
     duration: float
     instances: int
     failed_instances: int
+    retries: tuple[tuple[str, int], ...] = ()
+    """(command, retries summed over the step's instances), for commands that were retried."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +71,18 @@ class Summary:
     finished: datetime.datetime
     steps: tuple[StepSummary, ...]
     failed_check: str | None = None
+    check_retries: tuple[tuple[str, int], ...] = ()
+    failover: dict[str, Any] | None = None
+    """What changed when a failover was seen (connection, before, after, changes, action)."""
+    gated: tuple[str, ...] = ()
+    """Why the job's gates stayed closed (a gated or gate-failed run)."""
+
+    @property
+    def retries(self) -> int:
+        """Retries of every command of the run, checks included."""
+        return sum(count for step in self.steps for _, count in step.retries) + sum(
+            count for _, count in self.check_retries
+        )
 
     @property
     def exit_code(self) -> ExitCode:
@@ -81,6 +101,16 @@ class Summary:
         return [step.name for step in self.steps if step.failed_instances]
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._core()
+        if self.retries:
+            data["retries"] = self.retries
+        if self.failover is not None:
+            data["failover"] = self.failover
+        if self.gated:
+            data["gated"] = list(self.gated)
+        return data
+
+    def _core(self) -> dict[str, Any]:
         return {
             "job": self.job,
             "result": self.outcome.value,
@@ -99,9 +129,11 @@ class Summary:
                     "duration": round(step.duration, 3),
                     "instances": step.instances,
                     "failedInstances": step.failed_instances,
+                    **({"retries": dict(step.retries)} if step.retries else {}),
                 }
                 for step in self.steps
             ],
+            **({"checkRetries": dict(self.check_retries)} if self.check_retries else {}),
         }
 
     def to_json(self, *, max_bytes: int = 4096) -> str:
@@ -112,6 +144,9 @@ class Summary:
             return text
         data["steps"] = []
         data["stepsOmitted"] = True
+        data.pop("checkRetries", None)
+        if data.get("gated"):
+            data["gated"] = [reason[:300] for reason in data["gated"][:3]]
         for limit in (50, 20, 5, 0):
             data["failedSteps"] = self.failed_steps[:limit]
             data["failedStepsTotal"] = len(self.failed_steps)

@@ -8,9 +8,17 @@ connection get sessions of their own instead of queueing behind one.
 
 Sessions run in autocommit (``VACUUM``, ``CREATE INDEX CONCURRENTLY`` and
 friends need it), with ``application_name`` set to identify the job in
-``pg_stat_activity``. Each new session learns its server's role with
-``pg_is_in_recovery()``; a command whose expected role (its own ``role``, else
-the connection's) differs from the server's is skipped, never run.
+``pg_stat_activity``. Each new session learns its server's identity (role,
+cluster, timeline: :mod:`~pgquartz.runner.executors.identity`); a command whose
+expected role (its own ``role``, else the connection's) differs from the
+server's is skipped, never run. A session that reaches another server than the
+run's first (a failover) is reported, and with the connection's ``onFailover:
+abort`` it stops the run (:class:`~pgquartz.runner.executors.identity.FailoverDetected`).
+
+A command's ``retry`` (else the connection's) runs it again after the SQL
+errors it lists, on a new session if the old one was lost; in ``batchMode`` the
+statements that already committed are not run again: it resumes at the failed
+statement, or at the one that opened the transaction block it failed in.
 
 ``:name`` arguments become server-side parameters (``$n``, sent as text of
 unknown type so the server infers or casts them); a value never becomes SQL
@@ -28,9 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import functools
 import os
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -43,10 +53,11 @@ import psycopg.pq
 from psycopg.abc import Buffer
 
 from pgquartz.runner import secrets
-from pgquartz.runner.executors import sqltext
+from pgquartz.runner.executors import identity, sqltext
 from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
-from pgquartz.runner.model.job import Command, Connection, Role
-from pgquartz.runner.model.results import CommandResult, CommandState
+from pgquartz.runner.executors.identity import FailoverDetected, FailoverSeen, Identity, OnFailoverSeen
+from pgquartz.runner.model.job import Command, Connection, OnFailover, Role
+from pgquartz.runner.model.results import CommandResult, CommandState, OnRetry, RetryAttempt
 
 DEFAULT_CONNECT_TIMEOUT = "10"
 _FETCH_BATCH = 500
@@ -75,6 +86,29 @@ class ConnectionFailed(Exception):
     """The server could not be reached or refused us; the message is safe to show."""
 
 
+@dataclasses.dataclass
+class _SessionState:
+    identity: Identity
+    checked: float
+    """When the identity was last asked (monotonic)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ended:
+    """How one attempt ended: its state, and for a failure its first line and SQLSTATE (None: lost)."""
+
+    state: CommandState
+    error: str | None = None
+    sqlstate: str | None = None
+
+
+@dataclasses.dataclass
+class _Progress:
+    """How far a command got, so that a retry in batch mode resumes instead of starting over."""
+
+    resume_at: int = 0
+
+
 class PostgresExecutor:
     """Runs commands against one named connection."""
 
@@ -86,15 +120,22 @@ class PostgresExecutor:
         application_name: str,
         max_sessions: int = 1,
         limits: Limits = DEFAULT_LIMITS,
+        on_failover: OnFailoverSeen = lambda seen: None,
     ) -> None:
         self.name = name
         self._connection = connection
         self._application_name = application_name
         self._limits = limits
+        self._on_failover = on_failover
         self._slots = asyncio.Semaphore(max(1, max_sessions))
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._open: set[psycopg.AsyncConnection[Any]] = set()
-        self._roles: dict[int, str] = {}
+        self._states: dict[int, _SessionState] = {}
+        self._reference: Identity | None = None
+        self._watch_each_command = (
+            connection.role is not Role.ALL or connection.failover_policy is OnFailover.ABORT
+        )
+        self._rng = random.Random()
         self._secrets: list[str] = []
 
     # -- sessions ---------------------------------------------------------------------------------
@@ -135,17 +176,61 @@ class PostgresExecutor:
             ) from None
         self._open.add(session)
         try:
-            cursor = await session.execute("select pg_is_in_recovery()")
-            row = await cursor.fetchone()
+            found = await _identify(session)
         except psycopg.Error as error:
             await self._discard(session)
             raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
-        self._roles[id(session)] = "standby" if row and row[0] == "t" else "primary"
+        self._states[id(session)] = _SessionState(found, time.monotonic())
+        self._compare(found)
         return session
+
+    async def _checked_session(self) -> psycopg.AsyncConnection[Any]:
+        """A session for a command; on a watched connection, one whose server was checked just now.
+
+        A session found dead while checking (its server restarted while it sat idle) is replaced:
+        the command has not run yet.
+        """
+        session = await self._session()
+        if not self._watch_each_command:
+            return session
+        try:
+            await self._recheck(session)
+        except psycopg.Error as error:
+            if not session.broken:
+                await self._discard(session)
+                raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
+            await self._discard(session)
+            session = await self._session()
+        return session
+
+    async def _recheck(self, session: psycopg.AsyncConnection[Any]) -> None:
+        """Before a command on a session already open: has its server changed since it was asked?"""
+        state = self._states[id(session)]
+        reported = identity.reported_role(session.info.parameter_status("in_hot_standby"))
+        now = time.monotonic()
+        if reported == state.identity.role and now - state.checked < identity.RECHECK_SECONDS:
+            return
+        state.identity = await _identify(session)
+        state.checked = now
+        self._compare(state.identity)
+
+    def _compare(self, found: Identity) -> None:
+        """Measure a session's server against the run's first; apply the policy to a difference."""
+        if self._reference is None:
+            self._reference = found
+            return
+        changed = identity.changes(self._reference, found)
+        if not changed:
+            return
+        before, policy = self._reference, self._connection.failover_policy
+        self._on_failover(FailoverSeen(self.name, before, found, changed, policy))
+        if policy is OnFailover.ABORT:
+            raise FailoverDetected(self.name, before, found, changed)
+        self._reference = found
 
     async def _discard(self, session: psycopg.AsyncConnection[Any]) -> None:
         self._open.discard(session)
-        self._roles.pop(id(session), None)
+        self._states.pop(id(session), None)
         with contextlib.suppress(Exception):
             await session.close()
 
@@ -153,9 +238,34 @@ class PostgresExecutor:
         """The role of the server this connection reaches now: ``primary`` or ``standby``."""
         async with self._slots:
             session = await self._session()
-            role = self._roles[id(session)]
+            role = self._states[id(session)].identity.role
             self._idle.append(session)
             return role
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] | None = None) -> tuple[str | None, ...] | None:
+        """One row of a query of the runner's own (a gate's), as text; raises :class:`ConnectionFailed`."""
+        async with self._slots:
+            session = await self._checked_session()
+            try:
+                cursor = await session.execute(sql, params)
+                row = await cursor.fetchone()
+            except psycopg.Error as error:
+                await self._discard(session)
+                raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
+            self._idle.append(session)
+            return None if row is None else tuple(row)
+
+    async def current_role(self) -> str:
+        """The role of the server a session of this connection reaches now (checked again if stale)."""
+        async with self._slots:
+            session = await self._checked_session()
+            self._idle.append(session)
+            return self._states[id(session)].identity.role
+
+    @property
+    def backend_pids(self) -> list[int]:
+        """The server processes of this connection's open sessions (gates ignore their transactions)."""
+        return [session.info.backend_pid for session in self._open if not session.closed]
 
     async def aclose(self) -> None:
         """Close every session (at the end of the run)."""
@@ -171,11 +281,21 @@ class PostgresExecutor:
 
     # -- commands ---------------------------------------------------------------------------------
 
-    async def run(self, command: Command, *, body: str, args: Mapping[str, str]) -> CommandResult:
+    async def run(
+        self,
+        command: Command,
+        *,
+        body: str,
+        args: Mapping[str, str],
+        on_retry: OnRetry = lambda attempt: None,
+    ) -> CommandResult:
         started = datetime.datetime.now(datetime.UTC)
         clock = time.monotonic()
         stdout = BoundedCapture(self._limits)
         stderr = BoundedCapture(self._limits)
+        retry = command.retry or self._connection.retry
+        progress = _Progress()
+        attempt = 1
 
         def result(state: CommandState, rc: int, error: str | None = None) -> CommandResult:
             return CommandResult(
@@ -187,35 +307,69 @@ class PostgresExecutor:
                 started=started,
                 duration=time.monotonic() - clock,
                 error=error,
+                attempts=attempt,
             )
 
+        while True:
+            ended = await self._attempt(
+                command=command, body=body, args=args, stdout=stdout, stderr=stderr, progress=progress
+            )
+            if ended.state is not CommandState.FAILED:
+                return result(ended.state, 0, ended.error)
+            if retry is None or attempt >= retry.attempts or not retry.retries_sqlstate(ended.sqlstate):
+                return result(CommandState.FAILED, 1, ended.error)
+            pause = retry.delay(attempt, self._rng)
+            on_retry(
+                RetryAttempt(attempt=attempt, attempts=retry.attempts, error=ended.error or "", delay=pause)
+            )
+            await asyncio.sleep(pause)
+            attempt += 1
+            if not command.batch_mode:
+                stdout = BoundedCapture(self._limits)  # the body runs again from its start
+
+    async def _attempt(
+        self,
+        *,
+        command: Command,
+        body: str,
+        args: Mapping[str, str],
+        stdout: BoundedCapture,
+        stderr: BoundedCapture,
+        progress: _Progress,
+    ) -> _Ended:
+        """Run the command once."""
         async with self._slots:
             try:
-                session = await self._session()
+                session = await self._checked_session()
             except ConnectionFailed as error:
                 stderr.feed(f"{error}\n".encode())
-                return result(CommandState.FAILED, 1, str(error))
+                return _Ended(CommandState.FAILED, str(error))  # no session: like a lost one
             keep = True
             try:
                 expected = command.role or self._connection.role
-                actual = self._roles[id(session)]
+                actual = self._states[id(session)].identity.role
                 if expected is not Role.ALL and expected.value != actual:
-                    return result(
-                        CommandState.SKIPPED,
-                        0,
-                        f"expects a {expected.value}, {self.name!r} reaches a {actual}",
-                    )
-                await self._execute(session, command, body, args, stdout)
-                return result(CommandState.SUCCEEDED, 0)
+                    reason = f"expects a {expected.value}, {self.name!r} reaches a {actual}"
+                    return _Ended(CommandState.SKIPPED, reason)
+                await self._execute(
+                    session=session, command=command, body=body, args=args, out=stdout, progress=progress
+                )
+                return _Ended(CommandState.SUCCEEDED)
             except asyncio.CancelledError:
                 keep = False
                 await _cancel(session)
                 raise
+            except FailoverDetected:
+                keep = False
+                raise
             except psycopg.Error as error:
                 keep = not session.broken
+                if keep and session.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                    keep = await _rollback(session) if command.retry or self._connection.retry else True
                 message = self._scrub(_message(error))
                 stderr.feed(f"{message}\n".encode())
-                return result(CommandState.FAILED, 1, message.splitlines()[0])
+                sqlstate = getattr(error, "sqlstate", None)  # None: the client saw the session go
+                return _Ended(CommandState.FAILED, message.splitlines()[0], sqlstate)
             finally:
                 if keep and not session.closed:
                     self._idle.append(session)
@@ -224,16 +378,24 @@ class PostgresExecutor:
 
     async def _execute(
         self,
+        *,
         session: psycopg.AsyncConnection[Any],
         command: Command,
         body: str,
         args: Mapping[str, str],
         out: BoundedCapture,
+        progress: _Progress,
     ) -> None:
         statements = _statements(body)
         if command.batch_mode:
-            for statement in statements:
-                await self._run_statement(session, statement, args, out)
+            opened = progress.resume_at
+            for index in range(progress.resume_at, len(statements)):
+                if session.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    opened = index  # a block this statement opens would be rolled back with it
+                progress.resume_at = opened
+                await self._run_statement(session, statements[index], args, out)
+                if session.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    progress.resume_at = index + 1
         elif len(statements) > 1:
             query, params = _bind(body, args)
             if params:
@@ -258,6 +420,25 @@ class PostgresExecutor:
         cursor = psycopg.AsyncRawCursor(session)
         await cursor.execute(query, params or None)
         await _render_results(cursor, out)
+
+
+async def _identify(session: psycopg.AsyncConnection[Any]) -> Identity:
+    """The session's server: role, cluster and timeline (the role alone for a user who may not ask)."""
+    try:
+        cursor = await session.execute(identity.QUERY)
+    except psycopg.errors.InsufficientPrivilege:
+        cursor = await session.execute(identity.FALLBACK_QUERY)
+    row = await cursor.fetchone()
+    return identity.from_row(row)
+
+
+async def _rollback(session: psycopg.AsyncConnection[Any]) -> bool:
+    """End a failed transaction block before a retry; False if the session is no use any more."""
+    try:
+        await session.execute("rollback")
+    except psycopg.Error:
+        return False
+    return True
 
 
 async def _render_results(cursor: psycopg.AsyncCursor[Any], out: BoundedCapture) -> None:

@@ -2,8 +2,9 @@
 
 Schedulers act on them: Kubernetes' ``podFailurePolicy`` (rendered by the
 operator, which is why they live in the model, the one runner module the
-operator imports) never retries an invalid job file or a role mismatch, and a
-cron wrapper can tell "the checks failed" from "another node held the lock".
+operator imports) never retries an invalid job file or a role mismatch at start
+but does retry a run a failover stopped, and a cron wrapper can tell "the checks
+failed" from "another node held the lock". A run its gates skipped exits 0.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class ExitCode(enum.IntEnum):
 
     LOCK_LOST = 5
     """The etcd lock was lost while steps ran; running commands were cancelled."""
+
+    FAILOVER = 6
+    """A connection reached another server mid-run (a failover) and its ``onFailover`` is abort;
+    running commands were stopped. Worth running again: the cluster has settled on a new primary."""
+
+    GATE_FAILED = 7
+    """The job's gates did not open within their ``wait`` and ``onTimeout`` is fail; nothing ran."""
 
     INTERRUPTED = 130
     """SIGINT: running commands were stopped and the lock released."""

@@ -23,6 +23,8 @@ from typing import Annotated, Any
 import pydantic
 
 from pgquartz.runner.model import durations
+from pgquartz.runner.model.gates import Gate, Gates
+from pgquartz.runner.model.retry import Retry
 
 SHELL = "shell"
 """The command type that runs a body with bash; any other type names a connection."""
@@ -110,6 +112,13 @@ class Command(_Frozen):
         alias="batchMode",
         description="Split a SQL body into statements and run them one at a time.",
     )
+    retry: Retry | None = pydantic.Field(
+        default=None,
+        description=(
+            "Run the command again after the errors listed (SQL conditions in 'on', shell exit codes in"
+            " 'exitCodes'); default: the connection's retry for SQL, none for shell."
+        ),
+    )
 
     @pydantic.field_validator("type", mode="before")
     @classmethod
@@ -122,6 +131,18 @@ class Command(_Frozen):
             raise ValueError("set either 'inline' or 'file', not both")
         if self.inline is None and self.file is None:
             raise ValueError("set 'inline' (the command itself) or 'file' (a script or SQL file)")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _retry_fits_the_type(self) -> Command:
+        if self.retry is None:
+            return self
+        if self.is_shell and self.retry.on:
+            raise ValueError("retry.on lists SQL errors, but this is a shell command: use retry.exitCodes")
+        if not self.is_shell and self.retry.exit_codes:
+            raise ValueError(
+                "retry.exitCodes is for shell commands; an SQL command retries on SQL errors: use retry.on"
+            )
         return self
 
     @property
@@ -155,6 +176,9 @@ class Step(_Frozen):
         ),
     )
     matrix: Matrix = pydantic.Field(default_factory=dict)
+    gates: Gates | None = pydantic.Field(
+        default=None, description="Conditions that must hold before the step's first instance runs."
+    )
 
 
 class Check(Command):
@@ -168,6 +192,13 @@ class Check(Command):
         default=None, description="Text that must not appear in the check's stdout or stderr."
     )
     matrix: Matrix = pydantic.Field(default_factory=dict)
+
+
+class OnFailover(enum.StrEnum):
+    """What a run does when a connection reaches another server than it first did."""
+
+    ABORT = "abort"
+    CONTINUE = "continue"
 
 
 class Connection(_Frozen):
@@ -190,6 +221,32 @@ class Connection(_Frozen):
         alias="passwordEnv",
         description="Read the password from this environment variable.",
     )
+    on_failover: OnFailover | None = pydantic.Field(
+        default=None,
+        alias="onFailover",
+        description=(
+            "When a session reaches another cluster, a later timeline or another role than the run's first"
+            " one did: abort stops the run (exit 6), continue goes on with a warning. Default: abort for"
+            " role primary or standby, continue for all."
+        ),
+    )
+    retry: Retry | None = pydantic.Field(
+        default=None,
+        description="The retry of every SQL command on this connection that has none of its own (only 'on').",
+    )
+
+    @property
+    def failover_policy(self) -> OnFailover:
+        if self.on_failover is not None:
+            return self.on_failover
+        return OnFailover.CONTINUE if self.role is Role.ALL else OnFailover.ABORT
+
+    @pydantic.field_validator("retry")
+    @classmethod
+    def _sql_retry(cls, value: Retry | None) -> Retry | None:
+        if value is not None and value.exit_codes:
+            raise ValueError("a connection's retry is for SQL errors: use 'on', not 'exitCodes'")
+        return value
 
     @pydantic.model_validator(mode="after")
     def _one_password_source(self) -> Connection:
@@ -318,6 +375,10 @@ class Job(_Frozen):
         alias="runOnRoleError",
         description="Skip commands against a connection with the wrong role instead of refusing to run.",
     )
+    gates: Gates | None = pydantic.Field(
+        default=None,
+        description="Conditions that must hold, once the lock is held, before the first step runs.",
+    )
 
     @pydantic.field_validator("connections")
     @classmethod
@@ -344,7 +405,37 @@ class Job(_Frozen):
             for index, command in enumerate(step.commands)
         ]
         located += [(("checks", index), check) for index, check in enumerate(self.checks)]
+        located += [(path, gate_check(gate)) for path, gate in self.located_gates() if gate.kind == "custom"]
         return located
+
+    def located_gates(self) -> list[tuple[tuple[str | int, ...], Gate]]:
+        """Every gate, the job's first, with its key path in the job file."""
+        located: list[tuple[tuple[str | int, ...], Gate]] = []
+        if self.gates is not None:
+            located += [(("gates", "require", i), gate) for i, gate in enumerate(self.gates.require)]
+        for name, step in self.steps.items():
+            if step.gates is not None:
+                located += [
+                    (("steps", name, "gates", "require", i), gate)
+                    for i, gate in enumerate(step.gates.require)
+                ]
+        return located
+
+    def gate_connection(self, gate: Gate) -> str:
+        """The connection a built-in gate reads: its own, or the job's only one."""
+        return gate.connection or next(iter(self.connections))
+
+    def retry_of(self, command: Command) -> Retry | None:
+        """The retry that applies to a command: its own, else its connection's (SQL only)."""
+        if command.retry is not None or command.is_shell:
+            return command.retry
+        connection = self.connections.get(command.type)
+        return connection.retry if connection is not None else None
+
+
+def gate_check(gate: Gate) -> Check:
+    """A custom gate's command, as the check it is evaluated like."""
+    return Check.model_validate(gate.check_fields())
 
 
 def json_schema() -> dict[str, Any]:

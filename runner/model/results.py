@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +71,31 @@ class CommandResult:
     started: datetime.datetime | None = None
     duration: float = 0.0
     error: str | None = None
+    attempts: int = 1
+    """How many times the command ran (more than 1 after retries)."""
+
+    @property
+    def retries(self) -> int:
+        return self.attempts - 1
 
     @property
     def ok(self) -> bool:
         return self.state in (CommandState.SUCCEEDED, CommandState.SKIPPED)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryAttempt:
+    """An attempt of a command failed with an error its ``retry`` lists; it runs again after ``delay``."""
+
+    attempt: int
+    """The attempt that failed (1 for the first run)."""
+    attempts: int
+    """How many attempts the retry allows in all."""
+    error: str
+    delay: float
+
+
+OnRetry = Callable[[RetryAttempt], None]
 
 
 class StepState(enum.Enum):

@@ -87,6 +87,7 @@ def build(
         planned[name] = _plan_step(name, step, job, problems, expand=not too_many)
     order = _order(planned, problems)
     problems += _type_problems(job)
+    problems += _gate_problems(job)
     checks = tuple(
         PlannedCheck(check, tuple(matrix.expand(check.matrix)) if not too_many else ())
         for check in job.checks
@@ -161,6 +162,23 @@ def _type_problems(job: Job) -> list[Problem]:
         for path, command in job.located_commands()
         if not command.is_shell and command.type not in job.connections
     ]
+
+
+def _gate_problems(job: Job) -> list[Problem]:
+    """A built-in gate reads a connection: one that exists, named unless the job has only one."""
+    problems = []
+    for path, gate in job.located_gates():
+        if gate.kind == "custom":
+            continue
+        if gate.connection is None and len(job.connections) != 1:
+            known = ", ".join(repr(name) for name in job.connections) or "none are defined"
+            problems.append(Problem(path, f"name the connection this gate reads ('connection:'; {known})"))
+        elif gate.connection is not None and gate.connection not in job.connections:
+            known = ", ".join(repr(name) for name in job.connections) or "none are defined"
+            problems.append(
+                Problem((*path, "connection"), f"no connection named {gate.connection!r} ({known})")
+            )
+    return problems
 
 
 def _unknown_type(kind: str, job: Job) -> str:

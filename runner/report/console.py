@@ -85,6 +85,31 @@ def render(event: events.Event) -> list[tuple[str, str]]:
         else:
             out.append(("err", f"{stamp}   ✗ check {label} failed: {event.reason}"))
             out.extend(("err", line) for line in _tail(event.result))
+    elif isinstance(event, events.CommandRetried):
+        where = _with_args(event.step, event.instance) if event.step is not None else "check"
+        out.append(
+            (
+                "out",
+                f"{stamp}     ↻ {where}: {event.command!r} failed ({event.error}), attempt {event.attempt}"
+                f" of {event.attempts}; again in {_seconds(event.delay)}",
+            )
+        )
+    elif isinstance(event, events.Failover):
+        then = "stopping the run" if event.action == "abort" else "going on (onFailover: continue)"
+        out.append(
+            (
+                "err",
+                f"{stamp}   ! connection {event.connection!r} reaches another server than when the run began:"
+                f" {'; '.join(event.changes)}; {then}",
+            )
+        )
+    elif isinstance(event, events.GatesClosed):
+        whose = f"step {event.step!r}" if event.step is not None else "the job"
+        wait = f"; waiting up to {_seconds(event.waiting)}" if event.waiting > 0 else ""
+        out.append(("out", f"{stamp}   ⏸ gates of {whose} closed: {'; '.join(event.reasons)}{wait}"))
+    elif isinstance(event, events.GatesOpened):
+        whose = f"step {event.step!r}" if event.step is not None else "the job"
+        out.append(("out", f"{stamp}   ✓ gates of {whose} open after {_seconds(event.waited)}"))
     elif isinstance(event, events.Notice):
         mark = {"warning": "! ", "error": "✗ "}.get(event.level, "")
         out.append(("err" if event.level != "info" else "out", f"{stamp}   {mark}{event.message}"))
@@ -93,6 +118,8 @@ def render(event: events.Event) -> list[tuple[str, str]]:
         verdict = "SUCCEEDED" if summary.succeeded else "FAILED"
         stream = "out" if summary.succeeded else "err"
         mark = "✓" if summary.succeeded else "✗"
+        if summary.outcome.value == "gated":
+            verdict, stream, mark = "SKIPPED (gated)", "out", "⤼"
         out.append(
             (
                 stream,
@@ -112,7 +139,8 @@ def _command_lines(stamp: str, event: events.CommandFinished) -> list[tuple[str,
             lines.append(("out", f"{stamp}     · check {event.command!r} exited 0"))
             lines.extend(("out", line) for line in _output(result))
     elif result.state is CommandState.SUCCEEDED:
-        lines.append(("out", f"{stamp}     ✓ {where}: {event.command!r} ({_seconds(result.duration)})"))
+        took = _seconds(result.duration) + (f", {result.attempts} attempts" if result.attempts > 1 else "")
+        lines.append(("out", f"{stamp}     ✓ {where}: {event.command!r} ({took})"))
         if event.debug:
             lines.extend(("out", line) for line in _output(result))
     elif result.state is CommandState.SKIPPED:
@@ -124,6 +152,8 @@ def _command_lines(stamp: str, event: events.CommandFinished) -> list[tuple[str,
             lines.extend(("out", line) for line in _output(result))
     else:
         why = f"exit {result.rc}" + (f", {result.error}" if result.error else "")
+        if result.attempts > 1:
+            why += f", {result.attempts} attempts"
         if result.state is CommandState.CANCELLED:
             why = result.error or "cancelled"
         lines.append(

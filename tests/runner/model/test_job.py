@@ -119,7 +119,9 @@ def test_json_schema_uses_file_keys_and_forbids_unknown_ones() -> None:
 
 
 def test_exit_codes_are_the_documented_contract() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 130, 143]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7, 130, 143]
     assert not ExitCode.INVALID_JOB.retriable
     assert not ExitCode.ROLE_MISMATCH.retriable
     assert ExitCode.LOCK_NOT_ACQUIRED.retriable
+    assert ExitCode.FAILOVER.retriable  # a failover stopped the run: the next pod meets the new primary
+    assert ExitCode.GATE_FAILED.retriable
