@@ -129,6 +129,28 @@ def status_schema() -> dict[str, Any]:
                     "exitCode": {"type": "integer"},
                     "failedSteps": {"type": "array", "items": {"type": "string"}},
                     "message": {"type": "string"},
+                    "outcome": {
+                        "type": "string",
+                        "description": "The runner's outcome: succeeded, gated, failover, check-failed, …",
+                    },
+                    "retries": {
+                        "type": "integer",
+                        "description": "How often commands were run again after transient errors.",
+                    },
+                    "gated": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Why the job's gates kept the run from starting.",
+                    },
+                    "failover": {
+                        "type": "object",
+                        "description": "A failover a connection saw during the run.",
+                        "properties": {
+                            "connection": {"type": "string"},
+                            "action": {"type": "string"},
+                            "changes": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
                 },
             },
         },

@@ -397,8 +397,7 @@ def register(
             return
         last, previous = patch.get("lastRun"), existing.get("lastRun") or {}
         if last and (last.get("job"), last.get("result")) != (previous.get("job"), previous.get("result")):
-            succeeded = last["result"] == "Succeeded"
-            text = last.get("message") or f"Job {last['job']} {last['result'].lower()}"
+            normal, reason, text = status.event_of(last)
             if metrics is not None:
                 metrics.run_finished(
                     namespace=namespace,
@@ -406,10 +405,10 @@ def register(
                     result=last["result"],
                     completed_at=_timestamp(last.get("completionTime")),
                 )
-            if succeeded:
-                kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason="RunSucceeded", message=text)
+            if normal:
+                kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason=reason, message=text)
             else:
-                kopf.warn(kopf.Body(cast(kopf.RawBody, current)), reason="RunFailed", message=text)
+                kopf.warn(kopf.Body(cast(kopf.RawBody, current)), reason=reason, message=text)
         if any(existing.get(key) != value for key, value in patch.items()):
             api.patch_status(namespace, owner, patch)
             logger.info(f"status of {owner} updated from its Jobs")

@@ -84,6 +84,19 @@ def last_run(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[
         run["exitCode"] = int(summary["exitCode"])
         run["failedSteps"] = list(summary.get("failedSteps") or [])
         run["message"] = str(summary.get("message", ""))[:1024]
+        if isinstance(summary.get("result"), str):
+            run["outcome"] = summary["result"][:64]
+        if isinstance(summary.get("retries"), int) and summary["retries"] > 0:
+            run["retries"] = summary["retries"]
+        if isinstance(summary.get("gated"), list) and summary["gated"]:
+            run["gated"] = [str(reason)[:300] for reason in summary["gated"][:5]]
+        failover = summary.get("failover")
+        if isinstance(failover, dict):
+            run["failover"] = {
+                "connection": str(failover.get("connection", ""))[:253],
+                "action": str(failover.get("action", ""))[:16],
+                "changes": [str(change)[:300] for change in (failover.get("changes") or [])[:5]],
+            }
         if summary.get("completionTime") and "completionTime" not in run:
             run["completionTime"] = summary["completionTime"]
     elif outcome == "Failed":
@@ -122,7 +135,7 @@ def runs_status(
     succeeded = run["result"] == "Succeeded"
     if succeeded:
         patch["lastSuccessfulTime"] = run.get("completionTime") or now
-    reason = "RunSucceeded" if succeeded else _failure_reason(run)
+    reason = _success_reason(run) if succeeded else _failure_reason(run)
     message = run.get("message") or f"Job {run['job']} {run['result'].lower()}"
     patch["conditions"] = condition(
         existing.get("conditions", []),
@@ -142,9 +155,29 @@ _REASONS = {
     3: "RoleMismatch",
     4: "LockNotAcquired",
     5: "LockLost",
+    6: "Failover",
+    7: "GateFailed",
     130: "Interrupted",
     143: "Terminated",
 }
+
+
+def _success_reason(run: Mapping[str, Any]) -> str:
+    """A run that exited 0: it ran, or its gates kept it from starting (``gated``)."""
+    return "RunGated" if run.get("outcome") == "gated" else "RunSucceeded"
+
+
+def event_of(run: Mapping[str, Any]) -> tuple[bool, str, str]:
+    """The Event for a finished run: (normal?, reason, message), saying when it was gated, retried or
+    stopped by a failover."""
+    text = str(run.get("message") or f"Job {run['job']} {str(run['result']).lower()}")
+    if run.get("retries"):
+        text += f" ({run['retries']} retr{'y' if run['retries'] == 1 else 'ies'})"
+    if run["result"] == "Succeeded":
+        return True, _success_reason(run), text
+    if run.get("outcome") == "failover":
+        return False, "FailoverDetected", text
+    return False, "RunFailed", text
 
 
 def _failure_reason(run: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ from pgquartz.runner.engine.dispatch import ConnectionExecutor, Dispatcher
 from pgquartz.runner.engine.summary import Outcome, Summary
 from pgquartz.runner.executors import shell as shell_executor
 from pgquartz.runner.executors.capture import Limits
+from pgquartz.runner.executors.identity import FailoverSeen
 from pgquartz.runner.executors.shell import ShellExecutor
 from pgquartz.runner.model.exitcodes import ExitCode
 from pgquartz.runner.model.problems import JobFileError
@@ -141,6 +142,10 @@ async def _run(
     shell_executor.use_pidfd_child_watcher()
     shell = ShellExecutor(workdir=loaded.workdir, limits=limits, kill_grace=kill_grace)
     connections: dict[str, ConnectionExecutor] = {}
+
+    def report_failover(seen: FailoverSeen) -> None:
+        dispatcher.report_failover(seen)  # the dispatcher is made after its executors
+
     if loaded.job.connections:
         from pgquartz.runner.executors import postgres  # psycopg only for jobs that use it
 
@@ -151,7 +156,7 @@ async def _run(
                 application_name=f"pgquartz/{loaded.name}",
                 max_sessions=loaded.job.parallel,
                 limits=limits,
-                on_failover=lambda seen: dispatcher.report_failover(seen),
+                on_failover=report_failover,
             )
             for name, connection in loaded.job.connections.items()
         }

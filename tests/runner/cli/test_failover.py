@@ -134,7 +134,8 @@ def test_with_on_failover_continue_the_work_finishes_on_the_new_primary(
     job.write_text(
         job_text(
             cluster,
-            "onFailover: continue\n    retry: {on: [admin_shutdown, connection_failure], attempts: 40, backoff: 100ms}",
+            "onFailover: continue",
+            "retry: {on: [admin_shutdown, connection_failure], attempts: 40, backoff: 100ms}",
         )
     )
     process = start(job)

@@ -108,7 +108,10 @@ async def test_a_deadlock_victim_is_retried_after_the_other_side_commits(
 ) -> None:
     marker = f"m{uuid.uuid4().hex[:8]}"
     await other.execute("update t set v = v + 1 where k = 2")  # holds row 2
-    body = f"begin; update t set v = v + 1 where k = 1; update t set v = v + 1 where k = 2 /* {marker} */; commit;"
+    body = (
+        "begin; update t set v = v + 1 where k = 1;"
+        f" update t set v = v + 1 where k = 2 /* {marker} */; commit;"
+    )
     fast_detection = {**params, "options": "-c deadlock_timeout=100ms"}
     task = asyncio.create_task(run(fast_detection, body, {"on": ["deadlock_detected"], **FAST}))
     await backend_of(other, marker, waiting=True)  # the command holds row 1 and waits for row 2
@@ -215,7 +218,10 @@ async def test_without_batch_mode_the_whole_body_runs_again_as_one_transaction(
 async def test_batch_mode_resumes_at_the_failed_statement_not_rerunning_what_committed(
     params: dict[str, str], other: psycopg.AsyncConnection[Any]
 ) -> None:
-    body = "insert into log values (1); insert into log values (2); select fail_once(); insert into log values (3);"
+    body = (
+        "insert into log values (1); insert into log values (2); select fail_once();"
+        " insert into log values (3);"
+    )
     result, _ = await run(params, body, {"on": ["40001"], **FAST}, batchMode=True)
     assert result.state is CommandState.SUCCEEDED and result.attempts == 2
     assert await values(other, "select n from log order by n") == [(1,), (2,), (3,)]
