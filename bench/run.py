@@ -17,7 +17,9 @@ Benchmarks (targets from the issues; figures are min/median over the runs):
 - startup: ``pgquartz validate`` cold start, against ``python -c pass`` and ``pgquartz -v``.
 - sql: 10 000 one-row statements as separate commands in one job over one connection, against
   ``psql -X -q -f`` running the same statements over the same socket. Target ≤ 1.2×. Then a matrix
-  of 1000 instances of one query at ``parallel: 8``.
+  of 1000 instances of one query at ``parallel: 8``, and the failover check: the same 10 000
+  commands on a connection with ``role: primary`` (its server checked before each command) against
+  ``role: all`` (checked only when a session opens). Target < 1.05×.
 - lock: hand-off latency from the holder's release (the etcd delete of its key, seen by a watcher)
   to the next holder's first command, over 200 hand-offs (median, p99; target median < 50 ms), and
   the cost of the lock for an uncontended job.
@@ -266,6 +268,26 @@ def bench_sql(work: pathlib.Path, runs: int) -> None:
             "sql", ours=ours, base=base, baseline=f"psql -f x{STATEMENTS}", target="(total, target <= 1.2x)"
         )
         report_marginal("statement", timings, STATEMENTS, baseline="psql", target="")
+
+        checked = work / "statements-checked.yml"
+        checked.write_text(
+            (work / f"statements-{STATEMENTS}.yml")
+            .read_text()
+            .replace("  pg: {conn_params:", "  pg: {role: primary, conn_params:", 1)
+        )
+        unchecked = work / f"statements-{STATEMENTS}.yml"
+        with_check, without = measure_pair(
+            runs,
+            lambda: timed([*PGQUARTZ, "-c", str(checked)], work),
+            lambda: timed([*PGQUARTZ, "-c", str(unchecked)], work),
+        )
+        report(
+            "failover",
+            ours=with_check,
+            base=without,
+            baseline="role: all",
+            target=f"(role: primary, server checked before each of {STATEMENTS} commands; target < 1.05x)",
+        )
 
         values = ", ".join(str(i) for i in range(INSTANCES))
         job = work / "sql-matrix.yml"

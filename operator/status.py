@@ -92,10 +92,11 @@ def last_run(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[
             run["gated"] = [str(reason)[:300] for reason in summary["gated"][:5]]
         failover = summary.get("failover")
         if isinstance(failover, dict):
+            changes = failover.get("changes")
             run["failover"] = {
                 "connection": str(failover.get("connection", ""))[:253],
                 "action": str(failover.get("action", ""))[:16],
-                "changes": [str(change)[:300] for change in (failover.get("changes") or [])[:5]],
+                "changes": [str(change)[:300] for change in changes[:5]] if isinstance(changes, list) else [],
             }
         if summary.get("completionTime") and "completionTime" not in run:
             run["completionTime"] = summary["completionTime"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pathlib
 import shutil
 import subprocess
+import time
 
 from tests.conftest import PGQUARTZ, run_pgquartz
 from tests.support.etcdcluster import EtcdCluster
@@ -154,3 +156,49 @@ def test_04_kubernetes_manifests_are_valid_and_render_runnable_objects(tmp_path:
         )
     )
     assert turns["etcdConfig"]["lockKey"] == "databases/rolling-checkpoint"
+
+
+def test_05_safe_maintenance_runs_when_the_cluster_is_caught_up(
+    tmp_path: pathlib.Path, pg_cluster: PgCluster
+) -> None:
+    workdir = copy_example("05-safe-maintenance", tmp_path)
+    services = pg_cluster.write_service_file(tmp_path / "pg_service.conf")
+    pg_cluster.wait_replicated()
+    result = run_pgquartz("-c", "safe-vacuum.yml", cwd=workdir, env={"PGSERVICEFILE": str(services)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check 'every table done' passed" in result.stdout
+    plan = run_pgquartz("plan", "safe-vacuum.yml", cwd=workdir)
+    assert "on failover: abort; retried on admin_shutdown, connection_failure" in plan.stdout
+    assert "no backup running (on 'primary')" in plan.stdout
+
+
+def test_05_is_gated_while_the_standby_is_behind(tmp_path: pathlib.Path, pg_cluster: PgCluster) -> None:
+    workdir = copy_example("05-safe-maintenance", tmp_path)
+    job = workdir / "safe-vacuum.yml"
+    job.write_text(
+        job.read_text()
+        .replace("wait: 30m", "wait: 1s")
+        .replace("maxReplicationLag: 5m", "maxReplicationLag: 1s")
+    )
+    services = pg_cluster.write_service_file(tmp_path / "pg_service.conf")
+    pg_cluster.wait_replicated()
+    pg_cluster.standby.query("select pg_wal_replay_pause()")
+    try:
+        pg_cluster.primary.query("create table if not exists lag_maker as select 1 as x")
+        pg_cluster.primary.query("insert into lag_maker select 1")
+        time.sleep(1.5)  # the last replayed transaction gets older than the gate's 1 s
+        pg_cluster.primary.query("insert into lag_maker select 2")
+        result = run_pgquartz(
+            "-c",
+            "safe-vacuum.yml",
+            "--summary-file",
+            "summary.json",
+            cwd=workdir,
+            env={"PGSERVICEFILE": str(services)},
+        )
+    finally:
+        pg_cluster.standby.query("select pg_wal_replay_resume()")
+        pg_cluster.wait_replicated()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SKIPPED (gated)" in result.stdout
+    assert json.loads((workdir / "summary.json").read_text())["result"] == "gated"

@@ -62,6 +62,7 @@ def test_the_newest_finished_run_decides_last_run_succeeded() -> None:
         "exitCode": 1,
         "failedSteps": ["vacuum"],
         "message": "check failed: x",
+        "outcome": "check-failed",
     }
     [cond] = patch["conditions"]
     assert (
@@ -79,7 +80,14 @@ def test_a_successful_run_sets_last_successful_time() -> None:
 
 def test_exit_codes_become_reasons() -> None:
     jobs = [job("n-1", "2026-11-21T23:15:00Z", "Failed")]
-    for code, reason in ((2, "InvalidJob"), (3, "RoleMismatch"), (4, "LockNotAcquired"), (5, "LockLost")):
+    for code, reason in (
+        (2, "InvalidJob"),
+        (3, "RoleMismatch"),
+        (4, "LockNotAcquired"),
+        (5, "LockLost"),
+        (6, "Failover"),
+        (7, "GateFailed"),
+    ):
         patch = status.runs_status(jobs, {"n-1": {"exitCode": code}}, existing={}, generation=1, now="NOW")
         assert patch["conditions"][0]["reason"] == reason
 
@@ -100,3 +108,54 @@ def test_runner_summaries_are_read_from_termination_messages() -> None:
 
 def test_no_jobs_means_nothing_to_report() -> None:
     assert status.runs_status([], {}, existing={}, generation=1, now="NOW") == {}
+
+
+def test_a_gated_run_succeeded_and_says_why_it_did_not_start() -> None:
+    jobs = [job("n-1", "2026-11-21T23:15:00Z", "Complete", completionTime="2026-11-21T23:16:00Z")]
+    summary = {
+        "exitCode": 0,
+        "result": "gated",
+        "message": "gated after waiting 600.0s: replication lag 80.0MB is over 64MB; nothing ran",
+        "gated": ["replication lag 80.0MB is over 64MB: pg-b: 80 MB behind"],
+    }
+    patch = status.runs_status(jobs, {"n-1": summary}, existing={}, generation=1, now="NOW")
+    run = patch["lastRun"]
+    assert run["result"] == "Succeeded" and run["outcome"] == "gated"
+    assert run["gated"] == ["replication lag 80.0MB is over 64MB: pg-b: 80 MB behind"]
+    [cond] = patch["conditions"]
+    assert cond["status"] == "True" and cond["reason"] == "RunGated"
+    assert status.event_of(run) == (True, "RunGated", summary["message"])
+
+
+def test_a_run_stopped_by_a_failover_is_a_warning_naming_what_changed() -> None:
+    jobs = [job("n-1", "2026-11-21T23:15:00Z", "Failed")]
+    summary = {
+        "exitCode": 6,
+        "result": "failover",
+        "message": "connection 'pg' reaches another server …",
+        "retries": 2,
+        "failover": {
+            "connection": "pg",
+            "action": "abort",
+            "changes": ["timeline 1 → 2 (a promotion happened)"],
+            "before": {"timeline": 1},
+            "after": {"timeline": 2},
+        },
+    }
+    patch = status.runs_status(jobs, {"n-1": summary}, existing={}, generation=1, now="NOW")
+    run = patch["lastRun"]
+    assert run["failover"] == {
+        "connection": "pg",
+        "action": "abort",
+        "changes": ["timeline 1 → 2 (a promotion happened)"],
+    }
+    assert run["retries"] == 2 and patch["conditions"][0]["reason"] == "Failover"
+    normal, reason, message = status.event_of(run)
+    assert (normal, reason) == (False, "FailoverDetected") and message.endswith("(2 retries)")
+
+
+def test_hostile_summary_fields_are_bounded() -> None:
+    summary = {"exitCode": 0, "result": "x" * 500, "gated": ["y" * 5000] * 50, "failover": {"changes": "zz"}}
+    run = status.last_run(job("n-1", "T", "Complete"), summary)
+    assert len(run["outcome"]) == 64 and len(run["gated"]) == 5 and len(run["gated"][0]) == 300
+    assert run["failover"]["changes"] == []

@@ -333,3 +333,90 @@ async def test_summary_json_fits_a_termination_message(load_job: Load) -> None:
     assert len(text.encode()) <= 4096
     data = json.loads(text)
     assert data["exitCode"] == 0 and data["failedStepsTotal"] == 150
+
+
+async def test_a_shell_command_is_retried_on_a_listed_exit_code_only(
+    load_job: Load, tmp_path: pathlib.Path
+) -> None:
+    loaded = load_job("""
+        steps:
+          flaky:
+            commands:
+              - name: third time lucky
+                inline: 'n=$(cat n 2>/dev/null || echo 0); echo $((n+1)) > n; [ "$n" -ge 2 ] || exit 75'
+                retry: {exitCodes: [75], attempts: 5, backoff: 10ms}
+          broken:
+            commands:
+              - inline: 'echo x >> broken; exit 3'
+                retry: {exitCodes: [75], attempts: 5, backoff: 10ms}
+        """)
+    summary, recorder = await run_job(loaded)
+    assert (tmp_path / "n").read_text() == "3\n"  # failed twice with 75, then succeeded
+    assert (tmp_path / "broken").read_text() == "x\n"  # exit 3 is not listed: run once
+    retried = recorder.of(events.CommandRetried)
+    assert [(e.step, e.attempt, e.attempts) for e in retried] == [("flaky", 1, 5), ("flaky", 2, 5)]  # type: ignore[attr-defined]
+    steps = {step.name: step for step in summary.steps}
+    assert steps["flaky"].retries == (("third time lucky", 2),)
+    assert steps["flaky"].failed_instances == 0 and steps["broken"].failed_instances == 1
+    assert summary.retries == 2 and summary.to_dict()["retries"] == 2
+
+
+async def test_attempts_are_bounded_by_the_jobs_timeout(load_job: Load, tmp_path: pathlib.Path) -> None:
+    loaded = load_job("""
+        timeout: 1s
+        steps:
+          s:
+            commands:
+              - {inline: 'echo x >> tries; exit 75', retry: {exitCodes: [75], attempts: 100, backoff: 200ms}}
+        """)
+    started = time.monotonic()
+    summary, _ = await run_job(loaded)
+    assert summary.outcome is Outcome.TIMED_OUT and time.monotonic() - started < 3
+    assert 1 < len((tmp_path / "tries").read_text().split()) < 10
+
+
+async def test_a_closed_step_gate_fails_the_step_with_fail_and_the_rest_goes_on(
+    load_job: Load, tmp_path: pathlib.Path
+) -> None:
+    loaded = load_job("""
+        steps:
+          gated:
+            matrix: {i: [a, b]}
+            gates:
+              onTimeout: fail
+              wait: 300ms
+              interval: 100ms
+              require:
+                - {name: flag file, inline: 'test -f flag'}
+            commands: [{inline: touch ran-$PGQ_INSTANCE_I}]
+          after:
+            depends: [gated]
+            commands: [{inline: touch after}]
+        """)
+    summary, recorder = await run_job(loaded)
+    assert summary.outcome is Outcome.SUCCEEDED  # a failed step does not fail the run: checks decide
+    steps = {step.name: step for step in summary.steps}
+    assert steps["gated"].failed_instances == 2 and steps["gated"].state is StepState.DONE
+    assert not (tmp_path / "ran-a").exists() and not (tmp_path / "ran-b").exists()
+    assert (tmp_path / "after").exists()
+    [closed] = recorder.of(events.GatesClosed)
+    assert closed.step == "gated" and closed.reasons[0].startswith("flag file: ")  # type: ignore[attr-defined]
+
+
+async def test_job_gates_that_stay_closed_end_the_run_as_gated_before_steps_and_checks(
+    load_job: Load, tmp_path: pathlib.Path
+) -> None:
+    loaded = load_job("""
+        gates:
+          require:
+            - {inline: 'echo closed', expected: open}
+        steps:
+          s: {commands: [{inline: touch ran}]}
+        checks:
+          - inline: touch checked
+        """)
+    summary, _ = await run_job(loaded)
+    assert summary.outcome is Outcome.GATED and int(summary.exit_code) == 0
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "checked").exists()
+    [reason] = summary.to_dict()["gated"]
+    assert "open" in reason and summary.message.startswith("gated: ")
