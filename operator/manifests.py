@@ -92,6 +92,10 @@ def job_file(
     for connection_name, connection in spec.connections.items():
         params = dict(connection.params)
         entry: dict[str, Any] = {"role": connection.role.value, "conn_params": params}
+        if connection.on_failover is not None:
+            entry["onFailover"] = connection.on_failover.value
+        if connection.retry is not None:
+            entry["retry"] = connection.retry.model_dump(by_alias=True, exclude_defaults=True, mode="json")
         if connection.password_secret_ref is not None:
             entry["passwordEnv"] = names.password_variable(connection_name)
         connections[connection_name] = entry

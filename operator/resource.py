@@ -21,6 +21,8 @@ import pydantic
 from pgquartz.operator import names
 from pgquartz.operator import schedule as schedules
 from pgquartz.runner.model import Job, Role, durations
+from pgquartz.runner.model.job import OnFailover
+from pgquartz.runner.model.retry import Retry
 
 GROUP = "pgquartz.io"
 VERSION = "v1alpha1"
@@ -28,7 +30,7 @@ KIND = "PgQuartzJob"
 PLURAL = "pgquartzjobs"
 SHORT_NAME = "pgqj"
 
-JOB_BODY_KEYS = ("steps", "checks", "parallel", "timeout", "debug", "run_on_role_error")
+JOB_BODY_KEYS = ("steps", "checks", "parallel", "timeout", "debug", "run_on_role_error", "gates")
 """The job-file keys a PgQuartzJob's ``spec.job`` takes; the others have Kubernetes-native forms."""
 
 
@@ -126,6 +128,24 @@ class ConnectionSpec(_Strict):
     role: Role = Role.ALL
     params: Params = pydantic.Field(default_factory=dict)
     password_secret_ref: SecretKeyRef | None = pydantic.Field(default=None, alias="passwordSecretRef")
+    on_failover: OnFailover | None = pydantic.Field(
+        default=None,
+        alias="onFailover",
+        description=(
+            "abort (the default for role primary or standby): a run that reaches another server mid-run"
+            " stops with exit code 6 and its Job tries again; continue (the default for all) goes on."
+        ),
+    )
+    retry: Retry | None = pydantic.Field(
+        default=None, description="The retry of this connection's SQL commands that have none ('on' only)."
+    )
+
+    @pydantic.field_validator("retry")
+    @classmethod
+    def _sql_retry(cls, value: Retry | None) -> Retry | None:
+        if value is not None and value.exit_codes:
+            raise ValueError("a connection's retry is for SQL errors: use 'on', not 'exitCodes'")
+        return value
 
     @pydantic.field_validator("params")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pgquartz.runner.engine.dispatch import ConnectionExecutor
+from pgquartz.runner.executors.identity import FailoverDetected
 from pgquartz.runner.model.job import Job, Role
 
 
@@ -27,6 +28,8 @@ async def mismatches(job: Job, executors: Mapping[str, ConnectionExecutor]) -> l
             continue
         try:
             actual = await executors[name].role()
+        except FailoverDetected:
+            raise
         except Exception:  # unreachable now: its commands will report why
             continue
         if actual != connection.role.value:

@@ -61,9 +61,17 @@ def test_the_schema_is_structural() -> None:
 
 def test_spec_job_is_the_job_files_schema() -> None:
     job = crd.spec_schema()["properties"]["job"]
-    assert set(job["properties"]) == {"steps", "checks", "parallel", "timeout", "debug", "runOnRoleError"}
+    assert set(job["properties"]) == {
+        "steps",
+        "checks",
+        "parallel",
+        "timeout",
+        "debug",
+        "runOnRoleError",
+        "gates",
+    }
     step = job["properties"]["steps"]["additionalProperties"]
-    assert {"commands", "depends", "when", "matrix"} <= set(step["properties"])
+    assert {"commands", "depends", "when", "matrix", "gates"} <= set(step["properties"])
     assert job["properties"]["parallel"]["minimum"] == 1 and job["properties"]["parallel"]["default"] == 1
     assert "pattern" in job["properties"]["timeout"]
 
@@ -104,6 +112,22 @@ def _validator() -> jsonschema.Draft7Validator:
 
 def test_a_realistic_spec_is_accepted() -> None:
     assert list(_validator().iter_errors(VALID_SPEC)) == []
+
+
+def test_gates_retries_and_failover_policies_are_accepted_by_the_schema_and_the_model() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"]["primary"] |= {"onFailover": "continue", "retry": {"on": ["40001"], "attempts": 4}}
+    spec["job"]["gates"] = {
+        "wait": "10m",
+        "onTimeout": "fail",
+        "require": [{"maxReplicationLag": "64MB"}, {"maxReplicationLag": 1048576}, {"noBackupRunning": True}],
+    }
+    spec["job"]["steps"]["vacuum"]["commands"][0]["retry"] = {"on": ["deadlock_detected"], "backoff": "2s"}
+    assert list(_validator().iter_errors(spec)) == []
+    parsed = resource.PgQuartzJobSpec.model_validate(spec)
+    assert parsed.connections["primary"].retry is not None and parsed.job.gates is not None
+    spec["job"]["gates"]["onTimeout"] = "maybe"
+    assert [error.message for error in _validator().iter_errors(spec)]
 
 
 @pytest.mark.parametrize(

@@ -105,12 +105,13 @@ def test_the_pod_runs_the_job_with_json_logs_a_summary_and_secret_passwords() ->
     assert pod["restartPolicy"] == "Never"
 
 
-def test_the_job_never_retries_an_invalid_job_file_or_a_role_mismatch() -> None:
+def test_the_job_never_retries_an_invalid_job_file_or_a_role_mismatch_but_does_retry_a_failover() -> None:
     job = manifests.render(resource(), defaults=DEFAULTS).cron_job["spec"]["jobTemplate"]["spec"]
     [never, _] = job["podFailurePolicy"]["rules"]
     assert never["action"] == "FailJob" and never["onExitCodes"]["values"] == [2, 3]
+    assert 6 not in never["onExitCodes"]["values"] and job["backoffLimit"] >= 1  # a failover: run again
     assert job["activeDeadlineSeconds"] == 3600 + manifests.DEADLINE_SLACK
-    assert job["ttlSecondsAfterFinished"] > 0 and job["backoffLimit"] >= 0
+    assert job["ttlSecondsAfterFinished"] > 0
 
 
 def test_schedule_settings_pass_through() -> None:
@@ -214,3 +215,24 @@ def test_scripts_and_pod_overrides() -> None:
     assert {"name": "scripts", "configMap": {"name": "my-scripts", "defaultMode": 0o555}} in pod["volumes"]
     job = yaml.safe_load(next(iter(rendered.config_map["data"].values())))
     assert job["workdir"] == manifests.SCRIPTS_DIR
+
+
+def test_failover_policies_retries_and_gates_reach_the_job_file(tmp_path: pathlib.Path) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"]["primary"]["onFailover"] = "continue"
+    spec["connections"]["primary"]["retry"] = {"on": ["admin_shutdown", "connection_failure"], "attempts": 5}
+    spec["job"]["gates"] = {
+        "wait": "10m",
+        "require": [{"maxReplicationLag": "64MB", "connection": "primary"}],
+    }
+    rendered = manifests.render(resource(spec), defaults=DEFAULTS)
+    [(key, text)] = rendered.config_map["data"].items()
+    (tmp_path / key).write_text(text)
+    plan = run_pgquartz("plan", key, cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert "on failover: continue; retried on admin_shutdown, connection_failure (5 attempts" in plan.stdout
+    assert "replication lag at most 64MB (on 'primary')" in plan.stdout
+    assert yaml.safe_load(text)["connections"]["primary"]["retry"] == {
+        "on": ["admin_shutdown", "connection_failure"],
+        "attempts": 5,
+    }
