@@ -269,6 +269,13 @@ def register(
             return  # this spec is not reconciled yet: its status write brings the request back
         api = store()
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        # The event may be older than our own last status write (a Job's status patch can land
+        # between a run and its handledRunNow): ask the API, or a request runs twice.
+        live = api.read(resource.KIND, namespace, name)
+        if live is None or not run_now_requested(kopf.Body(cast(kopf.RawBody, live))):
+            return
+        if (live["metadata"].get("annotations") or {}).get(manifests.RUN_NOW) != request:
+            return  # a newer request: its own event follows
         cron_job = None
         if ready.get("status") != "True":
             refusal = f"the PgQuartzJob is not ready ({ready.get('reason')}): {ready.get('message')}"
