@@ -26,8 +26,10 @@ exit codes:
   1    the run failed: a check failed, or the job's timeout expired
   2    the job file (or command line) is invalid: nothing ran
   3    a connection's server has the wrong role: nothing ran
-  4    the etcd lock was not acquired before the timeout: nothing ran
+  4    the etcd lock was not acquired (etcd unusable, or the timeout expired): nothing ran
   5    the etcd lock was lost while steps ran: they were stopped
+  6    a connection reached another server mid-run (failover, onFailover: abort): commands stopped
+  7    the job's gates stayed closed and onTimeout is fail: nothing ran (a gated run exits 0)
   130  interrupted (SIGINT); 143 terminated (SIGTERM): commands stopped, lock released
 """
 
