@@ -48,8 +48,11 @@ from typing import Any
 import psycopg
 import psycopg.adapt
 import psycopg.conninfo
+import psycopg.errors
 import psycopg.postgres
 import psycopg.pq
+import psycopg.pq.abc
+from psycopg import generators
 from psycopg.abc import Buffer
 
 from pgquartz.runner import secrets
@@ -60,7 +63,6 @@ from pgquartz.runner.model.job import Command, Connection, OnFailover, Role
 from pgquartz.runner.model.results import CommandResult, CommandState, OnRetry, RetryAttempt
 
 DEFAULT_CONNECT_TIMEOUT = "10"
-_FETCH_BATCH = 500
 
 
 class _Text(psycopg.adapt.Loader):
@@ -403,9 +405,7 @@ class PostgresExecutor:
                     "a body with several statements cannot take :arguments; set batchMode: true to run them"
                     " one at a time, or give each statement its own command"
                 )
-            cursor = session.cursor()
-            await cursor.execute(query)  # no parameters: the simple protocol runs every statement
-            await _render_results(cursor, out)
+            await _send(session, query, [], out)  # no parameters: the simple protocol runs them all
         elif statements:
             await self._run_statement(session, statements[0], args, out)
 
@@ -417,9 +417,7 @@ class PostgresExecutor:
         out: BoundedCapture,
     ) -> None:
         query, params = _bind(statement, args)
-        cursor = psycopg.AsyncRawCursor(session)
-        await cursor.execute(query, params or None)
-        await _render_results(cursor, out)
+        await _send(session, query, params, out)
 
 
 async def _identify(session: psycopg.AsyncConnection[Any]) -> Identity:
@@ -441,19 +439,51 @@ async def _rollback(session: psycopg.AsyncConnection[Any]) -> bool:
     return True
 
 
-async def _render_results(cursor: psycopg.AsyncCursor[Any], out: BoundedCapture) -> None:
-    """Render every result set of the cursor, a batch of rows at a time."""
-    while True:
-        if cursor.description is not None:
-            names = [column.name for column in cursor.description]
-            while True:
-                rows = await cursor.fetchmany(_FETCH_BATCH)
-                for row in rows:
-                    out.feed(_render(names, row))
-                if len(rows) < _FETCH_BATCH:
-                    break
-        if not cursor.nextset():
-            return
+async def _send(
+    session: psycopg.AsyncConnection[Any], query: str, params: list[str], out: BoundedCapture
+) -> None:
+    """Run one query on the session's libpq connection and render every result set it returns.
+
+    psycopg's cursors would build column descriptions, row tuples and loaders for values that
+    are only ever shown as PostgreSQL's own text: libpq's results are read as they are, which
+    is what makes a run of short SQL commands cheap. Without parameters the query goes by the
+    simple protocol (several statements run as one implicit transaction, as psql does); with
+    them, by the extended protocol as ``$n`` parameters of unknown type, sent as text.
+    """
+    pgconn = session.pgconn
+    if params:
+        pgconn.send_query_params(query.encode(), [param.encode() for param in params], result_format=0)
+    else:
+        pgconn.send_query(query.encode())
+    results = await session.wait(generators.execute(pgconn))
+    for result in results:
+        if result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=session.info.encoding)
+        if result.status in _COPY:
+            await session.close()  # the server waits for COPY data this session will never send
+            raise psycopg.ProgrammingError(
+                "COPY to or from the client is not supported in a command: use COPY to or from a file,"
+                " or psql in a shell command"
+            )
+    for result in results:
+        if result.status == psycopg.pq.ExecStatus.TUPLES_OK:
+            _render_result(result, out)
+
+
+_COPY = (psycopg.pq.ExecStatus.COPY_IN, psycopg.pq.ExecStatus.COPY_OUT, psycopg.pq.ExecStatus.COPY_BOTH)
+
+
+def _render_result(result: psycopg.pq.abc.PGresult, out: BoundedCapture) -> None:
+    """Rows as PgQuartz's manual shows them: ``{column}={value}`` pairs, a line per row."""
+    columns = range(result.nfields)
+    names = [_text(result.fname(column)) for column in columns]
+    for row in range(result.ntuples):
+        values = [result.get_value(row, column) for column in columns]
+        out.feed(_render(names, [None if value is None else _text(value) for value in values]))
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("utf-8", errors="replace")
 
 
 @functools.lru_cache(maxsize=4096)
