@@ -8,6 +8,7 @@ output that was kept.
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import TextIO
 
@@ -44,7 +45,9 @@ class ConsoleReporter:
 
 def render(event: events.Event) -> list[tuple[str, str]]:
     """Lines for one event, each with its stream: ``out`` or ``err``."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(event.time.timestamp()))
+    if isinstance(event, events.CommandStarted):
+        return []  # the most frequent event says nothing: its command's end does
+    stamp = _stamp(event.time)
     out: list[tuple[str, str]] = []
     if isinstance(event, events.JobStarted):
         limit = f", timeout {_seconds(event.timeout)}" if event.timeout else ""
@@ -128,6 +131,19 @@ def render(event: events.Event) -> list[tuple[str, str]]:
             )
         )
     return out
+
+
+_last_stamp: list[tuple[int, str]] = [(-1, "")]
+
+
+def _stamp(moment: datetime.datetime) -> str:
+    """``HH:MM:SS`` in local time, formatted once per second (thousands of events share one)."""
+    second = int(moment.timestamp())
+    cached_second, text = _last_stamp[0]
+    if second != cached_second:
+        text = time.strftime("%H:%M:%S", time.localtime(second))
+        _last_stamp[0] = (second, text)
+    return text
 
 
 def _command_lines(stamp: str, event: events.CommandFinished) -> list[tuple[str, str]]:
