@@ -13,15 +13,16 @@ hundred bytes (the "billion laughs").
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from pgquartz.runner.model.problems import Path, Problem
 
 
-@dataclasses.dataclass(frozen=True)
-class Position:
+class Position(NamedTuple):
+    """Where a key or value was written (a tuple: a big job file has one per value)."""
+
     line: int  # 1-based
     column: int  # 1-based
 
@@ -141,4 +142,16 @@ def _construct(
             positions[(*path, index)] = _position(item.start_mark)
             items.append(_construct(loader, item, (*path, index), positions, problems, budget=budget))
         return items
+    constructor = _SCALARS.get(node.tag) if isinstance(node, yaml.ScalarNode) else None
+    if constructor is not None:  # a plain value: skip the loader's bookkeeping for graphs
+        return constructor(loader, node)
     return loader.construct_object(node, deep=True)
+
+
+_SCALARS = {
+    tag: constructor
+    for tag, constructor in yaml.SafeLoader.yaml_constructors.items()
+    if tag is not None
+    and tag.rsplit(":", 1)[-1] in ("null", "bool", "int", "float", "str", "timestamp", "binary")
+}
+"""The safe loader's constructors of scalar types: each returns its value at once."""

@@ -126,15 +126,12 @@ class Command(_Frozen):
         return SHELL if value in (None, "") else value
 
     @pydantic.model_validator(mode="after")
-    def _one_body(self) -> Command:
+    def _consistent(self) -> Command:
+        # One validator, not two: a job file can hold thousands of commands.
         if self.inline is not None and self.file is not None:
             raise ValueError("set either 'inline' or 'file', not both")
         if self.inline is None and self.file is None:
             raise ValueError("set 'inline' (the command itself) or 'file' (a script or SQL file)")
-        return self
-
-    @pydantic.model_validator(mode="after")
-    def _retry_fits_the_type(self) -> Command:
         if self.retry is None:
             return self
         if self.is_shell and self.retry.on:
