@@ -181,3 +181,14 @@ async def test_unreachable_server_is_a_clear_command_error(tmp_path: object) -> 
     assert result.state is CommandState.FAILED and result.rc == 1
     assert result.error is not None and result.error.startswith("cannot connect to 'pg'")
     assert "Traceback" not in result.stderr.text
+
+
+async def test_copy_to_the_client_is_refused_and_the_next_command_gets_a_working_session(
+    primary: PostgresExecutor,
+) -> None:
+    copied = await run(primary, "copy (select 1) to stdout")
+    assert copied.state is CommandState.FAILED and "COPY to or from the client is not supported" in (
+        copied.error or ""
+    )
+    after = await run(primary, "select 42 as n")
+    assert after.state is CommandState.SUCCEEDED and after.stdout.text == "{n}={42}\n"
