@@ -114,6 +114,18 @@ class Client(aetcd.Client):
             lambda: operation(*args, **kwargs), budget=self.budget, on_retry=self.on_retry
         )
 
+    async def keep_alive_once(self, lease_id: int, *, within: float) -> Any:
+        """One keep-alive of the lease with gRPC's own deadline (never cancelled from asyncio:
+        cancelling a streaming call mid-flight can leave it hanging); the reply, or None."""
+        try:
+            async for reply in self.leasestub.LeaseKeepAlive(
+                [rpc.LeaseKeepAliveRequest(ID=lease_id)], timeout=within, metadata=self.metadata
+            ):
+                return reply
+        except grpc.aio.AioRpcError as error:
+            raise EtcdUnavailable(f"keep-alive failed: {error.code().name}: {error.details()}") from None
+        return None
+
     async def get_prefix(self, *args: Any, **kwargs: Any) -> Any:
         return await self._retrying(super().get_prefix, *args, **kwargs)
 

@@ -77,8 +77,11 @@ async def hold(
                 task.cancel()
 
         budget = min(stop_budget, ttl / 2)
+        stopping = asyncio.Event()
         watchdog = asyncio.create_task(
-            _keep_alive(client, held.lease, ttl=ttl, budget=budget, sent_ok=sent, stop=stop)
+            _keep_alive(
+                client, held.lease, ttl=ttl, budget=budget, sent_ok=sent, stop=stop, stopping=stopping
+            )
         )
         try:
             yield {"PGQ_LOCK_REVISION": str(held.revision)}
@@ -87,8 +90,11 @@ async def hold(
                 raise LockLost(lost[0]) from None
             raise
         finally:
-            watchdog.cancel()
-            await asyncio.wait([watchdog])
+            # Let a keep-alive in flight end by its own deadline rather than cancel it mid-stream.
+            stopping.set()
+            await asyncio.wait([watchdog], timeout=RELEASE_TIMEOUT)
+            if not watchdog.done():
+                watchdog.cancel()
     finally:
         await asyncio.shield(_release(client, held))
 
@@ -149,7 +155,7 @@ async def _confirm(client: Client, lease: aetcd.Lease, *, ttl: int) -> float:
 
     async def refresh() -> tuple[float, Any]:
         sent = time.monotonic()
-        reply = await asyncio.wait_for(client.refresh_lease(lease.id), timeout=_attempt_timeout(ttl))
+        reply = await client.keep_alive_once(lease.id, within=_attempt_timeout(ttl))
         return sent, reply
 
     assert client.budget is not None
@@ -180,9 +186,10 @@ async def _keep_alive(
     budget: float,
     sent_ok: float,
     stop: Callable[[str], None],
+    stopping: asyncio.Event,
 ) -> None:
     """Refresh every TTL/3 (retrying quickly after a failure, e.g. during a leader election);
-    call ``stop`` before the lease can have expired on the server."""
+    call ``stop`` before the lease can have expired on the server. Returns when ``stopping`` is set."""
     interval = ttl / 3
     failed = False
     while True:
@@ -191,13 +198,16 @@ async def _keep_alive(
         if wait <= 0:
             stop(f"no keep-alive of the etcd lease for {time.monotonic() - sent_ok:.1f}s (TTL {ttl:g}s)")
             return
-        await asyncio.sleep(wait)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=wait)
+        if stopping.is_set():
+            return
         sent = time.monotonic()
         try:
-            reply = await asyncio.wait_for(
-                client.refresh_lease(lease.id), timeout=max(0.1, min(_attempt_timeout(ttl), deadline - sent))
+            reply = await client.keep_alive_once(
+                lease.id, within=max(0.1, min(_attempt_timeout(ttl), deadline - sent))
             )
-        except (TimeoutError, aetcd.ClientError, OSError):
+        except (EtcdUnavailable, aetcd.ClientError, OSError):
             failed = True
             continue
         if reply is None or reply.TTL <= 0:
