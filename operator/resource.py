@@ -22,7 +22,7 @@ from pgquartz.operator import names
 from pgquartz.operator import schedule as schedules
 from pgquartz.runner.model import Job, Role, durations
 from pgquartz.runner.model.job import OnFailover
-from pgquartz.runner.model.retry import Retry
+from pgquartz.runner.model.retry import Retry, connection_retry
 
 GROUP = "pgquartz.io"
 VERSION = "v1alpha1"
@@ -143,9 +143,7 @@ class ConnectionSpec(_Strict):
     @pydantic.field_validator("retry")
     @classmethod
     def _sql_retry(cls, value: Retry | None) -> Retry | None:
-        if value is not None and value.exit_codes:
-            raise ValueError("a connection's retry is for SQL errors: use 'on', not 'exitCodes'")
-        return value
+        return connection_retry(value)
 
     @pydantic.field_validator("params")
     @classmethod

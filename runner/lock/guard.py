@@ -65,7 +65,7 @@ async def hold(
         try:
             held, sent = await _acquire(client, key=key, ttl=ttl, job_name=job_name, on_waiting=on_waiting)
         except (retrying.GaveUp, EtcdUnavailable, aetcd.ClientError, OSError) as error:
-            raise LockNotAcquired(f"cannot take the etcd lock {key!r}: {_describe(error)}") from None
+            raise LockNotAcquired(f"cannot take the etcd lock {key!r}: {retrying.describe(error)}") from None
         client.budget = None  # from here on, the lease's TTL is the bound (the watchdog's rule)
         task = asyncio.current_task()
         assert task is not None
@@ -227,7 +227,3 @@ async def _release(client: Client, held: mutex.Mutex | None) -> None:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), RELEASE_TIMEOUT)
-
-
-def _describe(error: BaseException) -> str:
-    return retrying.describe(error)

@@ -24,7 +24,7 @@ import pydantic
 
 from pgquartz.runner.model import durations
 from pgquartz.runner.model.gates import Gate, Gates
-from pgquartz.runner.model.retry import Retry
+from pgquartz.runner.model.retry import Retry, connection_retry
 
 SHELL = "shell"
 """The command type that runs a body with bash; any other type names a connection."""
@@ -241,9 +241,7 @@ class Connection(_Frozen):
     @pydantic.field_validator("retry")
     @classmethod
     def _sql_retry(cls, value: Retry | None) -> Retry | None:
-        if value is not None and value.exit_codes:
-            raise ValueError("a connection's retry is for SQL errors: use 'on', not 'exitCodes'")
-        return value
+        return connection_retry(value)
 
     @pydantic.model_validator(mode="after")
     def _one_password_source(self) -> Connection:

@@ -119,3 +119,10 @@ class Retry(pydantic.BaseModel):
         growth = float(2 ** min(retry - 1, 30))
         step = min(self.max_backoff.total_seconds(), self.backoff.total_seconds() * growth)
         return step / 2 + rng.uniform(0, step / 2)
+
+
+def connection_retry(value: Retry | None) -> Retry | None:
+    """A connection's retry is the default of its SQL commands: SQL conditions only, no exit codes."""
+    if value is not None and value.exit_codes:
+        raise ValueError("a connection's retry is for SQL errors: use 'on', not 'exitCodes'")
+    return value
