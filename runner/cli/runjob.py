@@ -25,7 +25,6 @@ from pgquartz.runner.engine import events
 from pgquartz.runner.engine import run as engine
 from pgquartz.runner.engine.dispatch import ConnectionExecutor, Dispatcher
 from pgquartz.runner.engine.summary import Outcome, Summary
-from pgquartz.runner.executors import shell as shell_executor
 from pgquartz.runner.executors.capture import Limits
 from pgquartz.runner.executors.identity import FailoverSeen
 from pgquartz.runner.executors.shell import ShellExecutor
@@ -139,7 +138,6 @@ async def _run(
         loop.add_signal_handler(signum, on_signal, signum)
     for notice in notices:
         record(notice)
-    shell_executor.use_pidfd_child_watcher()
     shell = ShellExecutor(workdir=loaded.workdir, limits=limits, kill_grace=kill_grace)
     connections: dict[str, ConnectionExecutor] = {}
 

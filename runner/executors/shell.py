@@ -20,38 +20,15 @@ import os
 import pathlib
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 
+from pgquartz.runner.executors import spawn
 from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.model.results import CommandResult, CommandState
 
 BASH = "bash"
 _INLINE_ARG_LIMIT = 100 * 1024  # Linux refuses one argv string over 128 KiB
-
-
-def use_pidfd_child_watcher() -> None:
-    """On Python 3.11, watch children with pidfds instead of a thread per child.
-
-    3.11's default ``ThreadedChildWatcher`` starts one thread per command; with
-    hundreds of short commands that thread handshake dominates the runner's own
-    overhead. 3.12+ already uses pidfds by default (and deprecates watchers).
-    """
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:  # a kernel before 5.3, or a seccomp policy without pidfd_open
-        return
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-        asyncio.set_child_watcher(watcher)
 
 
 class ShellExecutor:
@@ -67,6 +44,7 @@ class ShellExecutor:
         base_env: Mapping[str, str] | None = None,
     ) -> None:
         self._workdir = workdir
+        self._workdir_text = str(workdir)
         self._limits = limits
         self._kill_grace = kill_grace
         # Resolved once: given a bare name, every spawn would try each PATH entry in turn.
@@ -101,18 +79,10 @@ class ShellExecutor:
         else:
             argv = [self._bash, "-c", inline or ""]
         stdout, stderr = BoundedCapture(self._limits), BoundedCapture(self._limits)
-        loop = asyncio.get_running_loop()
         try:
             try:
-                transport, protocol = await loop.subprocess_exec(
-                    lambda: _Protocol(loop, stdout, stderr),
-                    *argv,
-                    cwd=self._workdir,
-                    env=environment,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
+                child = spawn.spawn(
+                    argv, cwd=self._workdir_text, env=environment, stdout=stdout.feed, stderr=stderr.feed
                 )
             except OSError as error:
                 return CommandResult(
@@ -124,9 +94,9 @@ class ShellExecutor:
                     error=f"cannot start {self._bash}: {error}",
                 )
             try:
-                rc = await self._wait(transport, protocol)
+                rc = await self._wait(child)
             finally:
-                transport.close()
+                child.close()
         finally:
             if script_file is not None:
                 script_file.unlink(missing_ok=True)
@@ -141,47 +111,21 @@ class ShellExecutor:
             error=_signal_note(rc),
         )
 
-    async def _wait(self, transport: asyncio.SubprocessTransport, protocol: _Protocol) -> int:
-        pid = transport.get_pid()
+    async def _wait(self, child: spawn.Spawned) -> int:
         try:
-            await protocol.exited
+            returncode = await asyncio.shield(child.exited)
         except asyncio.CancelledError:
-            await _stop_group(pid, protocol, self._kill_grace)
+            await _stop_group(child, self._kill_grace)
             raise
         # bash is gone; anything it left running in its group must not outlive it
         # (and would otherwise hold our pipes open).
-        if _group_alive(pid):
-            await _stop_group(pid, protocol, self._kill_grace)
+        if _group_alive(child.pid):
+            await _stop_group(child, self._kill_grace)
         # A process that left the group (setsid) may still hold the pipes: don't wait forever.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(protocol.closed), timeout=self._kill_grace)
-        rc = transport.get_returncode()
-        assert rc is not None
-        return 128 - rc if rc < 0 else rc
-
-
-class _Protocol(asyncio.SubprocessProtocol):
-    """Feeds the pipes straight into bounded captures; tells when the process exited."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, stdout: BoundedCapture, stderr: BoundedCapture
-    ) -> None:
-        self._captures = {1: stdout, 2: stderr}
-        self._open = {1, 2}
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self._captures[fd].feed(data)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        self._open.discard(fd)
-        if not self._open and not self.closed.done():
-            self.closed.set_result(None)
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
+        if not child.drained.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(child.drained), timeout=self._kill_grace)
+        return 128 - returncode if returncode < 0 else returncode
 
 
 def _group_alive(pgid: int) -> bool:
@@ -214,11 +158,13 @@ def _has_live_member(pgid: int) -> bool:
     return False
 
 
-async def _stop_group(pgid: int, protocol: _Protocol, grace: float) -> None:
+async def _stop_group(child: spawn.Spawned, grace: float) -> None:
     """SIGTERM the command's process group, SIGKILL it after ``grace``, wait until it is gone.
 
     Shielded from further cancellation: a second Ctrl-C must not leave processes behind.
     """
+
+    pgid = child.pid
 
     async def stop() -> None:
         _signal_group(pgid, signal.SIGTERM)
@@ -228,7 +174,7 @@ async def _stop_group(pgid: int, protocol: _Protocol, grace: float) -> None:
             await asyncio.sleep(0.01)
         if _group_alive(pgid):
             _signal_group(pgid, signal.SIGKILL)
-        await protocol.exited
+        await child.exited
         deadline = time.monotonic() + 1.0
         while _group_alive(pgid) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)

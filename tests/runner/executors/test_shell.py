@@ -1,4 +1,9 @@
-"""The shell executor runs real bash and leaves no process behind."""
+"""The shell executor runs real bash and leaves no process behind.
+
+Every test runs three ways, as the runner can start a command: by posix_spawn (the command
+runs in the runner's own directory), by Popen (it runs elsewhere), and with its exit learned
+by a thread in waitpid instead of a pidfd (kernels without pidfds).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,34 @@ import pathlib
 import time
 import uuid
 
+import psutil
 import pytest
 
+from pgquartz.runner.executors import spawn
 from pgquartz.runner.executors.capture import Limits
 from pgquartz.runner.executors.shell import ShellExecutor
 from pgquartz.runner.model.results import CommandState
 from tests.conftest import processes_with_marker
+
+
+@pytest.fixture(autouse=True, params=["posix_spawn", "popen", "waitpid-thread"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> str:
+    """How commands are started in this test; the other way is made to fail, so it cannot be taken."""
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{request.param}: the wrong way to start a command")
+
+    if request.param == "popen":
+        monkeypatch.chdir("/")
+        monkeypatch.setattr(os, "posix_spawn", refused)
+        monkeypatch.setattr(os, "posix_spawnp", refused)
+    else:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(spawn.subprocess, "Popen", refused)
+    if request.param == "waitpid-thread":
+        monkeypatch.setattr(spawn, "USE_PIDFD", False)
+        monkeypatch.setattr(os, "pidfd_open", refused)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -114,3 +141,30 @@ async def test_missing_bash_is_a_failed_command_not_a_crash(tmp_path: pathlib.Pa
     result = await shell.run(name="t", inline="true")
     assert result.state is CommandState.FAILED and result.rc == 127
     assert result.error is not None and "cannot start /nonexistent/bash" in result.error
+
+
+async def test_signals_python_ignores_are_back_at_their_defaults(shell: ShellExecutor) -> None:
+    # Python ignores SIGPIPE; a command must not inherit that, or `yes | head` never ends cleanly.
+    result = await shell.run(name="t", inline='yes | head -c 1 > /dev/null; echo "${PIPESTATUS[0]}"')
+    assert result.stdout.text == "141\n" and result.stderr.text == ""
+
+
+async def test_a_command_inherits_only_stdin_stdout_and_stderr(
+    shell: ShellExecutor, tmp_path: pathlib.Path
+) -> None:
+    inheritable = os.open(tmp_path / "held", os.O_CREAT | os.O_WRONLY)
+    os.set_inheritable(inheritable, True)  # as a C library may leave one
+    try:
+        result = await shell.run(name="t", inline="ls /proc/$$/fd; true")
+    finally:
+        os.close(inheritable)
+    assert result.stdout.text.split() == ["0", "1", "2"]
+
+
+async def test_many_short_commands_leave_no_file_descriptor_or_zombie_behind(shell: ShellExecutor) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    results = await asyncio.gather(*(shell.run(name=f"t{i}", inline=f"echo {i}") for i in range(50)))
+    assert [r.stdout.text for r in results] == [f"{i}\n" for i in range(50)]
+    assert set(os.listdir("/proc/self/fd")) <= before
+    zombies = [child for child in psutil.Process().children() if child.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []

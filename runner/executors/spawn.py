@@ -1,0 +1,208 @@
+"""Starting a command's process, reading its pipes and learning of its exit, with no transport per command.
+
+asyncio's subprocess transports cost about half a millisecond of the runner's
+CPU per command (a ``Popen``, a transport for each pipe, a task to connect them,
+a child watcher), which on jobs of many short commands is a third of the time
+bash itself needs. Here a command costs one spawn and three file descriptors on
+the event loop:
+
+- the process is started by ``os.posix_spawn`` (glibc's vfork + exec) when it
+  runs in the runner's own directory (posix_spawn cannot change directory in
+  Python before 3.13's file actions), else by ``subprocess.Popen`` with ``cwd``;
+  either way in a new session (its process group is the unit of cleanup), with
+  the signals Python ignores (SIGPIPE, SIGXFSZ) back at their defaults, stdin
+  from ``/dev/null`` and nothing but 0, 1 and 2 inherited (the descriptors a C
+  library left inheritable are closed in the child, as ``close_fds`` does);
+- stdout and stderr are pipes read by ``loop.add_reader`` into the caller's
+  callbacks;
+- the exit is learned from a pidfd on the loop (Linux 5.3+), or, without
+  pidfds, from a thread that waits in ``waitpid`` for this one child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+READ_SIZE = 256 * 1024  # as asyncio's pipe transports read
+# The signals Python sets to SIG_IGN at start: an exec keeps them ignored unless reset.
+_RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+def _pidfds_work() -> bool:
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel before 5.3, or a seccomp policy without pidfd_open
+        return False
+    return True
+
+
+USE_PIDFD = _pidfds_work()
+USE_POSIX_SPAWN = hasattr(os, "posix_spawn")
+
+Feed = Callable[[bytes], None]
+
+
+class Spawned:
+    """A started process: ``exited`` resolves to its return code (``-N`` for signal N),
+    ``drained`` when both pipes reached end of file (or were closed by :meth:`close`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int) -> None:
+        self.pid = pid
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.drained: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        self._pipes: dict[int, Feed] = {}
+        self._pidfd: int | None = None
+
+    def _read_pipe(self, fd: int, feed: Feed) -> None:
+        self._pipes[fd] = feed
+        self._loop.add_reader(fd, self._readable, fd)
+
+    def _readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._pipes[fd](data)
+        else:
+            self._close_pipe(fd)
+
+    def _close_pipe(self, fd: int) -> None:
+        if self._pipes.pop(fd, None) is None:
+            return
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        if not self._pipes and not self.drained.done():
+            self.drained.set_result(None)
+
+    def _watch_exit(self) -> None:
+        if USE_PIDFD:
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+            except OSError:
+                self._pidfd = None
+            else:
+                self._loop.add_reader(self._pidfd, self._pidfd_readable)
+                return
+        threading.Thread(target=self._wait_in_thread, name=f"pgquartz-wait-{self.pid}", daemon=True).start()
+
+    def _pidfd_readable(self) -> None:
+        assert self._pidfd is not None
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._set_exited(_reap(self.pid))  # at once: the pidfd says it exited
+
+    def _wait_in_thread(self) -> None:
+        returncode = _reap(self.pid)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._set_exited, returncode)
+
+    def _set_exited(self, returncode: int) -> None:
+        if not self.exited.done():
+            self.exited.set_result(returncode)
+
+    def close(self) -> None:
+        """Stop reading the pipes (what is still unread is lost). The exit is still watched."""
+        for fd in list(self._pipes):
+            self._close_pipe(fd)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    env: Mapping[bytes, bytes],
+    stdout: Feed,
+    stderr: Feed,
+) -> Spawned:
+    """Start ``argv`` in ``cwd`` in a new session; raises OSError when it cannot be started."""
+    loop = asyncio.get_running_loop()
+    out_read, out_write = os.pipe2(os.O_CLOEXEC)
+    err_read, err_write = os.pipe2(os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pid = _start(argv, cwd=cwd, env=env, stdin=devnull, stdout=out_write, stderr=err_write)
+    except BaseException:
+        os.close(out_read)
+        os.close(err_read)
+        raise
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+        os.close(devnull)
+    spawned = Spawned(loop, pid)
+    spawned._read_pipe(out_read, stdout)
+    spawned._read_pipe(err_read, stderr)
+    spawned._watch_exit()
+    return spawned
+
+
+def _start(
+    argv: Sequence[str], *, cwd: str, env: Mapping[bytes, bytes], stdin: int, stdout: int, stderr: int
+) -> int:
+    inherited = _inheritable_descriptors() if USE_POSIX_SPAWN and _is_current_directory(cwd) else None
+    if inherited is not None:
+        # Python's own descriptors are never inheritable, but a C library's may be: close those
+        # in the child, as Popen's close_fds does.
+        actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
+        actions += [
+            (os.POSIX_SPAWN_DUP2, stdin, 0),
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+        ]
+        start = os.posix_spawn if os.path.isabs(argv[0]) else os.posix_spawnp
+        with contextlib.suppress(NotImplementedError):  # no POSIX_SPAWN_SETSID (glibc < 2.26)
+            return start(
+                argv[0], list(argv), env, file_actions=actions, setsid=True, setsigdef=_RESET_SIGNALS
+            )
+    process = subprocess.Popen(
+        list(argv), cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True
+    )
+    # Reaped by Spawned, not by Popen: tell it so, or it warns that the process still runs.
+    process.returncode = 0
+    return process.pid
+
+
+def _reap(pid: int) -> int:
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped by someone else: its status is lost
+        return 255
+    return os.waitstatus_to_exitcode(status)
+
+
+def _inheritable_descriptors() -> list[int] | None:
+    """The descriptors above 2 an exec would pass on (about 15 µs), or None without /proc."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    found = []
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    found.append(fd)
+            except OSError:  # the descriptor that listed the directory, closed since
+                continue
+    return found
+
+
+def _is_current_directory(path: str) -> bool:
+    try:
+        return os.getcwd() == path
+    except OSError:  # the runner's directory was removed
+        return False

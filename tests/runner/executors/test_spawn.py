@@ -1,0 +1,54 @@
+"""How a command's process is started: posix_spawn where it can be, Popen where it must be."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from pgquartz.runner.executors import spawn
+from pgquartz.runner.executors.shell import ShellExecutor
+from pgquartz.runner.model.results import CommandState
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[object]:
+    calls: list[object] = []
+    original = getattr(owner, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+async def test_commands_in_the_runners_directory_are_posix_spawned(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spawned = count_calls(monkeypatch, os, "posix_spawn")
+    popened = count_calls(monkeypatch, spawn.subprocess, "Popen")
+    result = await ShellExecutor(workdir=tmp_path).run(name="t", inline="pwd")
+    assert result.stdout.text == f"{tmp_path}\n"
+    assert len(spawned) == 1 and popened == []
+
+
+async def test_commands_elsewhere_are_started_by_popen_in_their_workdir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.chdir("/")
+    spawned = count_calls(monkeypatch, os, "posix_spawn")
+    popened = count_calls(monkeypatch, spawn.subprocess, "Popen")
+    result = await ShellExecutor(workdir=tmp_path).run(name="t", inline="pwd")
+    assert result.stdout.text == f"{tmp_path}\n"
+    assert spawned == [] and len(popened) == 1
+
+
+async def test_a_missing_workdir_is_a_failed_command_and_leaks_nothing(tmp_path: pathlib.Path) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    result = await ShellExecutor(workdir=tmp_path / "gone").run(name="t", inline="true")
+    assert result.state is CommandState.FAILED and result.rc == 127
+    assert result.error is not None and "cannot start" in result.error
+    assert set(os.listdir("/proc/self/fd")) <= before
