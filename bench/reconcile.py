@@ -30,6 +30,7 @@ from tests.support.processes import free_port
 NAMESPACE = "db"
 JOBS = f"/apis/pgquartz.io/v1alpha1/namespaces/{NAMESPACE}/pgquartzjobs"
 CRON_JOBS = f"/apis/batch/v1/namespaces/{NAMESPACE}/cronjobs"
+JOBS_PATH = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
 SPEC = {"schedule": "15 23 * * *", "job": {"steps": {"s": {"commands": [{"inline": "true"}]}}}}
 
 
@@ -53,9 +54,42 @@ async def _create_resources(url: str, count: int) -> None:
             await asyncio.gather(*(post(index) for index in range(start, min(count, start + 50))))
 
 
-async def _count(session: aiohttp.ClientSession, url: str) -> int:
-    async with session.get(url + CRON_JOBS) as response:
+async def _count(session: aiohttp.ClientSession, url: str, path: str) -> int:
+    async with session.get(url + path) as response:
         return len((await response.json()).get("items", []))
+
+
+def unrelated(index: int) -> tuple[str, dict[str, Any]]:
+    """Another team's Job or CronJob: the operator must not pay for it."""
+    template = {
+        "metadata": {"labels": {"app": "web-report"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "report", "image": "registry.example/report:1.0", "args": ["--all"]}],
+        },
+    }
+    metadata = {"name": f"web-{index:05d}", "namespace": NAMESPACE, "labels": {"app": "web-report"}}
+    if index % 2:
+        return JOBS_PATH, {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": metadata,
+            "spec": {"template": template},
+        }
+    spec = {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template}}}
+    return CRON_JOBS, {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata, "spec": spec}
+
+
+async def _create_unrelated(url: str, count: int) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def post(index: int) -> None:
+            path, obj = unrelated(index)
+            async with session.post(url + path, json=obj) as response:
+                response.raise_for_status()
+
+        for start in range(0, count, 50):
+            await asyncio.gather(*(post(index) for index in range(start, min(count, start + 50))))
 
 
 def baseline(count: int) -> float:
@@ -73,10 +107,12 @@ def baseline(count: int) -> float:
         return time.perf_counter() - started
 
 
-def operator(count: int, work: pathlib.Path) -> dict[str, float]:
-    """Start ``pgquartz-operator`` on N existing resources; time until every CronJob exists, RSS, CPU."""
+def operator(count: int, work: pathlib.Path, *, others: int = 0) -> dict[str, float]:
+    """Start ``pgquartz-operator`` on N existing resources (and ``others`` unrelated Jobs and
+    CronJobs); time until every CronJob of ours exists, its RSS and CPU."""
     figures: dict[str, float] = {}
     with emulator_process() as (emulator, url):
+        asyncio.run(_create_unrelated(url, others))
         asyncio.run(_create_resources(url, count))
         kubeconfig = write_kubeconfig(url, work / "kubeconfig", namespace=NAMESPACE)
         environment = {
@@ -113,7 +149,7 @@ async def _watch(url: str, count: int, started: float, process: subprocess.Popen
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"pgquartz-operator exited with {process.returncode}")
-            present = await _count(session, url)
+            present = await _count(session, url, CRON_JOBS + f"?labelSelector={manifests.LABEL_NAME}")
             if present and first is None:
                 first = time.perf_counter() - started
             if present >= count:
@@ -143,4 +179,12 @@ def bench(work: pathlib.Path, runs: int) -> None:
         f" emulator CPU {figures['emulator_cpu']:.1f}s; operator peak RSS"
         f" {figures['operator_peak_rss_mb']:.0f} MB; SIGTERM → exit {figures['exit_code']:.0f}"
         f" in {figures['stop']:.1f}s"
+    )
+    others = int(os.environ.get("PGQ_BENCH_UNRELATED_COUNT", "10000"))
+    crowded = operator(count, work, others=others)
+    print(
+        f"{'':<10} with {others} unrelated Jobs and CronJobs in the namespace: operator CPU"
+        f" {crowded['operator_cpu']:.1f}s vs {cpu:.1f}s without ({crowded['operator_cpu'] / cpu:.2f}×),"
+        f" peak RSS {crowded['operator_peak_rss_mb']:.0f} MB vs {figures['operator_peak_rss_mb']:.0f} MB"
+        f" ({crowded['operator_peak_rss_mb'] / figures['operator_peak_rss_mb']:.2f}×; target: 1.00× both)"
     )

@@ -40,6 +40,7 @@ from pgquartz.operator import (
     resource,
     status,
     validation,
+    watching,
 )
 from pgquartz.operator import metrics as operator_metrics
 
@@ -314,7 +315,7 @@ def register(
         "batch",
         "v1",
         "cronjobs",
-        labels={manifests.LABEL_NAME: kopf.PRESENT, manifests.LABEL_MANAGED: manifests.MANAGER},
+        labels=watching.handler_filter(watching.CRON_JOB_LABELS),
         registry=registry,
     )
     def cron_job_changed(
@@ -368,7 +369,9 @@ def register(
             and children.controller_uid(cron_job) == owner["metadata"]["uid"]
         )
 
-    @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_NAME: kopf.PRESENT}, registry=registry)
+    @kopf.on.event(
+        "batch", "v1", "jobs", labels=watching.handler_filter(watching.JOB_LABELS), registry=registry
+    )
     def job_changed(body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
         """A run's Job changed: recompute the owner's run status from all its Jobs and their pods."""
         owner = owner_name(body)

@@ -17,13 +17,14 @@ from collections.abc import Callable
 import kopf
 import prometheus_client
 
-from pgquartz.operator import bookkeeping, handlers, kubeapi, settings
+from pgquartz.operator import bookkeeping, handlers, kubeapi, settings, watching
 from pgquartz.operator import metrics as operator_metrics
 
 
 def configure(operator_settings: kopf.OperatorSettings) -> None:
-    """kopf's bookkeeping under pgquartz.io (pgquartz.operator.bookkeeping)."""
+    """kopf's bookkeeping under pgquartz.io, and only our own Jobs and CronJobs streamed."""
     bookkeeping.configure(operator_settings)
+    watching.configure(operator_settings)
     operator_settings.posting.level = 20  # INFO: created/updated objects and run outcomes
 
 

@@ -815,3 +815,47 @@ async def test_quantities_the_server_rewrites_are_no_drift(cluster: Cluster) -> 
     container = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"] == {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}
     assert await cluster.writes_during_scheduled_runs(5) == []
+
+
+async def test_only_the_operators_own_jobs_and_cron_jobs_are_streamed_to_it(cluster: Cluster) -> None:
+    """Other teams' Jobs and CronJobs are selected out by the server, never sent to the operator."""
+    theirs = {"metadata": {"name": "theirs", "namespace": "db", "labels": {"team": "web"}}}
+    template = {
+        "spec": {
+            "template": {
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}
+            }
+        }
+    }
+    await cluster.post(
+        "/apis/batch/v1/namespaces/db/cronjobs",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            **theirs,
+            "spec": {"schedule": "* * * * *", "jobTemplate": template},
+        },
+    )
+    await cluster.post(
+        "/apis/batch/v1/namespaces/db/jobs",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            **theirs,
+            **template,
+        },
+    )
+    await cluster.post(JOBS, pgqj("nightly"))
+    await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    streams = {
+        resource: [
+            request.params.get("labelSelector")
+            for request in cluster.emulator.history
+            if request.method == "GET" and request.url.path.endswith(f"/batch/v1/{resource}")
+        ]
+        for resource in ("cronjobs", "jobs")
+    }
+    assert streams["cronjobs"] and set(streams["cronjobs"]) == {
+        "app.kubernetes.io/managed-by=pgquartz-operator,pgquartz.io/job"
+    }
+    assert streams["jobs"] and set(streams["jobs"]) == {"pgquartz.io/job"}

@@ -8,7 +8,9 @@ kopf depends on all of these (its finalizer patch tests ``resourceVersion``),
 so :class:`Emulator` adds them. It also fixes what keeps ``kubectl`` from
 working against it (the core group's discovery, list kinds, singular and short
 names), stores a Secret's ``stringData`` as ``data`` as the API server does,
-and keeps a request history that does not make every request slower than the
+serves lists and watches by their ``labelSelector`` (apiserver/selectors.py: an
+object whose labels change into or out of a watch's selection arrives there as
+ADDED or DELETED, as from the server's watch cache), and keeps a request history that does not make every request slower than the
 last. :func:`running_kopf` runs a kopf registry against it with
 ``spawn_tasks`` + ``run_tasks`` (``kopf.operator()`` would cancel the test's
 own tasks on shutdown), keeping kopf's bookkeeping under ``pgquartz.io``.
@@ -57,8 +59,8 @@ import kopf
 import yaml
 from kmock._internal import enums, k8s, parsing
 
-from pgquartz.operator import bookkeeping
-from tests.support.apiserver import defaulting, schemas, validation, writes
+from pgquartz.operator import bookkeeping, watching
+from tests.support.apiserver import defaulting, schemas, selectors, validation, writes
 from tests.support.processes import free_port, stop
 
 VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
@@ -125,6 +127,17 @@ def _established(crd: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _label_selector(request: Any) -> list[selectors.Requirement]:
+    try:
+        return selectors.parse(str(request.params.get("labelSelector") or ""))
+    except selectors.SelectorError as error:
+        raise ApiError(status=400, reason="BadRequest", message=str(error)) from None
+
+
+def _selected(requirements: list[selectors.Requirement], obj: Mapping[str, Any]) -> bool:
+    return selectors.matches(requirements, obj.get("metadata", {}).get("labels"))
+
+
 def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if key not in keys}
 
@@ -182,10 +195,40 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _serve_list(self, request: Any) -> Any:
         # kubectl refuses a list without its kind.
+        requirements = _label_selector(request)
         payload = await super()._serve_list(request)
+        if requirements:
+            payload["items"] = [item for item in payload["items"] if _selected(requirements, item)]
         resource = request.resource
         group_version = f"{resource.group}/{resource.version}".lstrip("/")
         return {"apiVersion": group_version, "kind": f"{self.resources[resource].kind}List", **payload}
+
+    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
+        """A watch sees only what its label selector selects: an object whose labels change into
+        the selection arrives as ADDED, one whose labels change out of it as DELETED."""
+        requirements = _label_selector(request)
+        if not requirements:
+            async for event in super()._serve_watch(request):
+                yield event
+            return
+        selected: set[tuple[str | None, str | None]] = set()
+        async for event in super()._serve_watch(request):
+            if not isinstance(event, dict) or "object" not in event:
+                yield event  # the stream's opening, bookmarks
+                continue
+            metadata = event["object"].get("metadata", {})
+            key = (metadata.get("namespace"), metadata.get("name"))
+            was, now = key in selected, _selected(requirements, event["object"])
+            if event.get("type") == "DELETED":
+                selected.discard(key)
+                if was:
+                    yield event
+            elif now:
+                selected.add(key)
+                yield event if was else {**event, "type": "ADDED"}
+            elif was:
+                selected.discard(key)
+                yield {**event, "type": "DELETED"}
 
     async def _render_error(self, exc: Exception) -> Any:
         if isinstance(exc, ApiError):  # as a server says it: no traceback
@@ -507,8 +550,8 @@ async def running_emulator() -> AsyncIterator[tuple[Emulator, str]]:
 
 
 def settings() -> kopf.OperatorSettings:
-    """kopf's bookkeeping as the operator keeps it (pgquartz.operator.bookkeeping)."""
-    return bookkeeping.configure(kopf.OperatorSettings())
+    """kopf's bookkeeping and watch selectors as the operator keeps them."""
+    return watching.configure(bookkeeping.configure(kopf.OperatorSettings()))
 
 
 @contextlib.asynccontextmanager

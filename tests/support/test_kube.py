@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 from collections.abc import AsyncIterator
@@ -341,3 +342,61 @@ async def test_kopf_handles_a_created_object_once() -> None:
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # a second invocation would show up here
     assert seen == ["nightly"]
+
+
+def labelled(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}}
+
+
+async def test_a_list_returns_what_its_label_selector_selects(api: Api) -> None:
+    await api.ok("POST", CONFIG_MAPS, labelled("ours", team="db", tier="a"))
+    await api.ok("POST", CONFIG_MAPS, labelled("theirs", team="web"))
+    await api.ok("POST", CONFIG_MAPS, labelled("bare"))
+
+    async def names(selector: str) -> list[str]:
+        answer = await api.ok("GET", CONFIG_MAPS, labelSelector=selector)
+        return sorted(item["metadata"]["name"] for item in answer["items"])
+
+    assert await names("team=db") == ["ours"]
+    assert await names("team") == ["ours", "theirs"]
+    assert await names("!team") == ["bare"]
+    assert await names("team!=db") == ["bare", "theirs"]
+    assert await names("team in (db, web),tier notin (b)") == ["ours", "theirs"]
+    status, answer = await api.send("GET", CONFIG_MAPS, labelSelector="team==")
+    assert status == 200  # an empty value is a value
+    status, answer = await api.send("GET", CONFIG_MAPS, labelSelector="team in db")
+    assert status == 400 and answer["reason"] == "BadRequest"
+
+
+async def test_a_watch_sees_objects_enter_and_leave_its_label_selector(api: Api) -> None:
+    await api.ok("POST", CONFIG_MAPS, labelled("early", team="db"))
+    await api.ok("POST", CONFIG_MAPS, labelled("other", team="web"))
+    seen: list[tuple[str, str]] = []
+
+    async def watch() -> None:
+        params = {"watch": "true", "labelSelector": "team=db"}
+        async with api.session.get(api.url + CONFIG_MAPS, params=params) as response:
+            async for line in response.content:
+                if line.strip():
+                    event = json.loads(line)
+                    seen.append((event["type"], event["object"]["metadata"]["name"]))
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)
+    await api.ok("PATCH", f"{CONFIG_MAPS}/other", {"metadata": {"labels": {"team": "db"}}}, headers=MERGE)
+    await api.ok("PATCH", f"{CONFIG_MAPS}/early", {"data": {"k": "v"}}, headers=MERGE)
+    await api.ok("PATCH", f"{CONFIG_MAPS}/early", {"metadata": {"labels": {"team": "ops"}}}, headers=MERGE)
+    await api.ok("POST", CONFIG_MAPS, labelled("unrelated", team="web"))
+    await api.ok("DELETE", f"{CONFIG_MAPS}/unrelated")
+    await api.ok("DELETE", f"{CONFIG_MAPS}/other")
+    await asyncio.sleep(0.3)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    assert seen == [
+        ("ADDED", "early"),
+        ("ADDED", "other"),
+        ("MODIFIED", "early"),
+        ("DELETED", "early"),
+        ("DELETED", "other"),
+    ]
