@@ -11,8 +11,8 @@ names), stores a Secret's ``stringData`` as ``data`` as the API server does,
 serves lists and watches by their ``labelSelector`` (apiserver/selectors.py: an
 object whose labels change into or out of a watch's selection arrives there as
 ADDED or DELETED, as from the server's watch cache), and keeps a request
-history that does not make every request slower than the last. :func:`running_kopf` runs a kopf registry against it with
-``spawn_tasks`` + ``run_tasks`` (``kopf.operator()`` would cancel the test's
+history that does not make every request slower than the last.
+:func:`running_kopf` runs a kopf registry against it with ``spawn_tasks`` + ``run_tasks`` (``kopf.operator()`` would cancel the test's
 own tasks on shutdown), keeping kopf's bookkeeping under ``pgquartz.io``.
 
 It also runs as its own process, like an API server (``python -m
