@@ -4,16 +4,17 @@ kmock's ``KubernetesEmulator`` serves discovery, list, watch, create, patch and
 delete over real HTTP, but assigns no ``uid``, ``resourceVersion``,
 ``generation`` or ``creationTimestamp``, does not take ``metadata.namespace``
 from the URL, and answers a failed JSON-patch ``test`` with 500 instead of 422.
-kopf depends on all of these (its finalizer patch tests ``resourceVersion``),
-so :class:`Emulator` adds them. It also fixes what keeps ``kubectl`` from
-working against it (the core group's discovery, list kinds, singular and short
-names), stores a Secret's ``stringData`` as ``data`` as the API server does,
-serves lists and watches by their ``labelSelector`` (apiserver/selectors.py: an
-object whose labels change into or out of a watch's selection arrives there as
-ADDED or DELETED, as from the server's watch cache), and keeps a request
-history that does not make every request slower than the last.
-:func:`running_kopf` runs a kopf registry against it with ``spawn_tasks`` + ``run_tasks`` (``kopf.operator()`` would cancel the test's
-own tasks on shutdown), keeping kopf's bookkeeping under ``pgquartz.io``.
+kopf depends on all of these (its finalizer patch tests ``resourceVersion``), so
+:class:`Emulator` adds them. It also fixes what keeps ``kubectl`` from working
+against it (the core group's discovery, list kinds, singular and short names),
+stores a Secret's ``stringData`` as ``data`` as the API server does, serves
+lists and watches by their ``labelSelector`` (apiserver/selectors.py: an object
+whose labels change into or out of a watch's selection arrives there as ADDED or
+DELETED, as from the server's watch cache), and keeps a request history that
+does not make every request slower than the last. :func:`running_kopf` runs a
+kopf registry against it with ``spawn_tasks`` + ``run_tasks``
+(``kopf.operator()`` would cancel the test's own tasks on shutdown), keeping
+kopf's bookkeeping under ``pgquartz.io``.
 
 It also runs as its own process, like an API server (``python -m
 tests.support.kube`` prints its URL, then serves until SIGTERM):
