@@ -7,26 +7,31 @@
 Benchmarks (targets from the issues; figures are min/median over the runs):
 
 - commands: 1000 trivial shell commands in one step, against a bash script that runs
-  ``bash -c '<line>'`` once per command (the physical floor: one bash per command). Target ≤ 1.3×.
-  Printed twice: the total time, and the marginal cost per command (the slope between 250 and
-  1250 commands), which leaves out the interpreter's fixed start-up.
+  ``bash -c '<line>'`` once per command (the physical floor: one bash per command). Printed
+  twice: the total time (target ≤ 1.25×), and the marginal cost per command (the slope between
+  250 and 1250 commands, which leaves out the interpreter's fixed start-up; target ≤ 1.15×).
 - matrix: 1000 instances at ``parallel: 8``, against ``xargs -P8`` running ``bash -c '<line>'``
-  per instance. Target ≤ 1.5×.
+  per instance. Target ≤ 1.3× in total time.
 - memory: the runner's peak RSS while one command prints 200 MB, against the same runner running
   a command that prints nothing. Target < 150 MB.
-- startup: ``pgquartz validate`` cold start, against ``python -c pass`` and ``pgquartz -v``.
-- sql: 10 000 one-row statements as separate commands in one job over one connection, against
-  ``psql -X -q -f`` running the same statements over the same socket. Target ≤ 1.2×. Then a matrix
+- startup: ``pgquartz validate`` cold start, against ``python -c pass`` and ``pgquartz -v``
+  (target ≤ 0.12 s on the machine the issue measured 0.19 s on).
+- sql: 3000 and 10 000 one-row statements as separate commands in one job over one connection,
+  against ``psql -X -q -f`` running the same statements over the same socket. Target ≤ 5× in
+  total time. Then a matrix
   of 1000 instances of one query at ``parallel: 8``, and the failover check: the same 10 000
   commands on a connection with ``role: primary`` (its server checked before each command) against
   ``role: all`` (checked only when a session opens). Target < 1.05×.
 - lock: hand-off latency from the end of the holder's last command to the start of the next
   holder's first command (both written by ``date`` on the one clock of this machine: the lock keeps
   runs apart, so the gap is never negative), over 200 hand-offs (median, p99; target median < 50
-  ms), and the cost of the lock for an uncontended job.
+  ms), the cost of the lock for an uncontended job, and the peak RSS of the 1000-command job
+  with the lock, as PgQuartz always takes one (target ≤ 40 MB).
 - operator: 1000 PgQuartzJobs (PGQ_BENCH_OPERATOR_COUNT) reconciled by the ``pgquartz-operator``
   process against the emulated API running in another process (bench/reconcile.py): time until every
-  CronJob exists against a plain render-and-create loop, and the operator's CPU time and peak RSS.
+  CronJob exists against a plain render-and-create loop (target ≤ 3×), the operator's CPU time
+  (target ≤ 5 ms per resource) and peak RSS; then the same with 10 000 unrelated Jobs and
+  CronJobs in the namespace (PGQ_BENCH_UNRELATED_COUNT), which must not change either.
 - images: the runner and operator images' sizes, and ``podman run`` of the runner image to a finished
   trivial job against ``podman run`` of the base image running ``true`` (bench/images.py).
 """
@@ -50,6 +55,7 @@ COMMANDS = 1000
 INSTANCES = 1000
 SMALL = 250
 STATEMENTS = 10_000
+FEW_STATEMENTS = 3000  # the issue's own measurement
 LINE = "echo x > /dev/null"
 
 
@@ -132,8 +138,10 @@ def bench_commands(work: pathlib.Path, runs: int) -> None:
             lambda script=script: timed(["bash", str(script)], work),  # type: ignore[misc]
         )
     ours, base = timings[COMMANDS]
-    report("commands", ours=ours, base=base, baseline=f"bash -c x{COMMANDS}", target="(total time)")
-    report_marginal("command", timings, COMMANDS, baseline="bash", target="(target <= 1.3x)")
+    report(
+        "commands", ours=ours, base=base, baseline=f"bash -c x{COMMANDS}", target="(total, target <= 1.25x)"
+    )
+    report_marginal("command", timings, COMMANDS, baseline="bash", target="(target <= 1.15x)")
 
 
 def matrix_job(work: pathlib.Path, count: int) -> pathlib.Path:
@@ -167,7 +175,7 @@ def bench_matrix(work: pathlib.Path, runs: int) -> None:
             lambda count=count: xargs(count),  # type: ignore[misc]
         )
     ours, base = timings[INSTANCES]
-    report("matrix", ours=ours, base=base, baseline="xargs -P8", target="(total time, target <= 1.5x)")
+    report("matrix", ours=ours, base=base, baseline="xargs -P8", target="(total time, target <= 1.3x)")
     report_marginal("instance", timings, INSTANCES, baseline="xargs", target="")
 
 
@@ -222,7 +230,11 @@ def bench_startup(work: pathlib.Path, runs: int) -> None:
     )
     version = measure(runs, lambda: timed([*PGQUARTZ, "-v"], work))
     report(
-        "startup", ours=ours, base=base, baseline="python -c pass", target="(pgquartz validate cold start)"
+        "startup",
+        ours=ours,
+        base=base,
+        baseline="python -c pass",
+        target="(pgquartz validate cold start; target 0.12 s where it was 0.19 s)",
     )
     print(f"{'':<10} pgquartz -v: min {version[0]:.3f}s median {version[1]:.3f}s")
 
@@ -238,7 +250,7 @@ def bench_sql(work: pathlib.Path, runs: int) -> None:
             f" user: postgres, dbname: postgres}}}}\n"
         )
         timings: Timings = {}
-        for count in (SMALL, SMALL + STATEMENTS, STATEMENTS):
+        for count in (SMALL, SMALL + STATEMENTS, STATEMENTS, FEW_STATEMENTS):
             script = work / f"statements-{count}.sql"
             script.write_text("".join(f"select {i} as n;\n" for i in range(count)))
             job = work / f"statements-{count}.yml"
@@ -264,10 +276,9 @@ def bench_sql(work: pathlib.Path, runs: int) -> None:
                 lambda job=job: timed([*PGQUARTZ, "-c", str(job)], work),  # type: ignore[misc]
                 lambda psql=psql: timed(psql, work),  # type: ignore[misc]
             )
-        ours, base = timings[STATEMENTS]
-        report(
-            "sql", ours=ours, base=base, baseline=f"psql -f x{STATEMENTS}", target="(total, target <= 1.2x)"
-        )
+        for count in (FEW_STATEMENTS, STATEMENTS):
+            ours, base = timings[count]
+            report("sql", ours=ours, base=base, baseline=f"psql -f x{count}", target="(total, target <= 5x)")
         report_marginal("statement", timings, STATEMENTS, baseline="psql", target="")
 
         checked = work / "statements-checked.yml"
@@ -370,6 +381,22 @@ def bench_lock(work: pathlib.Path, runs: int) -> None:
         print(
             f"{'':<10} uncontended job with the lock: median {ours[1]:.3f}s vs without {base[1]:.3f}s:"
             f" the lock costs {(ours[1] - base[1]) * 1000:.0f} ms (min {(ours[0] - base[0]) * 1000:.0f} ms)"
+        )
+
+        many, _ = commands_job(work, COMMANDS)
+        many_locked = work / "commands-locked.yml"
+        many_locked.write_text(
+            many.read_text().replace(
+                "git: {disable: true}\n",
+                f"git: {{disable: true}}\netcdConfig: {{endpoints: {endpoints}, lockKey: rss}}\n",
+            )
+        )
+        with_lock = [peak_rss([*PGQUARTZ, "-c", str(many_locked)], work) for _ in range(runs)]
+        without_lock = [peak_rss([*PGQUARTZ, "-c", str(many)], work) for _ in range(runs)]
+        print(
+            f"{'':<10} peak RSS of {COMMANDS} shell commands with the lock: median"
+            f" {statistics.median(with_lock):.1f} MB, without {statistics.median(without_lock):.1f} MB"
+            " (target <= 40 MB with the lock)"
         )
 
 
