@@ -57,7 +57,7 @@ ACCEPTED_POD_FIELDS = {
 """Pod-spec fields the harness honours (None: any value) or accepts only with this value."""
 ACCEPTED_CONTAINER_FIELDS = {
     "name", "image", "command", "args", "env", "volumeMounts", "securityContext", "resources",
-    "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy",
+    "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "workingDir",
 }  # fmt: skip
 MESSAGE_LIMIT = 4096  # the kubelet keeps at most 4096 bytes of a termination message
 
@@ -272,6 +272,8 @@ class Kubelet:
         message_file.write_text("")
         message_file.chmod(0o666)
         argv += ["-v", f"{message_file}:{container.get('terminationMessagePath', '/dev/termination-log')}"]
+        if "workingDir" in container:  # as the kubelet passes it to the runtime (podman's --workdir)
+            argv += ["--workdir", container["workingDir"]]
         if "command" in container:
             argv += ["--entrypoint", json.dumps([expand(part, variables) for part in container["command"]])]
         argv.append(container["image"])

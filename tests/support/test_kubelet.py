@@ -65,6 +65,14 @@ def test_a_field_the_harness_does_not_honour_fails_instead_of_being_ignored(spec
         Kubelet("http://127.0.0.1:1", "db").podman_run(pod(**spec))
 
 
+def test_a_containers_working_directory_is_the_runtimes() -> None:
+    working = pod()
+    working["spec"]["containers"][0]["workingDir"] = "/etc/pgquartz/scripts"
+    argv, _, _ = Kubelet("http://127.0.0.1:1", "db").podman_run(working)
+    assert argv[argv.index("--workdir") + 1] == "/etc/pgquartz/scripts"
+    assert argv.index("--workdir") < argv.index("pgquartz/runner:1")
+
+
 def test_container_fields_it_cannot_honour_fail_too() -> None:
     unhonoured = pod()
     unhonoured["spec"]["containers"][0]["livenessProbe"] = {"exec": {"command": ["true"]}}
