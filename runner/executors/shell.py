@@ -43,8 +43,7 @@ class ShellExecutor:
         bash: str = BASH,
         base_env: Mapping[str, str] | None = None,
     ) -> None:
-        self._workdir = workdir
-        self._workdir_text = str(workdir)
+        self._workdir = str(workdir)
         self._limits = limits
         self._kill_grace = kill_grace
         # Resolved once: given a bare name, every spawn would try each PATH entry in turn.
@@ -82,7 +81,7 @@ class ShellExecutor:
         try:
             try:
                 child = spawn.spawn(
-                    argv, cwd=self._workdir_text, env=environment, stdout=stdout.feed, stderr=stderr.feed
+                    argv, cwd=self._workdir, env=environment, stdout=stdout.feed, stderr=stderr.feed
                 )
             except OSError as error:
                 return CommandResult(

@@ -68,9 +68,7 @@ class Spawned:
 
     def _readable(self, fd: int) -> None:
         try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            return
+            data = os.read(fd, READ_SIZE)  # a blocking pipe, but readable: this returns at once
         except OSError:
             data = b""
         if data:
