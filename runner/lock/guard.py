@@ -20,12 +20,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
-
-import aetcd
 
 from pgquartz.runner.lock import mutex, retrying
-from pgquartz.runner.lock.client import Client
+from pgquartz.runner.lock.client import Client, Lease
 from pgquartz.runner.lock.errors import EtcdUnavailable, LockLost, LockNotAcquired
 from pgquartz.runner.model.job import EtcdConfig
 
@@ -64,7 +61,7 @@ async def hold(
     try:
         try:
             held, sent = await _acquire(client, key=key, ttl=ttl, job_name=job_name, on_waiting=on_waiting)
-        except (retrying.GaveUp, EtcdUnavailable, aetcd.ClientError, OSError) as error:
+        except (retrying.GaveUp, EtcdUnavailable, OSError) as error:
             raise LockNotAcquired(f"cannot take the etcd lock {key!r}: {retrying.describe(error)}") from None
         client.budget = None  # from here on, the lease's TTL is the bound (the watchdog's rule)
         task = asyncio.current_task()
@@ -117,7 +114,7 @@ async def _acquire(
     """Get in line, wait for our turn and confirm the lease; if our place is lost (the lease
     expired), get in line again. Returns the mutex and when its confirmed keep-alive was sent."""
     while True:
-        lease = await client.lease(ttl)
+        lease = await client.grant(ttl)
         attempt = mutex.Mutex(
             client, prefix=mutex.prefix_for(key), lease=lease, value=mutex.identity(job_name)
         )
@@ -141,26 +138,26 @@ async def _acquire(
             on_waiting(f"{lost}; getting in line again")
         except BaseException:
             with contextlib.suppress(Exception):
-                await asyncio.shield(client.revoke_lease(lease.id))
+                await asyncio.shield(client.revoke(lease.id))
             raise
         finally:
             keeper.cancel()
 
 
-async def _confirm(client: Client, lease: aetcd.Lease, *, ttl: int) -> float:
+async def _confirm(client: Client, lease: Lease, *, ttl: int) -> float:
     """A keep-alive answered before the steps start: the watchdog counts from when it was sent.
 
     Raises :class:`mutex.LeaseLost` if etcd says the lease is gone (our key went with it).
     """
 
-    async def refresh() -> tuple[float, Any]:
+    async def refresh() -> tuple[float, int]:
         sent = time.monotonic()
-        reply = await client.keep_alive_once(lease.id, within=_attempt_timeout(ttl))
-        return sent, reply
+        left = await client.keep_alive_once(lease.id, within=_attempt_timeout(ttl))
+        return sent, left
 
     assert client.budget is not None
-    sent, reply = await retrying.call(refresh, budget=client.budget, on_retry=client.on_retry)
-    if reply is None or reply.TTL <= 0:
+    sent, left = await retrying.call(refresh, budget=client.budget, on_retry=client.on_retry)
+    if left <= 0:
         raise mutex.LeaseLost("the etcd lease expired before the steps could start")
     return sent
 
@@ -170,17 +167,17 @@ def _attempt_timeout(ttl: float) -> float:
     return max(0.3, min(1.0, ttl / 6))
 
 
-async def _refresh_while_waiting(client: Client, lease: aetcd.Lease, ttl: int) -> None:
+async def _refresh_while_waiting(client: Client, lease: Lease, ttl: int) -> None:
     """A waiter's place in line lives as long as its lease: keep it while waiting."""
     while True:
         await asyncio.sleep(ttl / 3)
         with contextlib.suppress(Exception):
-            await client.refresh_lease(lease.id)
+            await client.keep_alive_once(lease.id, within=client.timeout)
 
 
 async def _keep_alive(
     client: Client,
-    lease: aetcd.Lease,
+    lease: Lease,
     *,
     ttl: float,
     budget: float,
@@ -204,13 +201,13 @@ async def _keep_alive(
             return
         sent = time.monotonic()
         try:
-            reply = await client.keep_alive_once(
+            left = await client.keep_alive_once(
                 lease.id, within=max(0.1, min(_attempt_timeout(ttl), deadline - sent))
             )
-        except (EtcdUnavailable, aetcd.ClientError, OSError):
+        except (EtcdUnavailable, OSError):
             failed = True
             continue
-        if reply is None or reply.TTL <= 0:
+        if left <= 0:
             stop("the etcd lease expired or was revoked")
             return
         sent_ok, failed = sent, False

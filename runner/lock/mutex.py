@@ -14,7 +14,6 @@ grows, so a stale holder's writes can be refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -22,10 +21,7 @@ import os
 import socket
 from typing import Any
 
-import aetcd
-from aetcd import rtypes
-
-from pgquartz.runner.lock.client import Client
+from pgquartz.runner.lock.client import Client, KeyValue, Lease
 
 
 def prefix_for(lock_key: str) -> bytes:
@@ -52,7 +48,7 @@ class Contender:
     value: dict[str, Any]
 
 
-def _contender(kv: rtypes.KeyValue) -> Contender:
+def _contender(kv: KeyValue) -> Contender:
     try:
         value = json.loads(kv.value.decode() or "{}")
     except (UnicodeDecodeError, ValueError):
@@ -64,14 +60,14 @@ def _contender(kv: rtypes.KeyValue) -> Contender:
 
 async def contenders(client: Client, prefix: bytes) -> tuple[list[Contender], int]:
     """Everyone under the prefix, holder first (lowest create revision), and the store's revision."""
-    found = await client.get_prefix(prefix, sort_order="ascend", sort_target="create")
-    return [_contender(kv) for kv in found], found.header.revision
+    found, revision = await client.range_prefix(prefix)
+    return [_contender(kv) for kv in found], revision
 
 
 class Mutex:
     """One attempt at the lock: :meth:`enqueue`, then :meth:`wait`, then :meth:`release`."""
 
-    def __init__(self, client: Client, *, prefix: bytes, lease: aetcd.Lease, value: dict[str, Any]) -> None:
+    def __init__(self, client: Client, *, prefix: bytes, lease: Lease, value: dict[str, Any]) -> None:
         self._client = client
         self.prefix = prefix
         self.lease = lease
@@ -81,17 +77,8 @@ class Mutex:
 
     async def enqueue(self) -> None:
         """Create our key (if a retry finds it already there, keep its revision)."""
-        client = self._client
         payload = json.dumps(self._value).encode()
-        succeeded, responses = await client.transaction(
-            compare=[client.transactions.create(self.key) == 0],
-            success=[client.transactions.put(self.key, payload, lease=self.lease)],
-            failure=[client.transactions.get(self.key)],
-        )
-        if succeeded:
-            self.revision = responses[0].response_put.header.revision
-        else:
-            self.revision = responses[0][0][1].create_revision
+        self.revision = await self._client.create(self.key, payload, lease=self.lease.id)
 
     async def wait(self, *, recheck: float | None = None) -> None:
         """Return once we hold the lock: wait for each predecessor's key to be deleted, in order.
@@ -112,37 +99,26 @@ class Mutex:
             await self._first_deleted([before[-1].key, self.key], after=revision, at_most=recheck)
 
     async def _first_deleted(self, keys: list[bytes], *, after: int, at_most: float | None) -> None:
-        watches = [
-            await self._client.watch(key, start_revision=after + 1, kind=rtypes.EventKind.DELETE)
-            for key in keys
-        ]
-
-        async def first_event(watch: Any) -> None:
-            async for _event in watch:
-                return
-
-        waiters = [asyncio.ensure_future(first_event(watch)) for watch in watches]
+        waiters = [asyncio.ensure_future(self._client.wait_deleted(key, after=after)) for key in keys]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED, timeout=at_most)
         finally:
             for waiter in waiters:
                 waiter.cancel()
+            await asyncio.wait(waiters)  # each closes its watch's connection
             for waiter in waiters:
-                if waiter.done() and not waiter.cancelled():
+                if not waiter.cancelled():
                     waiter.exception()  # a broken watch stream: the caller reads the line again
-            for watch in watches:
-                with contextlib.suppress(Exception):
-                    await watch.cancel()
 
     async def mark_held(self) -> None:
         """Record when we got the lock (``lock status`` shows it); keeps the create revision."""
         self._value["acquired"] = datetime.datetime.now(datetime.UTC).isoformat()
-        await self._client.put(self.key, json.dumps(self._value).encode(), lease=self.lease)
+        await self._client.put(self.key, json.dumps(self._value).encode(), lease=self.lease.id)
 
     async def release(self) -> None:
         """Delete our key and revoke the lease (the next waiter starts at once)."""
         await self._client.delete(self.key)
-        await self._client.revoke_lease(self.lease.id)
+        await self._client.revoke(self.lease.id)
 
 
 class LeaseLost(Exception):

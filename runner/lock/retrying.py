@@ -21,8 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import aetcd
-
 from pgquartz.runner.lock.errors import EtcdRefused, EtcdUnavailable
 
 UNAVAILABLE_LIMIT = 300.0
@@ -32,11 +30,7 @@ FIRST_DELAY = 0.05
 MAX_DELAY = 1.0
 
 TRANSIENT: tuple[type[BaseException], ...] = (
-    aetcd.ConnectionFailedError,  # UNAVAILABLE: member down, "request timed out", "leader changed"
-    aetcd.ConnectionTimeoutError,  # DEADLINE_EXCEEDED: a paused member
-    aetcd.InternalError,
-    aetcd.WatchTimeoutError,
-    EtcdUnavailable,  # an endpoint's name does not resolve (yet)
+    EtcdUnavailable,  # members down or paused, "request timed out", "leader changed", names not resolving
     TimeoutError,
     OSError,
 )
@@ -103,6 +97,6 @@ async def call(
 
 def describe(error: BaseException) -> str:
     text = str(error).strip()
-    if isinstance(error, aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError) or not text:
+    if isinstance(error, OSError) or not text:
         return f"etcd is unreachable ({type(error).__name__}{': ' + text if text else ''})"
     return text

@@ -25,3 +25,21 @@ def test_version_and_help_need_no_heavy_imports() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False False"
+
+
+LOCK_PROBE = """
+import sys
+import pgquartz.runner.model.job  # the job model (pydantic) every run loads anyway
+before = set(sys.modules)
+from pgquartz.runner.lock import guard, status
+new = sorted(m.split(".")[0] for m in set(sys.modules) - before if not m.startswith("pgquartz"))
+print(",".join(sorted(set(new))))
+"""
+
+
+def test_the_etcd_lock_loads_nothing_beyond_the_standard_library_and_the_job_model() -> None:
+    result = subprocess.run([sys.executable, "-c", LOCK_PROBE], capture_output=True, text=True, check=True)
+    third_party = [
+        name for name in result.stdout.strip().split(",") if name and name not in sys.stdlib_module_names
+    ]
+    assert third_party == []
