@@ -35,6 +35,8 @@ class EtcdMember:
     process: subprocess.Popen[bytes] | None = None
     tls: dict[str, str] | None = None
     """``cert``, ``key``, ``ca``: serve clients over TLS and require client certificates."""
+    options: dict[str, str] = dataclasses.field(default_factory=dict)
+    """More of etcd's flags (``--auth-token-ttl``: …)."""
 
     @property
     def endpoint(self) -> str:
@@ -60,6 +62,7 @@ class EtcdMember:
             "--election-timeout": "500",
             "--log-level": "error",
         }
+        options |= self.options
         if self.tls:
             options |= {
                 "--cert-file": self.tls["cert"],
@@ -208,11 +211,15 @@ def make_certificates(directory: pathlib.Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_etcd(size: int = 1, *, tls: bool = False) -> Iterator[EtcdCluster]:
+def running_etcd(
+    size: int = 1, *, tls: bool = False, options: dict[str, str] | None = None
+) -> Iterator[EtcdCluster]:
     base = pathlib.Path(tempfile.mkdtemp(prefix="pgq-etcd-"))
     certificates = make_certificates(base / "tls") if tls else None
     members = [
-        EtcdMember(f"m{index}", free_port(), free_port(), base / f"m{index}", tls=certificates)
+        EtcdMember(
+            f"m{index}", free_port(), free_port(), base / f"m{index}", tls=certificates, options=options or {}
+        )
         for index in range(size)
     ]
     initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +23,7 @@ from pgquartz.runner.lock import client as etcd
 from pgquartz.runner.lock import retrying
 from pgquartz.runner.lock.errors import EtcdRefused, EtcdUnavailable
 from pgquartz.runner.model.job import EtcdConfig
-from tests.support.etcdcluster import EtcdCluster
+from tests.support.etcdcluster import EtcdCluster, running_etcd
 
 
 def config(endpoints: list[str], **fields: str) -> EtcdConfig:
@@ -209,3 +211,22 @@ async def test_a_cancelled_call_leaves_no_connection_behind() -> None:
                 break
             await asyncio.sleep(0.02)
         assert member.open == 0
+
+
+async def test_a_token_etcd_has_let_expire_is_renewed_once(tmp_path: pathlib.Path) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    with running_etcd(1, options={"--auth-token-ttl": "1"}) as cluster:
+        cluster.etcdctl("user", "add", "root", f"--new-user-password={password}", "--interactive=false")
+        cluster.etcdctl("auth", "enable")
+        (tmp_path / "password").write_text(password)
+        settings = config(cluster.endpoints, username="root", passwordFile=str(tmp_path / "password"))
+        client = etcd.Client(settings)  # no budget: nothing is retried but the renewal
+        try:
+            await client.range_prefix(b"/anything/")
+            first = client._token
+            await asyncio.sleep(3)  # the token lives a second unused
+            found, _ = await client.range_prefix(b"/anything/")  # refused with the old token, then renewed
+            assert found == []
+            assert client._token not in (None, first)
+        finally:
+            await client.close()
