@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
