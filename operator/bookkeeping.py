@@ -1,15 +1,23 @@
-"""kopf's bookkeeping on PgQuartzJobs: under ``pgquartz.io``, and small whatever the spec's size.
+"""kopf's bookkeeping on PgQuartzJobs: under ``pgquartz.io``, small whatever the spec's size, one write.
 
 kopf remembers the last spec it handled, to tell a change from a replay. Its
 stock storage copies the whole spec (and every label and annotation) into the
 ``last-handled-configuration`` annotation; annotations are limited to 256 KiB
 in total, so a large job (one 300 KiB inline command, thousands of steps) made
-kopf's own patch fail and the resource never got a status. Here the annotation
-holds a digest of the spec only: kopf still sees whether the spec changed
-(which is all the handlers react to, ``field="spec"``), but not how, and label
-or annotation changes (Argo CD's tracking, kubectl's last-applied) are not
-changes at all. An annotation written by the stock storage (the whole essence
-as JSON) is still read, so upgrading loses nothing.
+kopf's own patch fail and the resource never got a status. Here it is a digest
+of the spec only: kopf still sees whether the spec changed (which is all the
+handlers react to, ``field="spec"``), but not how, and label or annotation
+changes (Argo CD's tracking, kubectl's last-applied) are not changes at all.
+
+All of kopf's bookkeeping lives in ``status.bookkeeping`` (the digest as
+``handledSpec``, the progress of handlers being retried as ``progress``), so it
+goes out in the same status write as the conditions: one write per
+reconciliation, not a second patch of the resource (and a second watch event
+to process) for kopf alone, and never a change of the metadata that GitOps
+tools compare. What earlier versions wrote, the
+``pgquartz.io/last-handled-configuration`` annotation (a digest, or kopf's
+whole essence as JSON), is still read, and removed the next time the digest is
+written, so upgrading loses nothing.
 
 The finalizer and the storage prefix are chosen once: changing them later would
 strand objects that carry the old ones.
@@ -27,6 +35,10 @@ import kopf
 FINALIZER = "pgquartz.io/finalizer"
 STORAGE_PREFIX = "pgquartz.io"
 DIGEST_PREFIX = "sha256:"
+BOOKKEEPING = "bookkeeping"
+"""The status field that holds kopf's bookkeeping (an object of its own)."""
+HANDLED_SPEC = "handledSpec"
+"""Its field for the digest of the spec kopf last handled."""
 
 
 def spec_digest(spec: Any) -> str:
@@ -34,35 +46,40 @@ def spec_digest(spec: Any) -> str:
 
 
 class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """The last handled spec as a digest in the ``pgquartz.io/last-handled-configuration`` annotation."""
+    """The last handled spec as a digest in ``status.bookkeeping.handledSpec`` (formerly an annotation)."""
 
     def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
         return cast(kopf.BodyEssence, {"spec": dict(body.get("spec") or {})})
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        for key in self.make_keys(self.key, body=body):
-            stored = body.metadata.annotations.get(key)
-            if stored is None:
-                continue
-            current = self.build(body=body)
-            if stored.startswith(DIGEST_PREFIX):
-                if stored.strip() == spec_digest(current["spec"]):
-                    return current  # nothing changed since: no diff
-                # Changed: an essence whose spec differs from the current one in every field.
-                return cast(kopf.BodyEssence, {"spec": {"pgquartz.io/last-handled": stored.strip()}})
-            old = json.loads(stored)  # written by kopf's stock storage
-            return cast(kopf.BodyEssence, {"spec": old.get("spec") or {}})
-        return None
+        stored = ((body.get("status") or {}).get(BOOKKEEPING) or {}).get(HANDLED_SPEC)
+        if stored is None:
+            stored = next((body.metadata.annotations[key] for key in self._legacy_keys(body)), None)
+        if stored is None:
+            return None
+        current = self.build(body=body)
+        if stored.startswith(DIGEST_PREFIX):
+            if stored.strip() == spec_digest(current["spec"]):
+                return current  # nothing changed since: no diff
+            # Changed: an essence whose spec differs from the current one in every field.
+            return cast(kopf.BodyEssence, {"spec": {"pgquartz.io/last-handled": stored.strip()}})
+        old = json.loads(stored)  # kopf's stock storage, in an annotation
+        return cast(kopf.BodyEssence, {"spec": old.get("spec") or {}})
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         digest = spec_digest(dict(essence).get("spec") or {})
-        for key in self.make_keys(self.key, body=body):
-            patch.metadata.annotations[key] = digest
-        self._store_marker(prefix=self.prefix, patch=patch, body=body)
+        patch.setdefault("status", {}).setdefault(BOOKKEEPING, {})[HANDLED_SPEC] = digest
+        for key in self._legacy_keys(body):
+            patch.metadata.annotations[key] = None
+
+    def _legacy_keys(self, body: kopf.Body) -> list[str]:
+        return [key for key in self.make_keys(self.key, body=body) if key in body.metadata.annotations]
 
 
 def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(
+        field=f"status.{BOOKKEEPING}.progress", touch_field=f"status.{BOOKKEEPING}.touched"
+    )
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=STORAGE_PREFIX)
     return settings

@@ -137,6 +137,16 @@ def apply_rendered(
     return outcomes
 
 
+def outcome_messages(outcomes: Mapping[str, str], name: str) -> list[tuple[str, str]]:
+    """One event per outcome of a reconciliation (not one per object: each event is a write):
+    ``("created", "ConfigMap and CronJob pgqj-x created")``; nothing for unchanged objects."""
+    kinds: dict[str, list[str]] = {}
+    for kind, outcome in outcomes.items():
+        if outcome != "unchanged":
+            kinds.setdefault(outcome, []).append(kind)
+    return [(outcome, f"{' and '.join(names)} {name} {outcome}") for outcome, names in kinds.items()]
+
+
 def missing_references(store: ObjectStore, namespace: str, rendered: manifests.Rendered) -> list[str]:
     """What the pods need and cannot find: Secrets (or their keys), the scripts ConfigMap, and
     ``file:`` scripts that are not keys of it. Secret values are never read into a message."""

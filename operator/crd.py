@@ -107,6 +107,12 @@ def status_schema() -> dict[str, Any]:
                 "type": "string",
                 "description": "A digest of the spec the conditions describe.",
             },
+            "bookkeeping": {
+                "type": "object",
+                "description": "The operator's bookkeeping: the spec last handled, handlers being retried.",
+                "properties": {"handledSpec": {"type": "string"}},
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
             "conditions": {
                 "type": "array",
                 "items": _condition_schema(),

@@ -193,9 +193,8 @@ def register(
             delay = backoff(retry)
             logger.warning(f"the API is not answering as it should ({error}): retrying in {delay:.0f} s")
             raise kopf.TemporaryError(str(error), delay=delay) from None
-        for kind, outcome in outcomes.items():
-            if outcome != "unchanged":
-                kopf.info(body, reason=outcome.capitalize(), message=f"{kind} {child} {outcome}")
+        for outcome, message in children.outcome_messages(outcomes, child):
+            kopf.info(body, reason=outcome.capitalize(), message=message)
         if missing:
             message = f"{'; '.join(missing)}: runs fail until this is fixed"[:1024]
             set_ready(body, patch, logger, ready=False, reason=MISSING_REFERENCE, message=message)

@@ -263,6 +263,19 @@ async def test_status_is_written_through_its_subresource_only(api: Api) -> None:
     assert sub["status"] == {"observedGeneration": 7} and sub["spec"]["suspend"] is False
 
 
+async def test_preserved_unknown_fields_are_kept_beside_declared_ones(api: Api) -> None:
+    """``x-kubernetes-preserve-unknown-fields`` with ``properties`` (status.bookkeeping): what is
+    declared is checked and pruned as declared, anything else is kept, as the API server does."""
+    await api.ok("POST", URL, pgqj())
+    status = {"bookkeeping": {"handledSpec": "sha256:x", "progress": {"h": {"retries": 1}}}}
+    sub = await api.ok("PATCH", f"{URL}/a/status", {"status": status}, headers=MERGE)
+    assert sub["status"]["bookkeeping"] == status["bookkeeping"]
+    answer = await api.send(
+        "PATCH", f"{URL}/a/status", {"status": {"bookkeeping": {"handledSpec": 1}}}, headers=MERGE
+    )
+    assert answer[0] == 422
+
+
 async def test_server_side_apply_owns_fields_and_drops_what_is_no_longer_applied(api: Api) -> None:
     first = cron_job()
     first["spec"]["timeZone"] = "Etc/UTC"

@@ -226,7 +226,8 @@ def _pod_spec(pod: Mapping[str, Any], field: str, minor: str) -> list[Cause]:
 def prune(value: Any, schema: Mapping[str, Any], path: str = "") -> tuple[Any, list[str]]:
     """``value`` without the fields its structural schema does not declare, and their paths
     (what the API server drops, or refuses under ``fieldValidation=Strict``)."""
-    if schema.get("x-kubernetes-preserve-unknown-fields") and "properties" not in schema:
+    preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+    if preserve and "properties" not in schema:
         return value, []
     if isinstance(value, dict):
         properties = schema.get("properties")
@@ -239,7 +240,7 @@ def prune(value: Any, schema: Mapping[str, Any], path: str = "") -> tuple[Any, l
                 kept[key], lost = prune(item, properties[key], where)
             elif isinstance(extra, Mapping):
                 kept[key], lost = prune(item, extra, where)
-            elif properties is None and extra is None:
+            elif (properties is None and extra is None) or preserve:  # declared fields are still pruned
                 kept[key], lost = item, []
             else:
                 dropped.append(where)
@@ -268,7 +269,12 @@ def as_json_schema(node: Any, *, strict_fields: bool = False) -> Any:
         if node.get("x-kubernetes-int-or-string"):
             converted["type"] = ["integer", "string"]
         converted.pop("format", None)  # the server checks few formats; the CRD's are informative
-        if strict_fields and "properties" in converted and "additionalProperties" not in converted:
+        if (
+            strict_fields
+            and "properties" in converted
+            and "additionalProperties" not in converted
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
             converted["additionalProperties"] = False
         return converted
     if isinstance(node, list):
