@@ -178,15 +178,19 @@ class Client:
         await self._call("/v3/kv/deleterange", {"key": _b64(key)})
 
     async def wait_deleted(self, key: bytes, *, after: int) -> None:
-        """Return once ``key`` is deleted at a revision above ``after``, or etcd ends the watch
-        (a compacted revision: the caller reads again); raise :class:`EtcdUnavailable` if the
-        stream breaks."""
+        """Return once ``key`` is deleted at a revision above ``after``, or etcd has compacted
+        that history (the caller reads again); raise :class:`EtcdUnavailable` if the stream
+        breaks or etcd cancels the watch."""
         connection, messages = await self._retrying(lambda: self._watch(key, after=after))
         try:
             async for line in messages:
                 result = _stream_result(line)
                 if result.get("canceled"):
-                    return
+                    if result.get("compact_revision"):
+                        return  # compacted past ``after``: the caller reads the line again
+                    if self._username is not None:
+                        self._token = None  # "permission denied" is what an expired token gets
+                    raise EtcdUnavailable(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
                 if any(event.get("type") == "DELETE" for event in result.get("events", ())):
                     return
             raise EtcdUnavailable("the etcd watch stream ended")
@@ -292,9 +296,12 @@ class Client:
                 try:
                     status, messages = await connection.stream("/v3/watch", body, self._headers())
                     if status != 200:
-                        raise _error(
+                        error = _error(
                             _json(b"".join([line async for line in messages])), status=status, member=member
                         )
+                        if isinstance(error, TokenRejected):
+                            self._token = None  # the retry authenticates again
+                        raise error
                 except BaseException:
                     connection.close()
                     raise

@@ -227,5 +227,14 @@ async def test_a_token_etcd_has_let_expire_is_renewed_once(tmp_path: pathlib.Pat
             found, _ = await client.range_prefix(b"/anything/")  # refused with the old token, then renewed
             assert found == []
             assert client._token not in (None, first)
+            second = client._token
+            await asyncio.sleep(3)
+            with pytest.raises(EtcdUnavailable, match="permission denied"):  # what etcd tells a stale token
+                await asyncio.wait_for(client.wait_deleted(b"/gone", after=0), 5)
+            watch = asyncio.create_task(client.wait_deleted(b"/gone", after=0))
+            await asyncio.sleep(1)
+            assert not watch.done()  # the next watch on a new token: waiting, not failing
+            assert client._token not in (None, second)
+            watch.cancel()
         finally:
             await client.close()
