@@ -296,12 +296,12 @@ class Client:
                 try:
                     status, messages = await connection.stream("/v3/watch", body, self._headers())
                     if status != 200:
-                        error = _error(
+                        refusal = _error(
                             _json(b"".join([line async for line in messages])), status=status, member=member
                         )
-                        if isinstance(error, TokenRejected):
+                        if isinstance(refusal, TokenRejected):
                             self._token = None  # the retry authenticates again
-                        raise error
+                        raise refusal
                 except BaseException:
                     connection.close()
                     raise
