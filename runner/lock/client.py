@@ -392,6 +392,11 @@ def _error(message: Any, *, status: int, member: Member | None = None) -> EtcdUn
         else:
             code, text = message.get("code"), message.get("message") or str(detail or text)
     where = f"etcd member {member}" if member else "etcd"
+    if code is None and status == 404:
+        return EtcdRefused(
+            f"{where} does not serve etcd's v3 API as JSON (HTTP 404): pgquartz needs etcd 3.4 or later"
+            " with its gRPC gateway on (the default; --enable-grpc-gateway=false turns it off)"
+        )
     if code == UNAUTHENTICATED and "token" in str(text):
         return TokenRejected(f"{where}: {text}")
     if code in TRANSIENT_CODES or (code is None and status >= 500):

@@ -36,7 +36,7 @@ class EtcdMember:
     tls: dict[str, str] | None = None
     """``cert``, ``key``, ``ca``: serve clients over TLS and require client certificates."""
     options: dict[str, str] = dataclasses.field(default_factory=dict)
-    """More of etcd's flags (``--auth-token-ttl``: …)."""
+    """More of etcd's flags (``--auth-token-ttl``: …); a boolean one as ``--flag=false``: ``""``."""
 
     @property
     def endpoint(self) -> str:
@@ -71,7 +71,7 @@ class EtcdMember:
             }
         argv = [etcd_binary()]
         for option, value in options.items():
-            argv += [option, value]
+            argv += [option, value] if value or "=" not in option else [option]
         return argv + (["--client-cert-auth"] if self.tls else [])
 
     def start(self, initial_cluster: str) -> None:

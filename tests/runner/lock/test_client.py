@@ -238,3 +238,10 @@ async def test_a_token_etcd_has_let_expire_is_renewed_once(tmp_path: pathlib.Pat
             watch.cancel()
         finally:
             await client.close()
+
+
+async def test_an_etcd_without_its_json_gateway_is_refused_saying_so() -> None:
+    with running_etcd(1, options={"--enable-grpc-gateway=false": ""}) as cluster:
+        async with connected(cluster.endpoints) as client:
+            with pytest.raises(EtcdRefused, match="--enable-grpc-gateway=false"):
+                await client.grant(5)
