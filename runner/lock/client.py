@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import json
 import pathlib
+import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,11 +45,18 @@ T = TypeVar("T")
 
 
 class Member(NamedTuple):
+    """One address of an endpoint: a name with several addresses (a headless Service) is several
+    members, each called in turn."""
+
     host: str
+    """As the job names it: what TLS verifies and the Host header says."""
     port: int
+    address: str
+    """What is connected to."""
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return where if self.address == self.host else f"{where} ({self.address})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +125,10 @@ class Client:
             raise EtcdRefused(str(error)) from None
         if not parsed:
             raise EtcdRefused("etcdConfig names no endpoints")
-        self._members = [Member(host, port) for host, port, _ in parsed]
+        self._endpoints = [(host, port) for host, port, _ in parsed]
+        self._members: list[Member] = []
+        """Every address of every endpoint, resolved at the first call and again once none answers."""
+        self._getaddrinfo: Callable[..., Awaitable[list[Any]]] | None = None
         self._wants_tls = config.ca_file is not None or any(tls for _, _, tls in parsed)
         self._config = config
         self._tls: ssl.SSLContext | None = None
@@ -247,7 +258,7 @@ class Client:
 
     async def _send(self, path: str, body: bytes, tried: list[Member]) -> tuple[int, bytes]:
         failures: list[str] = []
-        for member in self._members_in_turn():
+        for member in await self._members_in_turn():
             tried.append(member)
             try:
                 connection = await self._connection(member)
@@ -271,6 +282,7 @@ class Client:
                 raise EtcdUnavailable(f"etcd is unreachable ({member}: {error})") from None
             self._put_back(member, connection)
             return status, data
+        self._members = []  # none took the connection: resolve the names again next time
         raise EtcdUnavailable(f"etcd is unreachable ({'; '.join(failures)})")
 
     async def _watch(self, key: bytes, *, after: int) -> tuple[Connection, AsyncIterator[bytes]]:
@@ -283,7 +295,7 @@ class Client:
         body = json.dumps(request).encode()
         failures: list[str] = []
         async with asyncio.timeout(self.timeout):
-            for member in self._members_in_turn():
+            for member in await self._members_in_turn():
                 try:
                     connection = await self._open(member)
                 except ssl.SSLCertVerificationError as error:
@@ -306,6 +318,7 @@ class Client:
                     connection.close()
                     raise
                 return connection, messages
+        self._members = []
         raise EtcdUnavailable(f"etcd is unreachable ({'; '.join(failures)})")
 
     async def _authenticate(self) -> None:
@@ -322,10 +335,28 @@ class Client:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": self._token} if self._token else {}
 
-    def _members_in_turn(self) -> list[Member]:
+    async def _members_in_turn(self) -> list[Member]:
+        if not self._members:
+            self._members = await self._resolve()
         start = self._turn % len(self._members)
         self._turn += 1
         return self._members[start:] + self._members[:start]
+
+    async def _resolve(self) -> list[Member]:
+        """Every address of every endpoint (names that do not resolve yet are left out)."""
+        getaddrinfo = self._getaddrinfo or asyncio.get_running_loop().getaddrinfo
+        members: list[Member] = []
+        failures: list[str] = []
+        for host, port in self._endpoints:
+            try:
+                infos = await getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as error:
+                failures.append(f"{host}: {error.strerror or error}")
+                continue
+            members += [Member(host, port, str(info[4][0])) for info in infos]
+        if not members:
+            raise EtcdUnavailable(f"cannot resolve the etcd endpoints ({'; '.join(failures)})")
+        return list(dict.fromkeys(members))
 
     async def _connection(self, member: Member) -> Connection:
         idle = self._idle.get(member)
@@ -337,7 +368,7 @@ class Client:
         return await self._open(member)
 
     async def _open(self, member: Member) -> Connection:
-        return await Connection.open(member.host, member.port, tls=self._context())
+        return await Connection.open(member.host, member.port, address=member.address, tls=self._context())
 
     def _put_back(self, member: Member, connection: Connection) -> None:
         idle = self._idle.setdefault(member, [])

@@ -48,9 +48,12 @@ class Connection:
         """Taken from the idle connections: the member may have closed it meanwhile."""
 
     @classmethod
-    async def open(cls, host: str, port: int, *, tls: ssl.SSLContext | None) -> Connection:
+    async def open(
+        cls, host: str, port: int, *, address: str | None = None, tls: ssl.SSLContext | None
+    ) -> Connection:
+        """Connect to ``address`` (default: ``host``); TLS verifies ``host``."""
         reader, writer = await asyncio.open_connection(
-            host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_LINE
+            address or host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_LINE
         )
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return cls(reader, writer, authority)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -81,7 +82,7 @@ def test_endpoints_are_read_as_pgquartz_writes_them(endpoint: str, parsed: tuple
 def test_etcds_errors_are_retried_only_when_another_attempt_can_succeed(
     message: object, status: int, kind: str
 ) -> None:
-    error = etcd._error(message, status=status, member=etcd.Member("10.0.0.1", 2379))
+    error = etcd._error(message, status=status, member=etcd.Member("10.0.0.1", 2379, "10.0.0.1"))
     assert isinstance(error, EtcdUnavailable)
     assert retrying.is_transient(error) == (kind != "refused")
     assert isinstance(error, EtcdRefused) == (kind == "refused")
@@ -154,7 +155,8 @@ async def test_every_member_refusing_is_unavailable_naming_them() -> None:
 class SilentMember:
     """A member that accepts connections and never answers (as a paused etcd does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host, self.port = host, port
         self.open = 0
         self.server: asyncio.Server | None = None
 
@@ -167,8 +169,8 @@ class SilentMember:
             writer.close()
 
     async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.server = await asyncio.start_server(self._hold, self.host, self.port)
+        return f"{self.host}:{self.server.sockets[0].getsockname()[1]}"
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
@@ -245,3 +247,32 @@ async def test_an_etcd_without_its_json_gateway_is_refused_saying_so() -> None:
         async with connected(cluster.endpoints) as client:
             with pytest.raises(EtcdRefused, match="--enable-grpc-gateway=false"):
                 await client.grant(5)
+
+
+async def test_every_address_of_a_name_is_a_member_of_its_own(etcd: EtcdCluster) -> None:
+    """A headless Service's name: one address paused, another answering; calls go to each in turn,
+    so the paused one costs a retry, not every call."""
+    port = int(etcd.endpoints[0].rsplit(":", 1)[1])
+    async with SilentMember("127.0.0.2", port):  # the same port as the live member, another address
+
+        async def two_pods(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+            assert host == "etcd.db.svc"
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in ("127.0.0.2", "127.0.0.1")
+            ]
+
+        budget = retrying.Budget(deadline=time.monotonic() + 10)
+        async with connected([f"etcd.db.svc:{port}"], timeout=0.5, budget=budget) as client:
+            client._getaddrinfo = two_pods
+            started = time.monotonic()
+            for _ in range(4):
+                await client.range_prefix(b"/nothing/")
+            assert time.monotonic() - started < 3
+            assert [member.address for member in client._members] == ["127.0.0.2", "127.0.0.1"]
+
+
+async def test_a_name_that_does_not_resolve_is_unavailable_not_refused() -> None:
+    async with connected(["no-such-etcd.invalid:2379"]) as client:
+        with pytest.raises(EtcdUnavailable, match="cannot resolve the etcd endpoints") as raised:
+            await client.grant(5)
+    assert not isinstance(raised.value, EtcdRefused)  # DNS may come up: retried within the budget
