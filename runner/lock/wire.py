@@ -109,7 +109,11 @@ class Connection:
             name, _, value = line.decode("latin-1").partition(":")
             fields[name.strip().lower()] = value.strip()
         chunked = "chunked" in fields.get("transfer-encoding", "").lower()
-        length = None if chunked or "content-length" not in fields else int(fields["content-length"])
+        length = None
+        if not chunked and "content-length" in fields:
+            if not fields["content-length"].isdigit():
+                raise ProtocolError(f"a bad Content-Length: {fields['content-length'][:40]!r}")
+            length = int(fields["content-length"])
         if length is not None and length > MAX_BODY:
             raise ProtocolError(f"a reply of {length} bytes is more than the lock ever reads")
         keep_alive = parts[0] == b"HTTP/1.1" and fields.get("connection", "").lower() != "close"
