@@ -205,7 +205,7 @@ class Client:
                 if any(event.get("type") == "DELETE" for event in result.get("events", ())):
                     return
             raise EtcdUnavailable("the etcd watch stream ended")
-        except (OSError, ProtocolError) as error:
+        except OSError as error:  # ProtocolError included
             raise EtcdUnavailable(f"the etcd watch broke: {error}") from None
         finally:
             connection.close()
@@ -230,8 +230,7 @@ class Client:
         """One call on the next member that takes the connection; its reply (for a streaming call,
         the first message). A token etcd has forgotten is renewed once."""
         for attempt in (1, 2):
-            if self._username is not None and self._token is None:
-                await self._authenticate()
+            await self._authenticated()
             try:
                 return await self._call_once(path, payload, within=within or self.timeout, stream=stream)
             except TokenRejected:
@@ -257,69 +256,65 @@ class Client:
         return _reply(status, data, tried[-1])
 
     async def _send(self, path: str, body: bytes, tried: list[Member]) -> tuple[int, bytes]:
+        member, connection = await self._first_connection(tried, pooled=True)
+        try:
+            try:
+                status, data = await connection.call(path, body, self._headers())
+            except OSError:  # ProtocolError included
+                if not connection.from_pool:
+                    raise
+                # an idle connection the member has closed meanwhile: once more on a new one
+                connection = await self._open(member)
+                status, data = await connection.call(path, body, self._headers())
+        except OSError as error:
+            raise EtcdUnavailable(f"etcd is unreachable ({member}: {error})") from None
+        self._put_back(member, connection)
+        return status, data
+
+    async def _first_connection(self, tried: list[Member], *, pooled: bool) -> tuple[Member, Connection]:
+        """A connection to the next member that takes one (a kept-alive one if ``pooled``); a member
+        that refuses is skipped at once, a certificate that does not verify refused."""
         failures: list[str] = []
         for member in await self._members_in_turn():
             tried.append(member)
             try:
-                connection = await self._connection(member)
+                return member, await (self._connection(member) if pooled else self._open(member))
             except ssl.SSLCertVerificationError as error:
                 raise EtcdRefused(
                     f"etcd member {member}: its TLS certificate: {error.verify_message}"
                 ) from None
-            except OSError as error:  # refused, unresolvable: the next member at once
+            except OSError as error:  # refused, unresolvable
                 failures.append(f"{member}: {error.strerror or error}")
-                continue
-            try:
-                try:
-                    status, data = await connection.call(path, body, self._headers())
-                except (OSError, ProtocolError):
-                    if not connection.from_pool:
-                        raise
-                    # an idle connection the member has closed meanwhile: once more on a new one
-                    connection = await self._open(member)
-                    status, data = await connection.call(path, body, self._headers())
-            except (OSError, ProtocolError) as error:
-                raise EtcdUnavailable(f"etcd is unreachable ({member}: {error})") from None
-            self._put_back(member, connection)
-            return status, data
         self._members = []  # none took the connection: resolve the names again next time
         raise EtcdUnavailable(f"etcd is unreachable ({'; '.join(failures)})")
 
     async def _watch(self, key: bytes, *, after: int) -> tuple[Connection, AsyncIterator[bytes]]:
         """Open a watch for ``key``'s deletion on the next member that takes the connection."""
-        if self._username is not None and self._token is None:
-            await self._authenticate()
+        await self._authenticated()
         request = {
             "create_request": {"key": _b64(key), "start_revision": str(after + 1), "filters": ["NOPUT"]}
         }
         body = json.dumps(request).encode()
-        failures: list[str] = []
         async with asyncio.timeout(self.timeout):
-            for member in await self._members_in_turn():
-                try:
-                    connection = await self._open(member)
-                except ssl.SSLCertVerificationError as error:
-                    raise EtcdRefused(
-                        f"etcd member {member}: its TLS certificate: {error.verify_message}"
-                    ) from None
-                except OSError as error:
-                    failures.append(f"{member}: {error.strerror or error}")
-                    continue
-                try:
-                    status, messages = await connection.stream("/v3/watch", body, self._headers())
-                    if status != 200:
-                        refusal = _error(
-                            _json(b"".join([line async for line in messages])), status=status, member=member
-                        )
-                        if isinstance(refusal, TokenRejected):
-                            self._token = None  # the retry authenticates again
-                        raise refusal
-                except BaseException:
-                    connection.close()
-                    raise
-                return connection, messages
-        self._members = []
-        raise EtcdUnavailable(f"etcd is unreachable ({'; '.join(failures)})")
+            member, connection = await self._first_connection([], pooled=False)
+            try:
+                status, messages = await connection.stream("/v3/watch", body, self._headers())
+                if status != 200:
+                    refusal = _error(
+                        _json(b"".join([line async for line in messages])), status=status, member=member
+                    )
+                    if isinstance(refusal, TokenRejected):
+                        self._token = None  # the retry authenticates again
+                    raise refusal
+            except BaseException:
+                connection.close()
+                raise
+            return connection, messages
+
+    async def _authenticated(self) -> None:
+        """A token for the calls, when etcd wants one and we have none (yet, or any more)."""
+        if self._username is not None and self._token is None:
+            await self._authenticate()
 
     async def _authenticate(self) -> None:
         assert self._username is not None and self._password is not None
