@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Generate the reference pages from their one source: the runner's model and the CRD.
 
-    python3 docs/generate.py        # rewrites docs/reference/job-file.md and docs/reference/pgquartzjob.md
+    python3 docs/generate.py        # rewrites docs/reference/
 
 docs/reference/job-file.md lists every key of a job file (from the runner's
-pydantic model, the same JSON Schema ``pgquartz schema`` prints) and
+model, the same JSON Schema ``pgquartz schema`` prints, which is also written
+as docs/reference/job-file.schema.json for editors) and
 docs/reference/pgquartzjob.md every field of a PgQuartzJob (from
 crds/pgquartzjobs.pgquartz.io.yaml, itself generated from the model). A test
 fails when either page is stale, so the reference never disagrees with the code.
@@ -139,7 +140,18 @@ def crd_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-PAGES = {"job-file.md": job_file_reference, "pgquartzjob.md": crd_reference}
+def job_file_schema() -> str:
+    """The job file's JSON Schema, for editors (``# yaml-language-server: $schema=…``)."""
+    from pgquartz.runner.model import job
+
+    return json.dumps(job.json_schema(), indent=2) + "\n"
+
+
+PAGES = {
+    "job-file.md": job_file_reference,
+    "pgquartzjob.md": crd_reference,
+    "job-file.schema.json": job_file_schema,
+}
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """The PgQuartzJob CustomResourceDefinition, generated from the runner's model.
 
 One source of truth: ``spec.job`` is the job file's own schema (the runner's
-pydantic model), turned into a *structural* OpenAPI v3 schema as Kubernetes
+model, see operator/runnermodel.py), turned into a *structural* OpenAPI v3 schema as Kubernetes
 requires: references inlined, ``anyOf [X, null]`` turned into ``nullable``,
 ``additionalProperties: false`` left to the API server's pruning (it is not
 allowed in structural schemas), defaults and patterns kept so the API server
@@ -24,7 +24,7 @@ _DROPPED = {"title", "$schema", "$defs", "discriminator"}
 
 
 def structural(schema: dict[str, Any], definitions: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A JSON Schema from pydantic → a structural OpenAPI v3 schema for a CRD."""
+    """A JSON Schema (pydantic's, with the runner's inside) → a structural OpenAPI v3 schema for a CRD."""
     definitions = schema.get("$defs", {}) if definitions is None else definitions
     return _convert(schema, definitions)
 

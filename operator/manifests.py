@@ -84,7 +84,7 @@ def job_file(
     defaults: Defaults,
 ) -> dict[str, Any]:
     """The job file's content (as data)."""
-    body: dict[str, Any] = spec.job.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+    body: dict[str, Any] = spec.job.to_data(exclude_defaults=True)
     body["git"] = {"disable": True}
     if spec.scripts is not None:
         body["workdir"] = SCRIPTS_DIR
@@ -95,7 +95,7 @@ def job_file(
         if connection.on_failover is not None:
             entry["onFailover"] = connection.on_failover.value
         if connection.retry is not None:
-            entry["retry"] = connection.retry.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+            entry["retry"] = connection.retry.to_data(exclude_defaults=True)
         if connection.password_secret_ref is not None:
             entry["passwordEnv"] = names.password_variable(connection_name)
         connections[connection_name] = entry

@@ -18,9 +18,9 @@ from typing import Annotated, Any, NamedTuple
 
 import pydantic
 
-from pgquartz.operator import names
+from pgquartz.operator import names, runnermodel
 from pgquartz.operator import schedule as schedules
-from pgquartz.runner.model import Job, Role, durations
+from pgquartz.runner.model import Job, Role, fields
 from pgquartz.runner.model.job import OnFailover
 from pgquartz.runner.model.retry import Retry, connection_retry
 
@@ -38,11 +38,11 @@ class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-JobBody = pydantic.create_model(  # type: ignore[call-overload]
-    "JobBody",
-    __base__=_Strict,
-    __doc__="A PgQuartz job body: the keys of a job file that describe the work itself.",
-    **{name: (Job.model_fields[name].annotation, Job.model_fields[name]) for name in JOB_BODY_KEYS},
+JobBody = fields.subset(
+    Job,
+    JOB_BODY_KEYS,
+    name="JobBody",
+    doc="A PgQuartz job body: the keys of a job file that describe the work itself.",
 )
 
 
@@ -136,7 +136,7 @@ class ConnectionSpec(_Strict):
             " stops with exit code 6 and its Job tries again; continue (the default for all) goes on."
         ),
     )
-    retry: Retry | None = pydantic.Field(
+    retry: Annotated[Retry, runnermodel.RunnerModel(Retry)] | None = pydantic.Field(
         default=None, description="The retry of this connection's SQL commands that have none ('on' only)."
     )
 
@@ -156,7 +156,7 @@ class LockSpec(_Strict):
 
     endpoints: list[str] | None = pydantic.Field(default=None, description="Default: the operator's setting.")
     key: str | None = pydantic.Field(default=None, description="Default: <namespace>/<name>.")
-    ttl: durations.Duration = pydantic.Field(
+    ttl: runnermodel.Duration = pydantic.Field(
         default=datetime.timedelta(minutes=1), json_schema_extra={"default": "1m"}
     )
 
@@ -315,7 +315,7 @@ class PgQuartzJobSpec(_Strict):
     )
     successful_jobs_history_limit: int = pydantic.Field(default=3, ge=0, alias="successfulJobsHistoryLimit")
     failed_jobs_history_limit: int = pydantic.Field(default=1, ge=0, alias="failedJobsHistoryLimit")
-    job: JobBody
+    job: Annotated[fields.Model, runnermodel.RunnerModel(JobBody)]
     connections: dict[str, ConnectionSpec] = pydantic.Field(
         default_factory=dict,
         json_schema_extra={"x-kubernetes-validations": [CONNECTION_NAMES]},

@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pydantic
 import yaml
 
 from pgquartz.runner.model import Job
+from pgquartz.runner.model.fields import ModelError
 from pgquartz.runner.plan import graph, matrix
 
 _TOP = {
@@ -91,9 +91,9 @@ def job_file_problems(
 def _problems(data: Any, max_instances: int, checkpoint: Callable[[], None]) -> list[str]:
     checkpoint()
     try:
-        job = Job.model_validate(data)
-    except pydantic.ValidationError as error:
-        return [f"{user_path(tuple(detail['loc']))}: {detail['msg']}" for detail in error.errors()]
+        job = Job.from_data(data)
+    except ModelError as error:
+        return [f"{user_path(problem.path)}: {problem.message}" for problem in error.problems]
     _, found = graph.build(job, max_instances=max_instances, checkpoint=checkpoint)
     return [f"{user_path(problem.path)}: {problem.message}" for problem in found]
 
@@ -117,8 +117,8 @@ def size_problems(config_map: Mapping[str, Any]) -> list[str]:
 def script_problems(config_map: Mapping[str, Any], files: set[str], scripts: str) -> list[str]:
     """``file:`` commands naming no key of the scripts ConfigMap ``scripts`` (whose keys are ``files``)."""
     try:
-        job = Job.model_validate(_job_file(config_map))
-    except pydantic.ValidationError:
+        job = Job.from_data(_job_file(config_map))
+    except ModelError:
         return []  # reported by job_file_problems
     problems: list[str] = []
     workdir = job.workdir or "/"  # the renderer points workdir at the mounted ConfigMap

@@ -2,7 +2,7 @@
 
 ``pgquartz -c job.yml`` (or ``PGQUARTZ_CONFIG=job.yml pgquartz``) runs a job
 exactly as PgQuartz's command does; ``-d`` adds debug output, ``-v`` prints the
-version. Heavy imports (pydantic, jinja2) wait until a command needs them, so
+version. Heavy imports (the job model, jinja2, asyncio) wait until a command needs them, so
 ``pgquartz -v`` and ``--help`` answer at once.
 
 Exit codes are a contract (see :class:`pgquartz.runner.model.exitcodes.ExitCode`).

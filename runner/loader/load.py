@@ -20,9 +20,8 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import pydantic
-
-from pgquartz.runner.loader import schema_errors, yamlmarks
+from pgquartz.runner.loader import yamlmarks
+from pgquartz.runner.model.fields import ModelError
 from pgquartz.runner.model.job import Command, Job
 from pgquartz.runner.model.problems import JobFileError, Problem
 from pgquartz.runner.plan import graph, matrix
@@ -81,9 +80,9 @@ def load_text(text: str, *, path: pathlib.Path) -> LoadedJob:
     if overlay:
         _merge_connection_params(marked.data, pathlib.Path(overlay), shown)
     try:
-        job = Job.model_validate(marked.data)
-    except pydantic.ValidationError as error:
-        raise _located(schema_errors.problems_from(error), marked, shown) from None
+        job = Job.from_data(marked.data)
+    except ModelError as error:
+        raise _located(error.problems, marked, shown) from None
     except RecursionError:
         raise _located([Problem((), "the job file nests too deeply")], marked, shown) from None
 

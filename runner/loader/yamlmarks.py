@@ -1,6 +1,6 @@
 """YAML → plain Python data, remembering where every key and value was written.
 
-PyYAML's safe loader gives data but forgets positions; pydantic gives errors by
+PyYAML's safe loader gives data but forgets positions; the model gives errors by
 key path. This module keeps a map from key path to (line, column) so any
 problem, whether the schema's or the planner's, can name the file and line the
 user must edit. It also refuses duplicate keys, which YAML loaders silently

@@ -13,7 +13,7 @@ import datetime
 import re
 from typing import Annotated, Any
 
-import pydantic
+from pgquartz.runner.model import kinds
 
 _UNITS: dict[str, float] = {
     "ns": 1e-9,
@@ -29,11 +29,13 @@ _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)\s*$|^\s*((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+\s*$"
 
 
-def parse(value: str | int | float | datetime.timedelta) -> datetime.timedelta:
+def parse(value: Any) -> datetime.timedelta:
     """Read a Go-style duration (``1h30m``) or a number of seconds.
 
     Raises :class:`ValueError` with a message fit to show a user.
     """
+    if not isinstance(value, str | int | float | datetime.timedelta):
+        raise ValueError(f"expected a duration like '75s' or '1h30m', got {type(value).__name__}")
     if isinstance(value, datetime.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):
@@ -88,22 +90,11 @@ def format(value: datetime.timedelta) -> str:
     return "".join(parts)
 
 
-def _validate(value: Any) -> datetime.timedelta:
-    if not isinstance(value, str | int | float | datetime.timedelta):
-        raise ValueError(f"expected a duration like '75s' or '1h30m', got {type(value).__name__}")
-    return parse(value)
+SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": PATTERN,
+    "description": "A duration as Go writes it (75s, 1m30s, 1h, 250ms) or a number of seconds.",
+}
 
-
-Duration = Annotated[
-    datetime.timedelta,
-    pydantic.BeforeValidator(_validate),
-    pydantic.PlainSerializer(format, return_type=str),
-    pydantic.WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": PATTERN,
-            "description": "A duration as Go writes it (75s, 1m30s, 1h, 250ms) or a number of seconds.",
-        }
-    ),
-]
-"""A pydantic field type: a duration in PgQuartz's syntax, stored as a timedelta."""
+Duration = Annotated[datetime.timedelta, kinds.Custom(parse, dump=format, schema=SCHEMA)]
+"""A model field type: a duration in PgQuartz's syntax, stored as a timedelta, written back as one."""

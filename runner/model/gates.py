@@ -20,9 +20,7 @@ import enum
 import re
 from typing import Annotated, Any
 
-import pydantic
-
-from pgquartz.runner.model import durations
+from pgquartz.runner.model import durations, fields, kinds
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?\s*$")
 _FACTORS = {
@@ -74,14 +72,15 @@ def parse_lag(value: Any) -> Lag:
 
 LagLimit = Annotated[
     Lag,
-    pydantic.BeforeValidator(parse_lag),
-    pydantic.PlainSerializer(str, return_type=str),
-    pydantic.WithJsonSchema(
-        {
+    kinds.Custom(
+        parse_lag,
+        dump=str,
+        titled=False,
+        schema={
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": LAG_PATTERN}],
             "description": "WAL bytes (64MB, 16MiB, a number) or a duration (30s, 5m).",
-        }
+        },
     ),
 ]
 
@@ -94,17 +93,21 @@ class OnTimeout(enum.StrEnum):
 BUILT_IN = ("maxReplicationLag", "maxTransactionAge", "noBackupRunning")
 
 
-class Gate(pydantic.BaseModel):
+def _only_true(value: bool | None) -> bool | None:
+    if value is False:
+        raise ValueError("noBackupRunning: false gates nothing; leave the gate out instead")
+    return value
+
+
+class Gate(fields.Model):
     """One condition: a built-in one on a connection, or a command with an expectation."""
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
     name: str = ""
-    connection: str | None = pydantic.Field(
+    connection: str | None = fields.field(
         default=None,
         description="The connection a built-in gate reads; may be left out when the job has only one.",
     )
-    max_replication_lag: LagLimit | None = pydantic.Field(
+    max_replication_lag: LagLimit | None = fields.field(
         default=None,
         alias="maxReplicationLag",
         description=(
@@ -112,34 +115,27 @@ class Gate(pydantic.BaseModel):
             " how far its replay is behind what it received, or behind in time."
         ),
     )
-    max_transaction_age: durations.Duration | None = pydantic.Field(
+    max_transaction_age: durations.Duration | None = fields.field(
         default=None,
         alias="maxTransactionAge",
         description="The oldest open transaction on the server (not the runner's own) may be this old.",
     )
-    no_backup_running: bool | None = pydantic.Field(
+    no_backup_running: bool | None = fields.field(
         default=None,
         alias="noBackupRunning",
+        check=_only_true,
         description="No base backup (pg_basebackup) or low-level backup (pg_backup_start) in progress.",
     )
-    type: str | None = pydantic.Field(
+    type: str | None = fields.field(
         default=None, description="A custom gate: 'shell' or a connection, as for a check."
     )
     inline: str | None = None
     file: str | None = None
-    rc: int | None = pydantic.Field(default=None, description="A custom gate's expected exit code (0).")
+    rc: int | None = fields.field(default=None, description="A custom gate's expected exit code (0).")
     expected: str | None = None
     unexpected: str | None = None
 
-    @pydantic.field_validator("no_backup_running")
-    @classmethod
-    def _only_true(cls, value: bool | None) -> bool | None:
-        if value is False:
-            raise ValueError("noBackupRunning: false gates nothing; leave the gate out instead")
-        return value
-
-    @pydantic.model_validator(mode="after")
-    def _one_kind(self) -> Gate:
+    def _check(self) -> None:
         built_in = [key for key in BUILT_IN if self._built_in(key) is not None]
         custom = [
             key
@@ -160,7 +156,6 @@ class Gate(pydantic.BaseModel):
                 raise ValueError("a custom gate names its connection in 'type', not 'connection'")
             if (self.inline is None) == (self.file is None):
                 raise ValueError("a custom gate needs 'inline' or 'file' (one of them)")
-        return self
 
     def _built_in(self, key: str) -> Any:
         return {
@@ -200,23 +195,26 @@ class Gate(pydantic.BaseModel):
         return fields
 
 
-class Gates(pydantic.BaseModel):
+def _positive_interval(value: datetime.timedelta) -> datetime.timedelta:
+    if value.total_seconds() < 0.1:
+        raise ValueError("interval must be at least 100ms")
+    return value
+
+
+class Gates(fields.Model):
     """The gates of the job or of a step, and what to do while they are closed."""
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    require: list[Gate] = pydantic.Field(min_length=1, description="Conditions that must all hold.")
-    wait: durations.Duration = pydantic.Field(
+    require: list[Gate] = fields.field(min_length=1, description="Conditions that must all hold.")
+    wait: durations.Duration = fields.field(
         default=datetime.timedelta(0),
-        json_schema_extra={"default": "0s"},
         description="How long to wait for the gates to open (evaluated once when 0), inside the timeout.",
     )
-    interval: durations.Duration = pydantic.Field(
+    interval: durations.Duration = fields.field(
         default=datetime.timedelta(seconds=5),
-        json_schema_extra={"default": "5s"},
+        check=_positive_interval,
         description="How often closed gates are evaluated again while waiting.",
     )
-    on_timeout: OnTimeout = pydantic.Field(
+    on_timeout: OnTimeout = fields.field(
         default=OnTimeout.SKIP,
         alias="onTimeout",
         description=(
@@ -224,10 +222,3 @@ class Gates(pydantic.BaseModel):
             " 'gate-failed' with exit code 7 (a step fails)."
         ),
     )
-
-    @pydantic.field_validator("interval")
-    @classmethod
-    def _positive_interval(cls, value: datetime.timedelta) -> datetime.timedelta:
-        if value.total_seconds() < 0.1:
-            raise ValueError("interval must be at least 100ms")
-        return value

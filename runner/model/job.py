@@ -20,25 +20,15 @@ import functools
 import re
 from typing import Annotated, Any
 
-import pydantic
-
-from pgquartz.runner.model import durations
+from pgquartz.runner.model import durations, fields, kinds
 from pgquartz.runner.model.gates import Gate, Gates
 from pgquartz.runner.model.retry import Retry, connection_retry
+from pgquartz.runner.model.secret import SecretText
 
 SHELL = "shell"
 """The command type that runs a body with bash; any other type names a connection."""
 
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class _Frozen(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(
-        frozen=True,
-        extra="forbid",
-        populate_by_name=True,
-        str_strip_whitespace=False,
-    )
 
 
 class Role(enum.StrEnum):
@@ -85,34 +75,35 @@ def _check_matrix(value: dict[str, list[str]]) -> dict[str, list[str]]:
     return value
 
 
-Matrix = Annotated[
-    dict[str, list[str]],
-    pydantic.BeforeValidator(_matrix_values),
-    pydantic.AfterValidator(_check_matrix),
-]
+Matrix = Annotated[dict[str, list[str]], kinds.Hooks(before=_matrix_values, check=_check_matrix)]
 """Argument name → values; the step runs once per combination (cartesian product)."""
 
 
-class Command(_Frozen):
+def _empty_type_is_shell(value: Any) -> Any:
+    return SHELL if value in (None, "") else value
+
+
+class Command(fields.Model):
     """One command of a step: a shell body or a query, inline or from a file."""
 
     name: str = ""
-    type: str = pydantic.Field(
+    type: str = fields.field(
         default=SHELL,
+        before=_empty_type_is_shell,
         description="'shell' (the default) runs the body with bash; any other value names a connection.",
     )
-    role: Role | None = pydantic.Field(
+    role: Role | None = fields.field(
         default=None,
         description="Run only when the connection's server has this role (overrides the connection's).",
     )
     inline: str | None = None
-    file: str | None = pydantic.Field(default=None, description="A script or SQL file, relative to workdir.")
-    batch_mode: bool = pydantic.Field(
+    file: str | None = fields.field(default=None, description="A script or SQL file, relative to workdir.")
+    batch_mode: bool = fields.field(
         default=False,
         alias="batchMode",
         description="Split a SQL body into statements and run them one at a time.",
     )
-    retry: Retry | None = pydantic.Field(
+    retry: Retry | None = fields.field(
         default=None,
         description=(
             "Run the command again after the errors listed (SQL conditions in 'on', shell exit codes in"
@@ -120,27 +111,19 @@ class Command(_Frozen):
         ),
     )
 
-    @pydantic.field_validator("type", mode="before")
-    @classmethod
-    def _empty_type_is_shell(cls, value: Any) -> Any:
-        return SHELL if value in (None, "") else value
-
-    @pydantic.model_validator(mode="after")
-    def _consistent(self) -> Command:
-        # One validator, not two: a job file can hold thousands of commands.
+    def _check(self) -> None:
         if self.inline is not None and self.file is not None:
             raise ValueError("set either 'inline' or 'file', not both")
         if self.inline is None and self.file is None:
             raise ValueError("set 'inline' (the command itself) or 'file' (a script or SQL file)")
         if self.retry is None:
-            return self
+            return
         if self.is_shell and self.retry.on:
             raise ValueError("retry.on lists SQL errors, but this is a shell command: use retry.exitCodes")
         if not self.is_shell and self.retry.exit_codes:
             raise ValueError(
                 "retry.exitCodes is for shell commands; an SQL command retries on SQL errors: use retry.on"
             )
-        return self
 
     @property
     def is_shell(self) -> bool:
@@ -158,22 +141,22 @@ class Command(_Frozen):
         return text if len(text) <= 60 else text[:57] + "..."
 
 
-class Step(_Frozen):
+class Step(fields.Model):
     """A unit of work: commands run in order (per matrix instance) until one fails."""
 
-    commands: list[Command] = pydantic.Field(min_length=1)
-    depends: list[str] = pydantic.Field(
+    commands: list[Command] = fields.field(min_length=1)
+    depends: list[str] = fields.field(
         default_factory=list, description="Steps that must be done (or skipped) before this one."
     )
-    when: list[str] = pydantic.Field(
+    when: list[str] = fields.field(
         default_factory=list,
         description=(
             "Rules that must all hold for the step to run (Go-template or Jinja2 expressions). Steps they"
             " read become dependencies automatically."
         ),
     )
-    matrix: Matrix = pydantic.Field(default_factory=dict)
-    gates: Gates | None = pydantic.Field(
+    matrix: Matrix = fields.field(default_factory=dict)
+    gates: Gates | None = fields.field(
         default=None, description="Conditions that must hold before the step's first instance runs."
     )
 
@@ -181,14 +164,14 @@ class Step(_Frozen):
 class Check(Command):
     """A command run after all steps, whose exit code and output decide the run's result."""
 
-    rc: int = pydantic.Field(default=0, description="The exit code the check must end with, exactly.")
-    expected: str | None = pydantic.Field(
+    rc: int = fields.field(default=0, description="The exit code the check must end with, exactly.")
+    expected: str | None = fields.field(
         default=None, description="Text that must appear in the check's stdout or stderr."
     )
-    unexpected: str | None = pydantic.Field(
+    unexpected: str | None = fields.field(
         default=None, description="Text that must not appear in the check's stdout or stderr."
     )
-    matrix: Matrix = pydantic.Field(default_factory=dict)
+    matrix: Matrix = fields.field(default_factory=dict)
 
 
 class OnFailover(enum.StrEnum):
@@ -198,27 +181,35 @@ class OnFailover(enum.StrEnum):
     CONTINUE = "continue"
 
 
-class Connection(_Frozen):
+def _params_as_text(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _scalar_text(item) for key, item in value.items()}
+    return value
+
+
+class Connection(fields.Model):
     """A PostgreSQL endpoint that commands name in their ``type``."""
 
-    type: str = pydantic.Field(default="postgresql", description="Informational, as in PgQuartz.")
-    role: Role = pydantic.Field(
+    type: str = fields.field(default="postgresql", description="Informational, as in PgQuartz.")
+    role: Role = fields.field(
         default=Role.ALL, description="The role the server must have; 'all' accepts any."
     )
-    conn_params: dict[str, str] = pydantic.Field(
-        default_factory=dict, description="libpq connection keywords (host, port, dbname, user, …)."
+    conn_params: dict[str, str] = fields.field(
+        default_factory=dict,
+        before=_params_as_text,
+        description="libpq connection keywords (host, port, dbname, user, …).",
     )
-    password_file: str | None = pydantic.Field(
+    password_file: str | None = fields.field(
         default=None,
         alias="passwordFile",
         description="Read the password from this file (e.g. a mounted Kubernetes Secret).",
     )
-    password_env: str | None = pydantic.Field(
+    password_env: str | None = fields.field(
         default=None,
         alias="passwordEnv",
         description="Read the password from this environment variable.",
     )
-    on_failover: OnFailover | None = pydantic.Field(
+    on_failover: OnFailover | None = fields.field(
         default=None,
         alias="onFailover",
         description=(
@@ -227,8 +218,9 @@ class Connection(_Frozen):
             " role primary or standby, continue for all."
         ),
     )
-    retry: Retry | None = pydantic.Field(
+    retry: Retry | None = fields.field(
         default=None,
+        check=connection_retry,
         description="The retry of every SQL command on this connection that has none of its own (only 'on').",
     )
 
@@ -238,13 +230,7 @@ class Connection(_Frozen):
             return self.on_failover
         return OnFailover.CONTINUE if self.role is Role.ALL else OnFailover.ABORT
 
-    @pydantic.field_validator("retry")
-    @classmethod
-    def _sql_retry(cls, value: Retry | None) -> Retry | None:
-        return connection_retry(value)
-
-    @pydantic.model_validator(mode="after")
-    def _one_password_source(self) -> Connection:
+    def _check(self) -> None:
         sources = [
             key
             for key, present in (
@@ -256,52 +242,49 @@ class Connection(_Frozen):
         ]
         if len(sources) > 1:
             raise ValueError(f"give the password one way, not {' and '.join(sources)}")
-        return self
-
-    @pydantic.field_validator("conn_params", mode="before")
-    @classmethod
-    def _params_as_text(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: _scalar_text(item) for key, item in value.items()}
-        return value
 
 
-class EtcdConfig(_Frozen):
+def _positive_ttl(value: datetime.timedelta) -> datetime.timedelta:
+    if value.total_seconds() < 1:
+        raise ValueError("lockTimeout must be at least 1s (it is the lease's TTL)")
+    return value
+
+
+class EtcdConfig(fields.Model):
     """The etcd lock that serialises runs of one job across nodes or pods."""
 
-    endpoints: list[str] = pydantic.Field(default_factory=lambda: ["localhost:2379"], min_length=1)
-    lock_key: str | None = pydantic.Field(
+    endpoints: list[str] = fields.field(default_factory=lambda: ["localhost:2379"], min_length=1)
+    lock_key: str | None = fields.field(
         default=None, alias="lockKey", description="Defaults to the job name (the job file's base name)."
     )
-    lock_timeout: durations.Duration = pydantic.Field(
+    lock_timeout: durations.Duration = fields.field(
         default=datetime.timedelta(minutes=1),
         alias="lockTimeout",
-        json_schema_extra={"default": "1m"},
+        check=_positive_ttl,
         description=(
             "The lease TTL: how long a crashed holder keeps the lock. PgQuartz defaults to 100h; pgquartz"
             " to 1m."
         ),
     )
 
-    username: str | None = pydantic.Field(default=None, description="etcd user (with a password).")
-    password_file: str | None = pydantic.Field(
+    username: str | None = fields.field(default=None, description="etcd user (with a password).")
+    password_file: str | None = fields.field(
         default=None, alias="passwordFile", description="Read the etcd user's password from this file."
     )
-    password_env: str | None = pydantic.Field(
+    password_env: str | None = fields.field(
         default=None, alias="passwordEnv", description="Read the etcd user's password from this variable."
     )
-    ca_file: str | None = pydantic.Field(
+    ca_file: str | None = fields.field(
         default=None, alias="caFile", description="CA bundle to verify etcd's TLS certificate (enables TLS)."
     )
-    cert_file: str | None = pydantic.Field(
+    cert_file: str | None = fields.field(
         default=None, alias="certFile", description="Client certificate for TLS client authentication."
     )
-    key_file: str | None = pydantic.Field(
+    key_file: str | None = fields.field(
         default=None, alias="keyFile", description="Private key of the client certificate."
     )
 
-    @pydantic.model_validator(mode="after")
-    def _consistent_security(self) -> EtcdConfig:
+    def _check(self) -> None:
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give the etcd password one way: passwordFile or passwordEnv")
         if (self.password_file or self.password_env) and not self.username:
@@ -310,41 +293,48 @@ class EtcdConfig(_Frozen):
             raise ValueError("an etcd username needs passwordFile or passwordEnv")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("certFile and keyFile go together")
-        return self
-
-    @pydantic.field_validator("lock_timeout")
-    @classmethod
-    def _positive_ttl(cls, value: datetime.timedelta) -> datetime.timedelta:
-        if value.total_seconds() < 1:
-            raise ValueError("lockTimeout must be at least 1s (it is the lease's TTL)")
-        return value
 
 
-class GitConfig(_Frozen):
+class GitConfig(fields.Model):
     """Update the job's directory from its git remote before running, as PgQuartz does."""
 
-    dir: str | None = pydantic.Field(
+    dir: str | None = fields.field(
         default=None, description="The repository's directory; defaults to the job file's directory."
     )
     remote: str = "origin"
-    revision: str | None = pydantic.Field(
+    revision: str | None = fields.field(
         default=None, description="A branch, tag or commit to run; defaults to the current branch."
     )
-    rsa_path: str | None = pydantic.Field(default=None, alias="rsaPath")
-    http_user: str | None = pydantic.Field(default=None, alias="httpUser")
-    http_password: pydantic.SecretStr | None = pydantic.Field(default=None, alias="httpPassword")
+    rsa_path: str | None = fields.field(default=None, alias="rsaPath")
+    http_user: str | None = fields.field(default=None, alias="httpUser")
+    http_password: SecretText | None = fields.field(default=None, alias="httpPassword")
     disable: bool = False
 
 
-class Job(_Frozen):
+def _no_connection_named_shell(value: dict[str, Connection]) -> dict[str, Connection]:
+    if SHELL in value:
+        raise ValueError(
+            f"a connection may not be called {SHELL!r}: commands of type {SHELL!r} run in bash,"
+            " so its SQL would never run; rename it"
+        )
+    return value
+
+
+def _positive_timeout(value: datetime.timedelta | None) -> datetime.timedelta | None:
+    if value is not None and value.total_seconds() <= 0:
+        raise ValueError("timeout must be positive (leave it out for no timeout)")
+    return value
+
+
+class Job(fields.Model):
     """A PgQuartz job: steps, then checks, optionally under an etcd lock."""
 
-    steps: dict[str, Step] = pydantic.Field(min_length=1)
-    checks: list[Check] = pydantic.Field(default_factory=list)
-    connections: dict[str, Connection] = pydantic.Field(default_factory=dict)
-    etcd_config: EtcdConfig | None = pydantic.Field(default=None, alias="etcdConfig")
+    steps: dict[str, Step] = fields.field(min_length=1)
+    checks: list[Check] = fields.field(default_factory=list)
+    connections: dict[str, Connection] = fields.field(default_factory=dict, check=_no_connection_named_shell)
+    etcd_config: EtcdConfig | None = fields.field(default=None, alias="etcdConfig")
     git: GitConfig | None = None
-    parallel: int = pydantic.Field(
+    parallel: int = fields.field(
         default=1,
         ge=1,
         description=(
@@ -352,45 +342,29 @@ class Job(_Frozen):
             " refuses it)."
         ),
     )
-    timeout: durations.Duration | None = pydantic.Field(
+    timeout: durations.Duration | None = fields.field(
         default=None,
+        check=_positive_timeout,
         description="Ends the whole run (lock wait, steps and checks) with an error; default: none.",
     )
-    workdir: str | None = pydantic.Field(
+    workdir: str | None = fields.field(
         default=None, description="Where scripts are found and run; defaults to the job file's directory."
     )
-    log_file: str | None = pydantic.Field(
+    log_file: str | None = fields.field(
         default=None,
         alias="logFile",
         description="Also write the log here; a directory gets one dated file per run of the job.",
     )
     debug: bool = False
-    run_on_role_error: bool = pydantic.Field(
+    run_on_role_error: bool = fields.field(
         default=False,
         alias="runOnRoleError",
         description="Skip commands against a connection with the wrong role instead of refusing to run.",
     )
-    gates: Gates | None = pydantic.Field(
+    gates: Gates | None = fields.field(
         default=None,
         description="Conditions that must hold, once the lock is held, before the first step runs.",
     )
-
-    @pydantic.field_validator("connections")
-    @classmethod
-    def _no_connection_named_shell(cls, value: dict[str, Connection]) -> dict[str, Connection]:
-        if SHELL in value:
-            raise ValueError(
-                f"a connection may not be called {SHELL!r}: commands of type {SHELL!r} run in bash,"
-                " so its SQL would never run; rename it"
-            )
-        return value
-
-    @pydantic.field_validator("timeout")
-    @classmethod
-    def _positive_timeout(cls, value: datetime.timedelta | None) -> datetime.timedelta | None:
-        if value is not None and value.total_seconds() <= 0:
-            raise ValueError("timeout must be positive (leave it out for no timeout)")
-        return value
 
     def located_commands(self) -> list[tuple[tuple[str | int, ...], Command]]:
         """Every command of every step, then every check, with its key path in the job file."""
@@ -430,12 +404,12 @@ class Job(_Frozen):
 
 def gate_check(gate: Gate) -> Check:
     """A custom gate's command, as the check it is evaluated like."""
-    return Check.model_validate(gate.check_fields())
+    return Check.from_data(gate.check_fields())
 
 
 def json_schema() -> dict[str, Any]:
     """The job file's JSON Schema (keys as written in job files)."""
-    schema = Job.model_json_schema(by_alias=True, mode="validation")
+    schema = fields.json_schema(Job)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "PgQuartz job"
     return schema

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import datetime
 import random
+from collections.abc import Mapping
 from typing import Any
 
-import pydantic
-
-from pgquartz.runner.model import durations, sqlstates
+from pgquartz.runner.model import durations, fields, sqlstates
 
 MAX_ATTEMPTS = 100
 
@@ -32,71 +31,64 @@ CONNECTION_LOST = "08006"
 """The SQLSTATE a session lost without an error from the server counts as (connection_failure)."""
 
 
-class Retry(pydantic.BaseModel):
+def _known_conditions(value: list[str]) -> list[str]:
+    for condition in value:
+        sqlstates.resolve(condition)  # raises with "did you mean"
+    return value
+
+
+def _real_exit_codes(value: list[int]) -> list[int]:
+    for code in value:
+        if not 1 <= code <= 255:
+            raise ValueError(f"exit code {code} cannot mean failure: use 1 to 255")
+    return value
+
+
+class Retry(fields.Model):
     """Which errors repeat a command, how often, and how long to wait in between."""
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    on: list[str] = pydantic.Field(
+    on: list[str] = fields.field(
         default_factory=list,
+        check=_known_conditions,
         description=(
             "SQL errors worth repeating the command for: PostgreSQL condition names"
             " (serialization_failure, deadlock_detected, lock_not_available, admin_shutdown,"
             " connection_failure), SQLSTATEs (40001) or classes (40)."
         ),
     )
-    exit_codes: list[int] = pydantic.Field(
+    exit_codes: list[int] = fields.field(
         default_factory=list,
         alias="exitCodes",
+        check=_real_exit_codes,
         description="Exit codes of a shell command worth repeating it for (e.g. 75, EX_TEMPFAIL).",
     )
-    attempts: int = pydantic.Field(
-        default=3, ge=1, le=MAX_ATTEMPTS, description="How many times the command may run in all."
+    attempts: int = fields.field(
+        3, ge=1, le=MAX_ATTEMPTS, description="How many times the command may run in all."
     )
-    backoff: durations.Duration = pydantic.Field(
-        default=datetime.timedelta(seconds=1),
-        json_schema_extra={"default": "1s"},
+    backoff: durations.Duration = fields.field(
+        datetime.timedelta(seconds=1),
         description="The wait before the first retry; it doubles for each further one (with jitter).",
     )
-    max_backoff: durations.Duration = pydantic.Field(
-        default=datetime.timedelta(minutes=1),
+    max_backoff: durations.Duration = fields.field(
+        datetime.timedelta(minutes=1),
         alias="maxBackoff",
-        json_schema_extra={"default": "1m"},
         description="The longest wait between two attempts.",
     )
 
-    @pydantic.field_validator("on")
     @classmethod
-    def _known_conditions(cls, value: list[str]) -> list[str]:
-        for condition in value:
-            sqlstates.resolve(condition)  # raises with "did you mean"
-        return value
+    def _prepare(cls, data: Mapping[Any, Any]) -> Mapping[Any, Any]:
+        # Job files come through our own loader (keys stay strings), but a PgQuartzJob
+        # written with a YAML 1.1 tool may arrive with `on` turned into `true`.
+        if True in data and "on" not in data:
+            return {("on" if key is True else key): item for key, item in data.items()}
+        return data
 
-    @pydantic.field_validator("exit_codes")
-    @classmethod
-    def _real_exit_codes(cls, value: list[int]) -> list[int]:
-        for code in value:
-            if not 1 <= code <= 255:
-                raise ValueError(f"exit code {code} cannot mean failure: use 1 to 255")
-        return value
-
-    @pydantic.model_validator(mode="after")
-    def _says_what_to_retry(self) -> Retry:
+    def _check(self) -> None:
         if not self.on and not self.exit_codes:
             raise ValueError(
                 "say which errors to retry: 'on' (SQL conditions, e.g. [serialization_failure]) or"
                 " 'exitCodes' (shell, e.g. [75]); nothing is retried by default"
             )
-        return self
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _yaml_11_on(cls, value: Any) -> Any:
-        # Job files come through our own loader (keys stay strings), but a PgQuartzJob
-        # written with a YAML 1.1 tool may arrive with `on` turned into `true`.
-        if isinstance(value, dict) and True in value and "on" not in value:
-            value = {("on" if key is True else key): item for key, item in value.items()}
-        return value
 
     def patterns(self) -> tuple[str, ...]:
         """The SQLSTATEs and classes ``on`` stands for."""

@@ -53,3 +53,37 @@ def test_references_list_every_secret_key_and_the_scripts_config_map_once() -> N
         "ConfigMap 'maintenance-scripts'",
         "Secret 'pg-maint' (key 'password')",
     ]
+
+
+def test_a_bad_job_body_is_refused_problem_by_problem_under_spec_job() -> None:
+    job = {
+        "steps": {"s": {"commands": [{"inline": "x", "retry": {"on": ["deadlock_detection"]}}, {}]}},
+        "parallel": 0,
+        "etcdConfig": {},  # a job-file key the resource replaces with spec.lock
+    }
+    with pytest.raises(pydantic.ValidationError) as caught:
+        resource.PgQuartzJobSpec.model_validate(spec_with(job=job))
+    found = {tuple(detail["loc"]): detail["msg"] for detail in caught.value.errors()}
+    assert set(found) == {
+        ("job", "steps", "s", "commands", 0, "retry", "on"),
+        ("job", "steps", "s", "commands", 1),
+        ("job", "parallel"),
+        ("job", "etcdConfig"),
+    }
+    assert "did you mean 'deadlock_detected'" in found[("job", "steps", "s", "commands", 0, "retry", "on")]
+    assert found[("job", "parallel")] == "input should be greater than or equal to 1"
+    assert found[("job", "etcdConfig")].startswith("unknown key 'etcdConfig'; allowed here: steps, checks")
+
+
+def test_the_job_body_and_a_retry_are_the_runners_models_and_dump_as_job_files_write_them() -> None:
+    spec = spec_with(
+        connections={"primary": {"params": {"host": "db"}, "retry": {"on": ["40001"], "maxBackoff": "90s"}}}
+    )
+    parsed = resource.PgQuartzJobSpec.model_validate(spec)
+    assert parsed.job.to_data(exclude_defaults=True)["timeout"] == "1h"
+    retry = parsed.connections["primary"].retry
+    assert retry is not None and retry.retries_sqlstate("40001")
+    dumped = parsed.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert dumped["job"]["steps"]["vacuum"]["matrix"] == {"db": ["app"]}
+    assert dumped["connections"]["primary"]["retry"] == {"on": ["40001"], "maxBackoff": "1m30s"}
+    assert resource.PgQuartzJobSpec.model_validate(dumped) == parsed

@@ -155,7 +155,7 @@ def test_rsa_path_is_the_key_ssh_is_given(
     key = tmp_path / "deploy key"
     key.write_text("not really a key\n")
     monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
-    result = gitpull.update(GitConfig.model_validate({"rsaPath": str(key)}), job_dir=clone)
+    result = gitpull.update(GitConfig.from_data({"rsaPath": str(key)}), job_dir=clone)
     assert result is not None and result.level == "warning" and "fake ssh: no route" in result.message
     args = recorded.read_text()
     assert f"-i {key}" in args and "IdentitiesOnly=yes" in args and "BatchMode=yes" in args

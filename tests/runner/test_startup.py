@@ -21,7 +21,7 @@ def test_running_a_job_loads_no_operator_code_and_no_client_it_does_not_need() -
 def test_version_and_help_need_no_heavy_imports() -> None:
     probe = (
         "import sys; from pgquartz.runner.cli import main; main.parse_args(['-c', 'x']);"
-        "print('pydantic' in sys.modules, 'jinja2' in sys.modules, 'asyncio' in sys.modules)"
+        "print('pgquartz.runner.model.job' in sys.modules, 'jinja2' in sys.modules, 'asyncio' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False False"
@@ -29,7 +29,7 @@ def test_version_and_help_need_no_heavy_imports() -> None:
 
 LOCK_PROBE = """
 import sys
-import pgquartz.runner.model.job  # the job model (pydantic) every run loads anyway
+import pgquartz.runner.model.job  # the job model every run loads anyway
 before = set(sys.modules)
 from pgquartz.runner.lock import guard, status
 new = sorted(m.split(".")[0] for m in set(sys.modules) - before if not m.startswith("pgquartz"))

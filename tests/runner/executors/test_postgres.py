@@ -15,7 +15,7 @@ from tests.support.pgcluster import PgCluster
 
 
 def executor_for(params: dict[str, str], *, role: str = "all", sessions: int = 1) -> PostgresExecutor:
-    connection = Connection.model_validate({"role": role, "conn_params": params})
+    connection = Connection.from_data({"role": role, "conn_params": params})
     return PostgresExecutor(
         name="pg", connection=connection, application_name="pgquartz/test", max_sessions=sessions
     )
@@ -29,7 +29,7 @@ async def primary(pg_cluster: PgCluster, database: str) -> AsyncIterator[Postgre
 
 
 def command(body: str, **keys: object) -> Command:
-    return Command.model_validate({"type": "pg", "inline": body, **keys})
+    return Command.from_data({"type": "pg", "inline": body, **keys})
 
 
 async def run(executor: PostgresExecutor, body: str, args: dict[str, str] | None = None, **keys: object):  # type: ignore[no-untyped-def]

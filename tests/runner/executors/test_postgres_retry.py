@@ -48,9 +48,9 @@ async def other(params: dict[str, str]) -> AsyncIterator[psycopg.AsyncConnection
 async def run(
     params: dict[str, str], body: str, retry: dict[str, Any] | None, **keys: Any
 ) -> tuple[CommandResult, list[RetryAttempt]]:
-    connection = Connection.model_validate({"conn_params": params})
+    connection = Connection.from_data({"conn_params": params})
     executor = PostgresExecutor(name="pg", connection=connection, application_name="pgquartz/test")
-    command = Command.model_validate({"type": "pg", "inline": body, "retry": retry, **keys})
+    command = Command.from_data({"type": "pg", "inline": body, "retry": retry, **keys})
     attempts: list[RetryAttempt] = []
     try:
         result = await executor.run(command, body=body, args={}, on_retry=attempts.append)
@@ -135,9 +135,9 @@ async def test_lock_not_available_is_retried_until_the_lock_is_released(
         await other.rollback()
 
     helper = asyncio.create_task(release_after_first_failure())
-    connection = Connection.model_validate({"conn_params": short_wait})
+    connection = Connection.from_data({"conn_params": short_wait})
     executor = PostgresExecutor(name="pg", connection=connection, application_name="pgquartz/test")
-    command = Command.model_validate(
+    command = Command.from_data(
         {
             "type": "pg",
             "inline": "update t set v = 5",
@@ -242,9 +242,9 @@ async def test_batch_mode_resumes_at_the_begin_of_the_block_the_failure_rolled_b
 async def test_a_connections_retry_applies_to_its_commands_without_one(
     params: dict[str, str], other: psycopg.AsyncConnection[Any]
 ) -> None:
-    connection = Connection.model_validate({"conn_params": params, "retry": {"on": ["40001"], **FAST}})
+    connection = Connection.from_data({"conn_params": params, "retry": {"on": ["40001"], **FAST}})
     executor = PostgresExecutor(name="pg", connection=connection, application_name="pgquartz/test")
-    command = Command.model_validate({"type": "pg", "inline": "select fail_once()"})
+    command = Command.from_data({"type": "pg", "inline": "select fail_once()"})
     try:
         result = await executor.run(command, body="select fail_once()", args={})
     finally:

@@ -27,7 +27,7 @@ from tests.support.etcdcluster import EtcdCluster, running_etcd
 
 
 def config(endpoints: list[str], **fields: str) -> EtcdConfig:
-    return EtcdConfig.model_validate({"endpoints": endpoints, **fields})
+    return EtcdConfig.from_data({"endpoints": endpoints, **fields})
 
 
 @contextlib.asynccontextmanager

@@ -1,9 +1,9 @@
 import datetime
 
-import pydantic
 import pytest
 
 from pgquartz.runner.model import ExitCode, Job, Role, json_schema
+from pgquartz.runner.model.fields import ModelError
 
 
 def minimal(**extra: object) -> dict[str, object]:
@@ -11,7 +11,7 @@ def minimal(**extra: object) -> dict[str, object]:
 
 
 def test_pgquartz_defaults_with_sane_replacements() -> None:
-    job = Job.model_validate(minimal())
+    job = Job.from_data(minimal())
     assert job.parallel == 1  # PgQuartz's 0 runs nothing
     assert job.timeout is None
     assert job.checks == []
@@ -23,7 +23,7 @@ def test_pgquartz_defaults_with_sane_replacements() -> None:
 
 
 def test_every_pgquartz_key_is_accepted() -> None:
-    job = Job.model_validate(
+    job = Job.from_data(
         {
             "debug": True,
             "git": {
@@ -82,30 +82,28 @@ def test_every_pgquartz_key_is_accepted() -> None:
 
 
 def test_parallel_zero_is_refused() -> None:
-    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
-        Job.model_validate(minimal(parallel=0))
+    with pytest.raises(ModelError, match="greater than or equal to 1"):
+        Job.from_data(minimal(parallel=0))
 
 
 def test_matrix_scalars_become_strings() -> None:
-    job = Job.model_validate(
-        {"steps": {"s": {"commands": [{"inline": "true"}], "matrix": {"n": [1, 2.5, True]}}}}
-    )
+    job = Job.from_data({"steps": {"s": {"commands": [{"inline": "true"}], "matrix": {"n": [1, 2.5, True]}}}})
     assert job.steps["s"].matrix == {"n": ["1", "2.5", "true"]}
 
 
 @pytest.mark.parametrize("body", [{}, {"inline": "a", "file": "b"}])
 def test_a_command_needs_exactly_one_body(body: dict[str, str]) -> None:
-    with pytest.raises(pydantic.ValidationError):
-        Job.model_validate({"steps": {"s": {"commands": [body]}}})
+    with pytest.raises(ModelError):
+        Job.from_data({"steps": {"s": {"commands": [body]}}})
 
 
 def test_empty_type_means_shell() -> None:
-    job = Job.model_validate({"steps": {"s": {"commands": [{"type": "", "inline": "true"}]}}})
+    job = Job.from_data({"steps": {"s": {"commands": [{"type": "", "inline": "true"}]}}})
     assert job.steps["s"].commands[0].is_shell
 
 
 def test_default_lock_ttl_is_a_minute_not_pgquartz_100h() -> None:
-    job = Job.model_validate(minimal(etcdConfig={}))
+    job = Job.from_data(minimal(etcdConfig={}))
     assert job.etcd_config is not None
     assert job.etcd_config.lock_timeout == datetime.timedelta(minutes=1)
     assert job.etcd_config.endpoints == ["localhost:2379"]

@@ -10,7 +10,7 @@ from pgquartz.runner.plan import graph
 
 
 def job_with(steps: dict[str, dict[str, Any]]) -> Job:
-    return Job.model_validate(
+    return Job.from_data(
         {"steps": {name: {"commands": [{"inline": "true"}], **spec} for name, spec in steps.items()}}
     )
 

@@ -1,0 +1,195 @@
+"""The model's field layer: one validation pass finds every problem, with its key path; instances are
+frozen and written back as job files write them."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from pgquartz.runner.model import Job, Step
+from pgquartz.runner.model.fields import ModelError
+from pgquartz.runner.model.retry import Retry
+
+
+def problems(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    with pytest.raises(ModelError) as caught:
+        Job.from_data(data)
+    return [(problem.path, problem.message) for problem in caught.value.problems]
+
+
+def test_every_problem_is_found_in_one_pass_each_at_its_key_path() -> None:
+    found = problems(
+        {
+            "parallel": "many",
+            "steps": {
+                "a": {"commands": [{"inline": "true", "batchMode": "sometimes"}, {"name": 3, "inline": "x"}]},
+                "b": {"commands": [], "depend": ["a"]},
+            },
+            "timeout": "soon",
+        }
+    )
+    assert sorted(found, key=str) == sorted(
+        [
+            (("parallel",), "input should be a valid integer, got 'many'"),
+            (("steps", "a", "commands", 0, "batchMode"), "input should be a valid boolean, got 'sometimes'"),
+            (("steps", "a", "commands", 1, "name"), "input should be a valid string, got 3"),
+            (("steps", "b", "commands"), "must not be empty"),
+            (("steps", "b", "depend"), "unknown key 'depend' (did you mean 'depends'?)"),
+            (
+                ("timeout",),
+                "expected a duration like '75s', '1m30s' or '1h' (units: h, m, s, ms, us, ns), got 'soon'",
+            ),
+        ],
+        key=str,
+    )
+
+
+def test_a_check_across_keys_runs_only_once_its_keys_are_valid() -> None:
+    # the command's own rule (inline or file) is not reported on top of its broken key
+    assert problems({"steps": {"s": {"commands": [{"file": 3}]}}}) == [
+        (("steps", "s", "commands", 0, "file"), "input should be a valid string, got 3")
+    ]
+    assert problems({"steps": {"s": {"commands": [{"name": "x"}]}}}) == [
+        (("steps", "s", "commands", 0), "set 'inline' (the command itself) or 'file' (a script or SQL file)")
+    ]
+
+
+def test_missing_keys_and_wrong_shapes_say_what_was_expected() -> None:
+    assert problems({}) == [(("steps",), "missing required key 'steps'")]
+    assert problems([]) == [((), "input should be a mapping, got a list")]
+    assert problems({"steps": {"s": "echo hi"}}) == [
+        (("steps", "s"), "input should be a mapping, got 'echo hi'")
+    ]
+    assert problems({"steps": {"s": {"commands": {"inline": "x"}}}}) == [
+        (("steps", "s", "commands"), "input should be a list, got a mapping")
+    ]
+    assert problems({"steps": {1: {"commands": [{"inline": "x"}]}}}) == [
+        (("steps", 1), "a key should be a string, got 1")
+    ]
+    assert problems({"steps": {"s": {"commands": [{"inline": "x", "role": "leader"}]}}}) == [
+        (("steps", "s", "commands", 0, "role"), "input should be 'primary', 'standby' or 'all', got 'leader'")
+    ]
+
+
+def test_an_unknown_key_with_no_near_miss_lists_the_keys_allowed_there() -> None:
+    [(path, message)] = problems({"steps": {"s": {"commands": [{"inline": "x"}]}}, "zzz": 1})
+    assert path == ("zzz",)
+    assert message.startswith("unknown key 'zzz'; allowed here: steps, checks, connections, etcdConfig")
+
+
+def test_keys_are_read_as_written_in_files_or_by_field_name_but_not_both() -> None:
+    by_alias = Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}, "runOnRoleError": True})
+    by_name = Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}, "run_on_role_error": True})
+    assert by_alias == by_name and by_alias.run_on_role_error is True
+    assert problems({"steps": {"s": {"commands": [{"inline": "x"}]}}, "logFile": "a", "log_file": "b"}) == [
+        (("log_file",), "'log_file' is 'logFile' again: give it once")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "read"), [(True, True), ("yes", True), ("off", False), (0, False), ("1", True)]
+)
+def test_booleans_read_the_words_yaml_11_tools_write(given: object, read: bool) -> None:
+    job = Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}, "debug": given})
+    assert job.debug is read
+
+
+@pytest.mark.parametrize(("given", "read"), [(4, 4), ("4", 4), (4.0, 4)])
+def test_whole_numbers_may_be_written_as_text_or_floats(given: object, read: int) -> None:
+    assert (
+        Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}, "parallel": given}).parallel == read
+    )
+
+
+@pytest.mark.parametrize("given", [True, 2.5, "2.5", None])
+def test_a_boolean_or_a_fraction_is_no_whole_number(given: object) -> None:
+    [(path, message)] = problems({"steps": {"s": {"commands": [{"inline": "x"}]}}, "parallel": given})
+    assert path == ("parallel",) and message.startswith("input should be a valid integer")
+
+
+def test_instances_are_frozen_and_compare_by_value() -> None:
+    job = Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}})
+    with pytest.raises(AttributeError, match="frozen"):
+        job.parallel = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="frozen"):
+        del job.steps["s"].commands[0].inline  # type: ignore[misc]
+    assert job == Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}})
+    assert job != Job.from_data({"steps": {"s": {"commands": [{"inline": "y"}]}}})
+    assert hash(Retry(on=["40001"])) == hash(Retry(on=["40001"]))
+
+
+def test_constructing_with_keywords_validates_like_data_and_takes_instances() -> None:
+    step = Step(commands=[{"inline": "x"}])
+    assert Job(steps={"s": step}).steps["s"] is step
+    with pytest.raises(ModelError, match=r"commands: must not be empty"):
+        Step(commands=[])
+
+
+def test_written_back_data_reads_back_to_the_same_job_and_leaves_out_defaults() -> None:
+    data = {
+        "steps": {
+            "s": {
+                "commands": [
+                    {"type": "pg", "inline": "select 1", "retry": {"on": ["serialization_failure"]}},
+                    {"inline": "true", "batchMode": False},
+                ],
+                "matrix": {"n": [1, 2]},
+                "gates": {"require": [{"maxReplicationLag": "16MiB"}], "wait": "90s"},
+            }
+        },
+        "connections": {"pg": {"role": "primary", "conn_params": {"port": 5432}}},
+        "timeout": "1h30m",
+        "etcdConfig": {},
+        "git": {"httpUser": "me", "httpPassword": "secret"},
+    }
+    job = Job.from_data(data)
+    written = job.to_data(exclude_defaults=True)
+    assert written == {
+        "steps": {
+            "s": {
+                "commands": [
+                    {"type": "pg", "inline": "select 1", "retry": {"on": ["serialization_failure"]}},
+                    {"inline": "true"},
+                ],
+                "matrix": {"n": ["1", "2"]},
+                "gates": {"require": [{"maxReplicationLag": "16MiB"}], "wait": "1m30s"},
+            }
+        },
+        "connections": {"pg": {"role": "primary", "conn_params": {"port": "5432"}}},
+        "etcdConfig": {},
+        "git": {"httpUser": "me", "httpPassword": "**********"},  # a password is never written back
+        "timeout": "1h30m",
+    }
+    without_git = {key: value for key, value in written.items() if key != "git"}
+    assert Job.from_data(without_git) == Job.from_data({key: v for key, v in data.items() if key != "git"})
+    full = Job.from_data(data).to_data()
+    assert full["parallel"] == 1 and full["etcdConfig"]["lockTimeout"] == "1m"
+
+
+def test_a_password_never_shows_in_a_repr_but_reaches_git() -> None:
+    job = Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}, "git": {"httpPassword": "hunter2"}})
+    assert job.git is not None and job.git.http_password is not None
+    assert "hunter2" not in repr(job) and "hunter2" not in str(job.git.http_password)
+    assert job.git.http_password.reveal() == "hunter2"
+
+
+def test_an_annotated_default_is_validated_once_per_instance_not_shared() -> None:
+    first = Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}})
+    second = Job.from_data({"steps": {"s": {"commands": [{"inline": "x"}]}}})
+    assert first.checks == [] and first.checks is not second.checks
+    assert first.etcd_config is None and Job.from_data({**first.to_data(), "etcdConfig": {}}).etcd_config
+    assert Retry(on=["40001"]).backoff == datetime.timedelta(seconds=1)
+
+
+def test_importing_the_model_imports_no_validation_library() -> None:
+    probe = (
+        "import sys; import pgquartz.runner.model as m;"
+        " m.Job.from_data({'steps': {'s': {'commands': [{'inline': 'x'}]}}});"
+        " print(sorted({n.split('.')[0] for n in sys.modules} & {'pydantic', 'pydantic_core', 'attrs'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
