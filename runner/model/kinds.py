@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
@@ -121,6 +122,9 @@ class Flag(Kind):
         return {"type": "boolean"}
 
 
+_WHOLE_TEXT = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+
+
 class Whole(Kind):
     """An integer (a float without a fraction or a numeric string is one too; a boolean is not)."""
 
@@ -132,10 +136,10 @@ class Whole(Kind):
         number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
-        elif isinstance(value, float) and value.is_integer():
+        elif (isinstance(value, float) and value.is_integer()) or (
+            isinstance(value, str) and _WHOLE_TEXT.match(value)
+        ):
             number = int(value)
-        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            number = int(value.strip())
         if number is None:
             return refuse(problems, path, "a valid integer", value)
         if self.ge is not None and number < self.ge:

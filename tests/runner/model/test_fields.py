@@ -105,7 +105,7 @@ def test_whole_numbers_may_be_written_as_text_or_floats(given: object, read: int
     )
 
 
-@pytest.mark.parametrize("given", [True, 2.5, "2.5", None])
+@pytest.mark.parametrize("given", [True, 2.5, "2.5", None, "+-3", "٣"])
 def test_a_boolean_or_a_fraction_is_no_whole_number(given: object) -> None:
     [(path, message)] = problems({"steps": {"s": {"commands": [{"inline": "x"}]}}, "parallel": given})
     assert path == ("parallel",) and message.startswith("input should be a valid integer")
