@@ -21,7 +21,6 @@ importing the model costs little more than defining its classes.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import inspect
 import typing
@@ -170,7 +169,7 @@ _PLAIN = FieldSpec()
 class Field:
     """One compiled field of a model."""
 
-    __slots__ = ("default", "default_factory", "key", "kind", "name", "spec")
+    __slots__ = ("default", "default_factory", "key", "kind", "name", "required", "spec")
 
     def __init__(self, name: str, kind: Kind, spec: FieldSpec) -> None:
         self.name = name
@@ -179,10 +178,7 @@ class Field:
         self.spec = spec
         self.default = spec.default
         self.default_factory = spec.default_factory
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED and self.default_factory is None
+        self.required = spec.default is REQUIRED and spec.default_factory is None
 
     def default_value(self) -> Any:
         return self.default_factory() if self.default_factory is not None else self.default
@@ -213,14 +209,11 @@ class Model:
     """
 
     __compiled__: ClassVar[Compiled | None] = None
+    """Set by :func:`compiled` on each class itself (read from the class's own ``__dict__``)."""
 
     def __init__(self, **values: Any) -> None:
         built = type(self).from_data(values)
         object.__setattr__(self, "__dict__", built.__dict__)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.__compiled__ = None
 
     @classmethod
     def from_data(cls: type[M], data: Any) -> M:
@@ -339,7 +332,7 @@ def _parse_model(cls: type[M], data: Any, path: Path, problems: list[Problem]) -
                 continue
         elif field.name in data:
             key = field.name
-        elif field.default is REQUIRED and field.default_factory is None:
+        elif field.required:
             problems.append(Problem((*path, key), f"missing required key {key!r}"))
             continue
         else:
@@ -361,6 +354,8 @@ def _parse_model(cls: type[M], data: Any, path: Path, problems: list[Problem]) -
 
 
 def _unknown_key(key: Any, allowed: list[str]) -> str:
+    import difflib  # only a job file with a mistake pays for it
+
     text = str(key)
     hint = difflib.get_close_matches(text, allowed, n=1, cutoff=0.6)
     suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""

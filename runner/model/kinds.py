@@ -89,6 +89,16 @@ class Kind:
         raise NotImplementedError
 
 
+def reference(
+    name: str, definitions: dict[str, Any], describe: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """A ``$ref`` to ``name`` in ``definitions``, described there by ``describe()`` the first time."""
+    if name not in definitions:
+        definitions[name] = {}  # a placeholder while it is described (a model may hold itself)
+        definitions[name] = describe()
+    return {"$ref": f"#/$defs/{name}"}
+
+
 def refuse(problems: list[Problem], path: Path, expected: str, value: Any) -> Invalid:
     problems.append(Problem(path, f"input should be {expected}, got {show(value)}"))
     return INVALID
@@ -182,14 +192,15 @@ class Choice(Kind):
         return value.value
 
     def schema(self, definitions: dict[str, Any]) -> dict[str, Any]:
+        return reference(self.enum_type.__name__, definitions, self._definition)
+
+    def _definition(self) -> dict[str, Any]:
         name = self.enum_type.__name__
-        if name not in definitions:
-            definition: dict[str, Any] = {"enum": list(self.by_value), "title": name, "type": "string"}
-            doc = self.enum_type.__dict__.get("__doc__")
-            if doc:
-                definition["description"] = inspect.cleandoc(doc)
-            definitions[name] = definition
-        return {"$ref": f"#/$defs/{name}"}
+        definition: dict[str, Any] = {"enum": list(self.by_value), "title": name, "type": "string"}
+        doc = self.enum_type.__dict__.get("__doc__")
+        if doc:
+            definition["description"] = inspect.cleandoc(doc)
+        return definition
 
 
 class Optional(Kind):
@@ -303,11 +314,7 @@ class Nested(Kind):
         return value.to_data(exclude_defaults=exclude_defaults)
 
     def schema(self, definitions: dict[str, Any]) -> dict[str, Any]:
-        name = self.model.__name__
-        if name not in definitions:
-            definitions[name] = {}  # a placeholder while its own fields are described
-            definitions[name] = self.model.schema_into(definitions)
-        return {"$ref": f"#/$defs/{name}"}
+        return reference(self.model.__name__, definitions, lambda: self.model.schema_into(definitions))
 
 
 class Parsed(Kind):
