@@ -1,4 +1,4 @@
-"""The Kubernetes API calls the handlers make, with the official (synchronous) client.
+"""The Kubernetes API calls the handlers make, over the official (synchronous) client's connection.
 
 kopf runs synchronous handlers in a thread pool, so these blocking calls never
 stall its event loop. Only what reconciliation needs: read ConfigMaps and
@@ -8,6 +8,14 @@ no longer renders is dropped by the server), create Jobs for manual runs, and
 read the key names of referenced Secrets (RBAC ``get`` on secrets, never list or
 watch; values are dropped as soon as they arrive).
 
+Requests are built here from paths and sent through the client's
+``ApiClient`` (its connection pool, TLS settings, default headers and bearer
+token, refreshed as the client refreshes it), but not through its generated API
+classes: those validate every argument with pydantic and walk every body
+through their serialiser, which cost more CPU than the rest of a
+reconciliation; their module alone takes half a second to import. Answers stay
+plain JSON for the same reason.
+
 Failures come out as two kinds: :class:`Refused` (the server judged the request
 and will judge it the same way again: 400, 403, 404 (:class:`Missing`, which reads
 answer with None), 415, 422) and
@@ -16,9 +24,9 @@ answer with None), 415, 422) and
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kubernetes
@@ -27,17 +35,23 @@ import urllib3
 from pgquartz.operator import resource
 
 FIELD_MANAGER = "pgquartz-operator"
-RAW = {"_preload_content": False}
-"""Responses as bytes: the handlers speak plain dicts, and turning JSON into the client's generated
-models and back costs more CPU than the rest of a reconcile together."""
-MERGE_PATCH = {**RAW, "_content_type": "application/merge-patch+json"}
-APPLY = {
-    **RAW,
-    "_content_type": "application/apply-patch+yaml",
-    "field_manager": FIELD_MANAGER,
-    "force": True,
-}
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+APPLY_QUERY = (("fieldManager", FIELD_MANAGER), ("force", "true"))
 RETRIED = {409, 429}
+TIMEOUT = (10.0, 60.0)
+"""Seconds to connect and to wait for an answer: a silent API server fails the call (a retry), never
+holds one of kopf's handler threads for good."""
+
+PATHS = {
+    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+    "Secret": "/api/v1/namespaces/{namespace}/secrets",
+    "Pod": "/api/v1/namespaces/{namespace}/pods",
+    "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
+    "CronJob": "/apis/batch/v1/namespaces/{namespace}/cronjobs",
+    resource.KIND: f"/apis/{resource.GROUP}/{resource.VERSION}/namespaces/{{namespace}}/{resource.PLURAL}",
+}
 
 
 class Refused(Exception):
@@ -56,120 +70,103 @@ class Transient(Exception):
     """A request that failed for now: a conflict, throttling, a server error or no connection."""
 
 
-def _failure(error: Exception) -> Exception:
-    """A client error as :class:`Refused` or :class:`Transient`."""
-    status = getattr(error, "status", None)
-    if isinstance(error, kubernetes.client.ApiException) and isinstance(status, int):
-        if 400 <= status < 500 and status not in RETRIED:
-            reason, message = _status_text(error)
-            return (Missing if status == 404 else Refused)(status, reason, message)
-        return Transient(f"{status} {error.reason}")
-    return Transient(f"{type(error).__name__}: {error}")
+def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    """The API path of ``kind`` objects in ``namespace`` (of one object, of its subresource)."""
+    text = PATHS[kind].format(namespace=urllib.parse.quote(namespace, safe=""))
+    if name is not None:
+        text += "/" + urllib.parse.quote(name, safe="")
+    if subresource is not None:
+        text += "/" + subresource
+    return text
 
 
-def _status_text(error: Any) -> tuple[str, str]:
-    try:
-        body = json.loads(error.body or "{}")
-    except ValueError:
-        body = {}
-    return str(body.get("reason") or error.reason or ""), str(body.get("message") or error.reason or "")[
-        :1024
-    ]
-
-
-def _json(response: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(response.data)  # reading it all returns the connection to the pool
-    return data
-
-
-def _done(response: Any) -> None:
-    """A write's answer is not needed, but must be read, or its connection never returns to the pool."""
-    response.data  # noqa: B018
-
-
-@contextlib.contextmanager
-def _classified() -> Iterator[None]:
-    """Run one call; its client errors come out as :class:`Refused` (a 404 as :class:`Missing`) or
-    :class:`Transient`."""
-    try:
-        yield
-    except (kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError) as error:
-        raise _failure(error) from error
+def failure(status: int, reason: str, data: bytes) -> Exception:
+    """An answer that is not a success as :class:`Refused` (a 404 as :class:`Missing`) or
+    :class:`Transient`, with the server's own reason and message where its body has them."""
+    if 400 <= status < 500 and status not in RETRIED:
+        try:
+            body = json.loads(data or b"{}")
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        message = str(body.get("message") or reason or "")[:1024]
+        refusal = Missing if status == 404 else Refused
+        return refusal(status, str(body.get("reason") or reason or ""), message)
+    return Transient(f"{status} {reason}")
 
 
 class KubernetesStore:
+    """The API as the handlers see it; one per process (the client's pool is shared by threads)."""
+
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
-        # The generated API classes are untyped: Any, behind this typed facade.
-        self._core: Any = kubernetes.client.CoreV1Api(client)
-        self._batch: Any = kubernetes.client.BatchV1Api(client)
-        self._custom: Any = kubernetes.client.CustomObjectsApi(client)
+        self._client: Any = client  # untyped: Any, behind this typed facade
+
+    def _call(
+        self,
+        method: str,
+        url_path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Mapping[str, Any] | None = None,
+        content_type: str = JSON,
+    ) -> bytes:
+        """One request; the answer's body on success, else :class:`Refused` or :class:`Transient`."""
+        headers: dict[str, Any] = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            method, url, headers, _, _ = self._client.param_serialize(
+                method, url_path, header_params=headers, auth_settings=["BearerToken"]
+            )
+            if query:
+                url += "?" + urllib.parse.urlencode(query)
+            response = self._client.call_api(
+                method, url, headers, None if body is None else dict(body), _request_timeout=TIMEOUT
+            )
+            data: bytes = response.read()  # read to the end: the connection goes back to the pool
+        except (kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError) as error:
+            status = getattr(error, "status", None)
+            if isinstance(error, kubernetes.client.ApiException) and isinstance(status, int) and status:
+                raise failure(status, str(error.reason or ""), str(error.body or "").encode()) from error
+            raise Transient(f"{type(error).__name__}: {error}") from error
+        if not 200 <= response.status <= 299:
+            raise failure(response.status, str(response.reason or ""), data)
+        return data
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            with _classified():
-                response = self._read(kind, namespace, name)
+            data = self._call("GET", path(kind, namespace, name))
         except Missing:
             return None
-        return _json(response)
-
-    def _read(self, kind: str, namespace: str, name: str) -> Any:
-        if kind == "ConfigMap":
-            return self._core.read_namespaced_config_map(name, namespace, **RAW)
-        if kind == "Job":
-            return self._batch.read_namespaced_job(name, namespace, **RAW)
-        if kind == resource.KIND:
-            return self._custom.get_namespaced_custom_object(
-                resource.GROUP, resource.VERSION, namespace, resource.PLURAL, name, **RAW
-            )
-        return self._batch.read_namespaced_cron_job(name, namespace, **RAW)
+        found: dict[str, Any] = json.loads(data)
+        return found
 
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The Secret's key names; its values are dropped here and never logged or kept."""
-        try:
-            with _classified():
-                secret = _json(self._core.read_namespaced_secret(name, namespace, **RAW))
-        except Missing:
-            return None
-        return set(secret.get("data") or {})
+        secret = self.read("Secret", namespace, name)
+        return None if secret is None else set(secret.get("data") or {})
 
     def create(self, kind: str, namespace: str, body: Mapping[str, Any]) -> None:
-        with _classified():
-            if kind == "ConfigMap":
-                _done(self._core.create_namespaced_config_map(namespace, dict(body), **RAW))
-            elif kind == "Job":
-                _done(self._batch.create_namespaced_job(namespace, dict(body), **RAW))
-            else:
-                _done(self._batch.create_namespaced_cron_job(namespace, dict(body), **RAW))
+        self._call("POST", path(kind, namespace), body=body)
 
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        with _classified():
-            if kind == "Job":
-                response = self._batch.list_namespaced_job(namespace, label_selector=selector, **RAW)
-            else:
-                response = self._core.list_namespaced_pod(namespace, label_selector=selector, **RAW)
-            items: list[dict[str, Any]] = _json(response).get("items", [])
-            return items
+        data = self._call("GET", path(kind, namespace), query=(("labelSelector", selector),))
+        items: list[dict[str, Any]] = json.loads(data).get("items") or []
+        return items
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        with _classified():
-            response = self._custom.patch_namespaced_custom_object_status(
-                resource.GROUP,
-                resource.VERSION,
-                namespace,
-                resource.PLURAL,
-                name,
-                {"status": dict(status)},
-                **MERGE_PATCH,
-            )
-            _done(response)
+        self._call(
+            "PATCH",
+            path(resource.KIND, namespace, name, "status"),
+            body={"status": dict(status)},
+            content_type=MERGE_PATCH,
+        )
 
     def apply(self, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """Server-side apply of the whole rendered object (creates it if it does not exist)."""
-        with _classified():
-            if kind == "ConfigMap":
-                _done(self._core.patch_namespaced_config_map(name, namespace, dict(body), **APPLY))
-            else:
-                _done(self._batch.patch_namespaced_cron_job(name, namespace, dict(body), **APPLY))
+        url_path = path(kind, namespace, name)
+        self._call("PATCH", url_path, query=APPLY_QUERY, body=body, content_type=APPLY_PATCH)
 
 
 def client_for(host: str | None = None) -> kubernetes.client.ApiClient:

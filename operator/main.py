@@ -36,10 +36,10 @@ def build_registry(
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     if store is None:
-        client = kubeapi.client_for()
+        shared = kubeapi.KubernetesStore(kubeapi.client_for())
 
         def store() -> handlers.ObjectStore:
-            return kubeapi.KubernetesStore(client)
+            return shared
 
         # A registry of our own gets none of kopf's implicit logins: log in as the official client
         # does (service account in a pod, else the kubeconfig), the same credentials as the handlers'.

@@ -158,6 +158,15 @@ def _owner(owner: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's emitter where PyYAML has it: the same text as the pure-Python one, a tenth of the CPU."""
+
+
+def _yaml(content: Any) -> str:
+    text: str = yaml.dump(content, Dumper=_DUMPER, sort_keys=False)
+    return text
+
+
 def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
     """A PgQuartzJob (as the API returns it) → its ConfigMap and CronJob."""
     metadata = obj["metadata"]
@@ -165,9 +174,9 @@ def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
     spec = resource.PgQuartzJobSpec.model_validate(obj["spec"])
     child = names.child_name(name)
     content = job_file(spec, namespace=namespace, name=name, defaults=defaults)
-    files = {names.job_file_key(name): yaml.safe_dump(content, sort_keys=False)}
+    files = {names.job_file_key(name): _yaml(content)}
     for index, target in enumerate(spec.targets):
-        files[_target_file(name, index)] = yaml.safe_dump(dict(target.connections), sort_keys=False)
+        files[_target_file(name, index)] = _yaml(dict(target.connections))
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

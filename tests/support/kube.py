@@ -26,7 +26,9 @@ What the emulator still does not do (so tests cannot see it): schema
 validation and defaulting, ownerReference garbage collection, server-side
 apply, ``dryRun``, server-side printer columns (``kubectl get`` shows names
 and ages only), protobuf bodies (``kubectl create secret`` sends one: apply a
-manifest instead), and resuming a watch from a ``resourceVersion``.
+manifest instead). A watch resumed from a ``resourceVersion`` sees each object
+that changed since in its latest form, not every change in between, and not
+deletions from before the watch started.
 """
 
 from __future__ import annotations
@@ -153,6 +155,10 @@ class Emulator(kmock.KubernetesEmulator):
     #: its schemas are the strictest).
     minor: str = attrs.field(factory=lambda: os.environ.get("PGQUARTZ_TEST_KUBE_MINOR", "1.30"))
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    #: The newest resourceVersion given out (what a list answers with, to resume a watch from).
+    _latest: int = attrs.field(default=0, init=False)
+    #: The resourceVersion each object was created with, keyed like kmock's objects.
+    _created: dict[Any, int] = attrs.field(factory=dict, init=False)
     #: Every request served, oldest first (kmock's own list keeps only those in flight, see _handle).
     history: list[Any] = attrs.field(factory=list, init=False)
     #: Field managers' fields per object (server-side apply), keyed like kmock's objects.
@@ -202,23 +208,35 @@ class Emulator(kmock.KubernetesEmulator):
             payload["items"] = [item for item in payload["items"] if _selected(requirements, item)]
         resource = request.resource
         group_version = f"{resource.group}/{resource.version}".lstrip("/")
+        payload["metadata"] = {"resourceVersion": str(self._latest)}
         return {"apiVersion": group_version, "kind": f"{self.resources[resource].kind}List", **payload}
 
     async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
         """A watch sees only what its label selector selects: an object whose labels change into
-        the selection arrives as ADDED, one whose labels change out of it as DELETED."""
+        the selection arrives as ADDED, one whose labels change out of it as DELETED. A watch from
+        a ``resourceVersion`` (as clients start one from their list's) sees only what changed since:
+        kmock streams every object as ADDED first, as a server does for a watch from no version."""
         requirements = _label_selector(request)
-        if not requirements:
-            async for event in super()._serve_watch(request):
-                yield event
-            return
+        since = str(request.params.get("resourceVersion") or "")
+        since_version = int(since) if since.isdigit() and since != "0" else None
         selected: set[tuple[str | None, str | None]] = set()
-        async for event in super()._serve_watch(request):
-            if not isinstance(event, dict) or "object" not in event:
-                yield event  # the stream's opening, bookmarks
+        async for served in super()._serve_watch(request):
+            if not isinstance(served, dict) or "object" not in served:
+                yield served  # the stream's opening, bookmarks
                 continue
-            metadata = event["object"].get("metadata", {})
+            metadata = served["object"].get("metadata", {})
             key = (metadata.get("namespace"), metadata.get("name"))
+            event = served
+            if since_version is not None:
+                resumed = self._resumed(request.resource, served, since_version)
+                if resumed is not served and _selected(requirements, served["object"]):
+                    selected.add(key)  # listed by the client: in its selection already
+                if resumed is None:  # the client has it from its list, unchanged
+                    continue
+                event = resumed
+            if not requirements:
+                yield event
+                continue
             was, now = key in selected, _selected(requirements, event["object"])
             if event.get("type") == "DELETED":
                 selected.discard(key)
@@ -230,6 +248,20 @@ class Emulator(kmock.KubernetesEmulator):
             elif was:
                 selected.discard(key)
                 yield {**event, "type": "DELETED"}
+
+    def _resumed(self, resource: Any, event: dict[str, Any], since: int) -> dict[str, Any] | None:
+        """``event`` as a watch from version ``since`` sees it: kmock's replay of an object the client
+        listed and that has not changed since is None, one that changed since is MODIFIED."""
+        if event.get("type") != "ADDED":
+            return event
+        metadata = event["object"].get("metadata", {})
+        version = str(metadata.get("resourceVersion") or "")
+        created = self._created.get((resource, metadata.get("namespace"), metadata.get("name")), 0)
+        if not version.isdigit() or created > since:
+            return event
+        if int(version) <= since:
+            return None
+        return {**event, "type": "MODIFIED"}
 
     async def _render_error(self, exc: Exception) -> Any:
         if isinstance(exc, ApiError):  # as a server says it: no traceback
@@ -330,8 +362,10 @@ class Emulator(kmock.KubernetesEmulator):
                 writes.record_update(live, new, node=node, owners=owners, manager=manager)
             if live is not None and _comparable(new) == _comparable(live):
                 return aiohttp.web.json_response(live)  # a no-op: no new version, no event
-            new["metadata"]["resourceVersion"] = str(next(self._versions))
+            self._latest = next(self._versions)
+            new["metadata"]["resourceVersion"] = str(self._latest)
             if live is None:
+                self._created[key] = self._latest
                 self.owners[key] = owners
                 if stored is None:
                     self._objects[key] = new

@@ -413,3 +413,42 @@ async def test_a_watch_sees_objects_enter_and_leave_its_label_selector(api: Api)
         ("DELETED", "early"),
         ("DELETED", "other"),
     ]
+
+
+async def test_a_watch_from_a_lists_version_sees_only_what_changed_since(api: Api) -> None:
+    """As kopf watches, from its list's resourceVersion: objects it listed do not come again."""
+    await api.ok("POST", CONFIG_MAPS, labelled("listed", team="db"))
+    await api.ok("POST", CONFIG_MAPS, labelled("changed", team="db"))
+    listing = await api.ok("GET", CONFIG_MAPS, labelSelector="team=db")
+    version = listing["metadata"]["resourceVersion"]
+    assert version.isdigit() and int(version) > 0
+    await api.ok("PATCH", f"{CONFIG_MAPS}/changed", {"data": {"k": "v"}}, headers=MERGE)
+    await api.ok("POST", CONFIG_MAPS, labelled("new", team="db"))
+    seen: list[tuple[str, str]] = []
+
+    async def watch(since: str) -> None:
+        params = {"watch": "true", "labelSelector": "team=db", "resourceVersion": since}
+        async with api.session.get(api.url + CONFIG_MAPS, params=params) as response:
+            async for line in response.content:
+                if line.strip():
+                    event = json.loads(line)
+                    seen.append((event["type"], event["object"]["metadata"]["name"]))
+
+    watcher = asyncio.create_task(watch(version))
+    await asyncio.sleep(0.3)
+    await api.ok("PATCH", f"{CONFIG_MAPS}/listed", {"data": {"k": "v"}}, headers=MERGE)
+    await asyncio.sleep(0.3)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    # A listed object that changes later is MODIFIED, not ADDED (it was in the selection all along).
+    assert sorted(seen[:2]) == [("ADDED", "new"), ("MODIFIED", "changed")]
+    assert seen[2:] == [("MODIFIED", "listed")]
+
+    seen.clear()
+    watcher = asyncio.create_task(watch("0"))  # from no particular version: everything, as ADDED
+    await asyncio.sleep(0.3)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    assert sorted(seen) == [("ADDED", "changed"), ("ADDED", "listed"), ("ADDED", "new")]
