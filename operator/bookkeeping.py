@@ -76,9 +76,24 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return [key for key in self.make_keys(self.key, body=body) if key in body.metadata.annotations]
 
 
+class SpecOnlyProgressStorage(kopf.StatusProgressStorage):
+    """kopf's status storage of handlers' progress, without deep copies of what holds no progress.
+
+    Before every diff kopf asks the progress storage to remove its own fields from the two
+    essences it compares, and the stock storage deep-copies both first: the whole spec, twice
+    per event of every resource. Here an essence is the spec alone (DigestDiffBaseStorage), which
+    never holds progress: it is returned as a new mapping over the same spec, which nothing
+    changes (the diff reads it, the digest is taken from it)."""
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        if "status" in essence or "metadata" in essence:
+            return super().clear(essence=essence)
+        return cast(kopf.BodyEssence, dict(essence))
+
+
 def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.StatusProgressStorage(
+    settings.persistence.progress_storage = SpecOnlyProgressStorage(
         field=f"status.{BOOKKEEPING}.progress", touch_field=f"status.{BOOKKEEPING}.touched"
     )
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=STORAGE_PREFIX)

@@ -216,11 +216,11 @@ def register(
         generation = body.get("metadata", {}).get("generation")
         current = body.get("status") or {}
         observed = current.get("observedGeneration")
-        digest = bookkeeping.spec_digest(dict(body.get("spec") or {}))
-        return observed is not None and generation != observed and current.get("observedSpec") == digest
+        if observed is None or generation == observed:
+            return False  # the common case, without hashing the spec
+        return bool(current.get("observedSpec") == bookkeeping.spec_digest(dict(body.get("spec") or {})))
 
-    @kopf.on.event(*where, when=generation_unobserved, registry=registry)
-    def generation_changed_back(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    def generation_changed_back(body: kopf.Body, patch: kopf.Patch) -> None:
         """``suspend`` flipped and flipped back before the operator looked: kopf sees no change and
         there is nothing to render, but status must say it saw the new generation."""
         generation = int(body["metadata"]["generation"])
@@ -255,10 +255,20 @@ def register(
             and not body.get("metadata", {}).get("deletionTimestamp")
         )
 
-    # kopf's change detection leaves annotations out, so every event is looked at; the filter
-    # keeps the handler (and its log line) to events that carry a new request.
-    @kopf.on.event(*where, when=run_now_requested, registry=registry)
-    def run_now(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    def needs_attention(body: kopf.Body, **_: Any) -> bool:
+        return run_now_requested(body) or generation_unobserved(body)
+
+    # kopf's change detection leaves annotations and generations out, so every event is looked at;
+    # one filter (kopf prepares the arguments of each filter anew) keeps the handler, its thread and
+    # its log line to the events that carry a new run-now request or a generation status lags behind.
+    @kopf.on.event(*where, when=needs_attention, registry=registry)
+    def event_noticed(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        if generation_unobserved(body):
+            generation_changed_back(body, patch)
+        if run_now_requested(body):
+            run_now(body, patch, logger)
+
+    def run_now(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
         """A new ``pgquartz.io/run-now`` value starts one Job with what reconcile accepted; the value
         is remembered in status, so re-applying the same manifest (GitOps) never starts it again."""
         request = str(body["metadata"]["annotations"][manifests.RUN_NOW])
@@ -310,11 +320,15 @@ def register(
             return None  # not ours, whatever its labels say
         return current
 
+    def changed_or_deleted(event: kopf.RawEvent, namespace: str | None, **_: Any) -> bool:
+        return bool(namespace) and event.get("type") in ("MODIFIED", "DELETED")
+
     @kopf.on.event(
         "batch",
         "v1",
         "cronjobs",
         labels=watching.handler_filter(watching.CRON_JOB_LABELS),
+        when=changed_or_deleted,
         registry=registry,
     )
     def cron_job_changed(
@@ -328,7 +342,7 @@ def register(
         operator's own creations."""
         kind = event.get("type")
         if kind not in ("MODIFIED", "DELETED") or not namespace:
-            return
+            return  # the filter lets none of these through
         api = store()
         current = owned_pgquartzjob(api, namespace, body)
         if current is None:
