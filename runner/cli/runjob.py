@@ -19,7 +19,7 @@ import sys
 import time
 from typing import TextIO
 
-from pgquartz.runner import gitpull, loader, report
+from pgquartz.runner import loader, report
 from pgquartz.runner.cli import inspect
 from pgquartz.runner.engine import events
 from pgquartz.runner.engine import run as engine
@@ -65,7 +65,9 @@ def main(args: argparse.Namespace, path: str) -> int:
     if loaded is None:
         return ExitCode.INVALID_JOB
     notices: list[events.Notice] = []
-    if not args.no_git_pull:
+    if not args.no_git_pull and not (loaded.job.git is not None and loaded.job.git.disable):
+        from pgquartz.runner import gitpull  # jobs that pull only
+
         pulled = gitpull.update(loaded.job.git, job_dir=loaded.path.resolve().parent)
         if pulled is not None:
             notices.append(events.Notice(level=pulled.level, message=pulled.message))

@@ -38,10 +38,9 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pgquartz.runner.conditions import expectations, rules
-from pgquartz.runner.conditions.views import StepSnapshot
+from pgquartz.runner.conditions import expectations
 from pgquartz.runner.engine import events, gates, roles
 from pgquartz.runner.engine.dispatch import Dispatcher
 from pgquartz.runner.engine.summary import Outcome, StepSummary, Summary
@@ -59,6 +58,9 @@ from pgquartz.runner.model.results import (
     StepState,
 )
 from pgquartz.runner.plan import matrix
+
+if TYPE_CHECKING:  # rules and their views of results: imported by the jobs that have rules
+    from pgquartz.runner.conditions.views import StepSnapshot
 
 StepsGuard = Callable[[], AbstractAsyncContextManager[Mapping[str, str]]]
 """Entered around the steps; yields variables for every command (the lock's fencing token)."""
@@ -337,6 +339,8 @@ class _Steps:
         return result
 
     def _snapshot(self) -> dict[str, StepSnapshot]:
+        from pgquartz.runner.conditions.views import StepSnapshot
+
         return {
             name: StepSnapshot(
                 state=progress.state,
@@ -348,6 +352,8 @@ class _Steps:
     def _make_ready(self, name: str) -> None:
         planned = self._plan.steps[name]
         if planned.rules:
+            from pgquartz.runner.conditions import rules  # loaded already: the planner parsed them
+
             snapshot = self._snapshot()
             for rule in planned.rules:
                 try:

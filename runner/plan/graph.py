@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-from pgquartz.runner.conditions import rules
 from pgquartz.runner.model.job import Check, Job, Step
 from pgquartz.runner.model.problems import Problem
 from pgquartz.runner.plan import matrix
+
+if TYPE_CHECKING:  # the rule parser is imported by the jobs that have rules (a tenth of start-up)
+    from pgquartz.runner.conditions import rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +130,23 @@ def _plan_step(name: str, step: Step, job: Job, problems: list[Problem], *, expa
             problems.append(Problem(path, f"unknown step {dependency!r}{_suggest(dependency, job)}"))
         elif dependency not in depends:
             depends.append(dependency)
+    parsed, implied = _parse_rules(name, step, job, problems, depends) if step.when else ([], [])
+    return PlannedStep(
+        name=name,
+        step=step,
+        depends=tuple(depends),
+        implied=tuple(implied),
+        rules=tuple(parsed),
+        instances=tuple(matrix.expand(step.matrix)) if expand else (),
+    )
+
+
+def _parse_rules(
+    name: str, step: Step, job: Job, problems: list[Problem], depends: list[str]
+) -> tuple[list[rules.Rule], list[str]]:
+    """A step's ``when`` rules, parsed, and the steps they read beyond ``depends``."""
+    from pgquartz.runner.conditions import rules
+
     parsed: list[rules.Rule] = []
     implied: list[str] = []
     for index, source in enumerate(step.when):
@@ -145,14 +165,7 @@ def _plan_step(name: str, step: Step, job: Job, problems: list[Problem], *, expa
                 problems.append(Problem(path, f"rule reads unknown step {read!r}{_suggest(read, job)}"))
             elif read not in depends and read not in implied:
                 implied.append(read)
-    return PlannedStep(
-        name=name,
-        step=step,
-        depends=tuple(depends),
-        implied=tuple(implied),
-        rules=tuple(parsed),
-        instances=tuple(matrix.expand(step.matrix)) if expand else (),
-    )
+    return parsed, implied
 
 
 def _type_problems(job: Job) -> list[Problem]:
