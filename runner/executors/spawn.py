@@ -12,7 +12,8 @@ the event loop:
   either way in a new session (its process group is the unit of cleanup), with
   the signals Python ignores (SIGPIPE, SIGXFSZ) back at their defaults, stdin
   from ``/dev/null`` and nothing but 0, 1 and 2 inherited (the descriptors a C
-  library left inheritable are closed in the child, as ``close_fds`` does);
+  library left inheritable are closed in the child, as ``close_fds`` does, or
+  marked close-on-exec: pgquartz.runner.executors.descriptors);
 - stdout and stderr are pipes read by ``loop.add_reader`` into the caller's
   callbacks;
 - the exit is learned from a pidfd on the loop (Linux 5.3+), or, without
@@ -28,6 +29,8 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
+
+from pgquartz.runner.executors import descriptors
 
 READ_SIZE = 256 * 1024  # as asyncio's pipe transports read
 # The signals Python sets to SIG_IGN at start: an exec keeps them ignored unless reset.
@@ -46,6 +49,8 @@ def _pidfds_work() -> bool:
 
 USE_PIDFD = _pidfds_work()
 USE_POSIX_SPAWN = hasattr(os, "posix_spawn")
+INHERITANCE = descriptors.Inheritance()
+"""What each command's child must close (one per process: a run is one process)."""
 
 Feed = Callable[[bytes], None]
 
@@ -150,7 +155,7 @@ def spawn(
 def _start(
     argv: Sequence[str], *, cwd: str, env: Mapping[bytes, bytes], stdin: int, stdout: int, stderr: int
 ) -> int:
-    inherited = _inheritable_descriptors() if USE_POSIX_SPAWN and _is_current_directory(cwd) else None
+    inherited = INHERITANCE.to_close() if USE_POSIX_SPAWN and _is_current_directory(cwd) else None
     if inherited is not None:
         # Python's own descriptors are never inheritable, but a C library's may be: close those
         # in the child, as Popen's close_fds does.
@@ -179,24 +184,6 @@ def _reap(pid: int) -> int:
     except ChildProcessError:  # reaped by someone else: its status is lost
         return 255
     return os.waitstatus_to_exitcode(status)
-
-
-def _inheritable_descriptors() -> list[int] | None:
-    """The descriptors above 2 an exec would pass on (about 15 µs), or None without /proc."""
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return None
-    found = []
-    for name in names:
-        fd = int(name)
-        if fd > 2:
-            try:
-                if os.get_inheritable(fd):
-                    found.append(fd)
-            except OSError:  # the descriptor that listed the directory, closed since
-                continue
-    return found
 
 
 def _is_current_directory(path: str) -> bool:

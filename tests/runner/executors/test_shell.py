@@ -16,7 +16,7 @@ import uuid
 import psutil
 import pytest
 
-from pgquartz.runner.executors import spawn
+from pgquartz.runner.executors import descriptors, spawn
 from pgquartz.runner.executors.capture import Limits
 from pgquartz.runner.executors.shell import ShellExecutor
 from pgquartz.runner.model.results import CommandState
@@ -149,9 +149,12 @@ async def test_signals_python_ignores_are_back_at_their_defaults(shell: ShellExe
     assert result.stdout.text == "141\n" and result.stderr.text == ""
 
 
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "close_range"])
 async def test_a_command_inherits_only_stdin_stdout_and_stderr(
-    shell: ShellExecutor, tmp_path: pathlib.Path
+    shell: ShellExecutor, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, listed: bool
 ) -> None:
+    # The first commands of a run close what /proc/self/fd lists; later ones use close_range(2).
+    monkeypatch.setattr(spawn, "INHERITANCE", descriptors.Inheritance(close_range_after=1000 if listed else 0))
     inheritable = os.open(tmp_path / "held", os.O_CREAT | os.O_WRONLY)
     os.set_inheritable(inheritable, True)  # as a C library may leave one
     try:
