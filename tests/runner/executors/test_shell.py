@@ -154,7 +154,8 @@ async def test_a_command_inherits_only_stdin_stdout_and_stderr(
     shell: ShellExecutor, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, listed: bool
 ) -> None:
     # The first commands of a run close what /proc/self/fd lists; later ones use close_range(2).
-    monkeypatch.setattr(spawn, "INHERITANCE", descriptors.Inheritance(close_range_after=1000 if listed else 0))
+    inheritance = descriptors.Inheritance(close_range_after=1000 if listed else 0)
+    monkeypatch.setattr(spawn, "INHERITANCE", inheritance)
     inheritable = os.open(tmp_path / "held", os.O_CREAT | os.O_WRONLY)
     os.set_inheritable(inheritable, True)  # as a C library may leave one
     try:
