@@ -12,7 +12,6 @@ statements); each retried attempt is reported through ``on_retry``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import pathlib
 import random
@@ -123,7 +122,7 @@ class Dispatcher:
                 env={**self.run_env, **matrix.environment(args)},
             )
             if retry is None or attempt >= retry.attempts or not retry.retries_exit_code(result.rc):
-                return dataclasses.replace(result, attempts=attempt) if attempt > 1 else result
+                return result.replace(attempts=attempt) if attempt > 1 else result
             pause = retry.delay(attempt, self._rng)
             error = result.error or f"exit code {result.rc}"
             on_retry(RetryAttempt(attempt=attempt, attempts=retry.attempts, error=error, delay=pause))

@@ -7,11 +7,11 @@ collectors (``kind`` names it).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pgquartz.runner.model import records
 from pgquartz.runner.model.results import CommandResult, StepState
 
 
@@ -19,9 +19,8 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Event:
-    time: datetime.datetime = dataclasses.field(default_factory=_now)
+class Event(records.Record):
+    time: datetime.datetime = records.field(default_factory=_now)
 
     @property
     def kind(self) -> str:
@@ -30,9 +29,9 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"event": self.kind, "time": self.time.isoformat()}
-        for field in dataclasses.fields(self):
-            if field.name != "time":
-                data[field.name] = _jsonable(getattr(self, field.name))
+        for name in records.fields(self):
+            if name != "time":
+                data[name] = _jsonable(getattr(self, name))
         return data
 
 
@@ -63,7 +62,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class JobStarted(Event):
     job: str
     file: str
@@ -74,20 +72,17 @@ class JobStarted(Event):
     timeout: float | None
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class StepStarted(Event):
     step: str
     instances: int
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class StepSkipped(Event):
     step: str
     reason: str
     rule_error: bool = False
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class CommandStarted(Event):
     step: str | None
     """None for a check."""
@@ -95,7 +90,6 @@ class CommandStarted(Event):
     command: str
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class CommandFinished(Event):
     step: str | None
     instance: Mapping[str, str]
@@ -105,7 +99,6 @@ class CommandFinished(Event):
     """Whether reporters should show the command's output (the job's or the CLI's ``debug``)."""
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class CommandRetried(Event):
     """An attempt failed with an error its ``retry`` lists; the command runs again after ``delay``."""
 
@@ -118,7 +111,6 @@ class CommandRetried(Event):
     delay: float
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Failover(Event):
     """A connection reached another server than the run's first one."""
 
@@ -130,7 +122,6 @@ class Failover(Event):
     """``abort`` (the run stops) or ``continue``."""
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class GatesClosed(Event):
     """Gates do not hold (first evaluation, or a change of why); ``step`` None for the job's."""
 
@@ -140,13 +131,11 @@ class GatesClosed(Event):
     """Seconds left to wait for them (0: no more waiting)."""
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class GatesOpened(Event):
     step: str | None
     waited: float
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class StepFinished(Event):
     step: str
     state: StepState
@@ -155,12 +144,10 @@ class StepFinished(Event):
     failed_instances: tuple[Mapping[str, str], ...]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class ChecksStarted(Event):
     checks: int
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class CheckFinished(Event):
     check: str
     instance: Mapping[str, str]
@@ -169,7 +156,6 @@ class CheckFinished(Event):
     result: CommandResult
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Notice(Event):
     """Something a person should read that is not a step or check (git, log file, lock…)."""
 
@@ -177,7 +163,6 @@ class Notice(Event):
     message: str
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class JobFinished(Event):
     summary: Any  # engine.summary.Summary; Any keeps this module free of a cycle
 

@@ -12,19 +12,18 @@ spent, reporting when the set of reasons changes, not every round.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 from pgquartz.runner.conditions import expectations, gatesql
 from pgquartz.runner.engine import events
 from pgquartz.runner.engine.dispatch import Dispatcher
 from pgquartz.runner.executors.identity import FailoverDetected
+from pgquartz.runner.model import records
 from pgquartz.runner.model.gates import Gate, Gates
 from pgquartz.runner.model.job import Job, gate_check
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
+class Verdict(records.Record):
     opened: bool
     waited: float
     reasons: tuple[str, ...] = ()

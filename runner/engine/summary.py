@@ -7,12 +7,12 @@ byte budget by shortening lists, never by producing invalid JSON.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import enum
 import json
 from typing import Any
 
+from pgquartz.runner.model import records
 from pgquartz.runner.model.exitcodes import ExitCode
 from pgquartz.runner.model.results import StepState
 
@@ -50,8 +50,7 @@ _EXIT_CODES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class StepSummary:
+class StepSummary(records.Record):
     name: str
     state: StepState
     rc: int
@@ -62,8 +61,7 @@ class StepSummary:
     """(command, retries summed over the step's instances), for commands that were retried."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Summary:
+class Summary(records.Record):
     job: str
     outcome: Outcome
     message: str

@@ -18,10 +18,10 @@ changed, or when the last check is older than :data:`RECHECK_SECONDS`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from pgquartz.runner.model import records
 from pgquartz.runner.model.job import OnFailover
 
 RECHECK_SECONDS = 1.0
@@ -41,8 +41,7 @@ FALLBACK_QUERY = "select pg_is_in_recovery(), null, null"
 """For a user who may not call pg_control_system(): the role alone (failover then shows as a role change)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Identity:
+class Identity(records.Record):
     role: str
     """``primary`` or ``standby``."""
     system_identifier: str | None
@@ -111,8 +110,7 @@ class FailoverDetected(Exception):
         self.changes = found
 
 
-@dataclasses.dataclass(frozen=True)
-class FailoverSeen:
+class FailoverSeen(records.Record):
     """A session reached another server than the run's first; ``action`` is what the policy did."""
 
     connection: str

@@ -225,7 +225,8 @@ class PostgresExecutor:
         if not changed:
             return
         before, policy = self._reference, self._connection.failover_policy
-        self._on_failover(FailoverSeen(self.name, before, found, changed, policy))
+        seen = FailoverSeen(connection=self.name, before=before, after=found, changes=changed, action=policy)
+        self._on_failover(seen)
         if policy is OnFailover.ABORT:
             raise FailoverDetected(self.name, before, found, changed)
         self._reference = found

@@ -134,9 +134,8 @@ def spawn(
     loop = asyncio.get_running_loop()
     out_read, out_write = os.pipe2(os.O_CLOEXEC)
     err_read, err_write = os.pipe2(os.O_CLOEXEC)
-    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        pid = _start(argv, cwd=cwd, env=env, stdin=devnull, stdout=out_write, stderr=err_write)
+        pid = _start(argv, cwd=cwd, env=env, stdin=_devnull(), stdout=out_write, stderr=err_write)
     except BaseException:
         os.close(out_read)
         os.close(err_read)
@@ -144,12 +143,21 @@ def spawn(
     finally:
         os.close(out_write)
         os.close(err_write)
-        os.close(devnull)
     spawned = Spawned(loop, pid)
     spawned._read_pipe(out_read, stdout)
     spawned._read_pipe(err_read, stderr)
     spawned._watch_exit()
     return spawned
+
+
+_DEVNULL: list[int] = []
+
+
+def _devnull() -> int:
+    """/dev/null for reading, opened once (close-on-exec: each child gets it as its stdin only)."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _DEVNULL[0]
 
 
 def _start(

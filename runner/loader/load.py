@@ -14,21 +14,20 @@ in PgQuartz (it names the lock key and log files).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 from pgquartz.runner.loader import yamlmarks
+from pgquartz.runner.model import records
 from pgquartz.runner.model.fields import ModelError
 from pgquartz.runner.model.job import Command, Job
 from pgquartz.runner.model.problems import JobFileError, Problem
 from pgquartz.runner.plan import graph, matrix
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadedJob:
+class LoadedJob(records.Record):
     """A job that passed every check: ready to run."""
 
     path: pathlib.Path

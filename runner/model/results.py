@@ -8,14 +8,14 @@ rules and reports still see the beginning and the end of what it printed.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import enum
 from collections.abc import Callable, Mapping
 
+from pgquartz.runner.model import records
 
-@dataclasses.dataclass(frozen=True)
-class Captured:
+
+class Captured(records.Record):
     """A bounded capture of one output stream.
 
     ``text`` is the kept head, then (if anything was dropped) a marker line,
@@ -54,8 +54,7 @@ class CommandState(enum.Enum):
     CANCELLED = "cancelled"
 
 
-@dataclasses.dataclass(frozen=True)
-class CommandResult:
+class CommandResult(records.Record):
     """The outcome of one command of one instance (or of one check).
 
     ``rc`` follows PgQuartz: a shell command's exit code (128 + N when killed
@@ -83,8 +82,7 @@ class CommandResult:
         return self.state in (CommandState.SUCCEEDED, CommandState.SKIPPED)
 
 
-@dataclasses.dataclass(frozen=True)
-class RetryAttempt:
+class RetryAttempt(records.Record):
     """An attempt of a command failed with an error its ``retry`` lists; it runs again after ``delay``."""
 
     attempt: int
@@ -108,8 +106,7 @@ class StepState(enum.Enum):
     DONE = "Done"
 
 
-@dataclasses.dataclass(frozen=True)
-class InstanceResult:
+class InstanceResult(records.Record):
     """The commands one instance (one matrix combination) of a step ran, in order."""
 
     step: str

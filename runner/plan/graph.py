@@ -12,10 +12,10 @@ writes anything.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from pgquartz.runner.model import records
 from pgquartz.runner.model.job import Check, Job, Step
 from pgquartz.runner.model.problems import Problem
 from pgquartz.runner.plan import matrix
@@ -24,8 +24,7 @@ if TYPE_CHECKING:  # the rule parser is imported by the jobs that have rules (a 
     from pgquartz.runner.conditions import rules
 
 
-@dataclasses.dataclass(frozen=True)
-class PlannedStep:
+class PlannedStep(records.Record):
     """A step ready to schedule: its rules parsed, its instances expanded."""
 
     name: str
@@ -42,14 +41,12 @@ class PlannedStep:
         return self.depends + self.implied
 
 
-@dataclasses.dataclass(frozen=True)
-class PlannedCheck:
+class PlannedCheck(records.Record):
     check: Check
     instances: tuple[matrix.Args, ...]
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
+class Plan(records.Record):
     """What will run, in which order, and what gates what. Pure data."""
 
     job: Job
@@ -92,7 +89,7 @@ def build(
     problems += _type_problems(job)
     problems += _gate_problems(job)
     checks = tuple(
-        PlannedCheck(check, tuple(matrix.expand(check.matrix)) if not too_many else ())
+        PlannedCheck(check=check, instances=tuple(matrix.expand(check.matrix)) if not too_many else ())
         for check in job.checks
     )
     if problems:

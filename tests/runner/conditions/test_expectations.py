@@ -12,8 +12,8 @@ def result(rc: int, stdout: str = "", stderr: str = "") -> CommandResult:
         name="c",
         state=CommandState.SUCCEEDED if rc == 0 else CommandState.FAILED,
         rc=rc,
-        stdout=Captured(stdout, len(stdout)),
-        stderr=Captured(stderr, len(stderr)),
+        stdout=Captured(text=stdout, total_bytes=len(stdout)),
+        stderr=Captured(text=stderr, total_bytes=len(stderr)),
     )
 
 

@@ -15,8 +15,8 @@ def instance(step: str, rc: int = 0, stdout: str = "", stderr: str = "", **args:
         name="c",
         state=state,
         rc=rc,
-        stdout=Captured(stdout, len(stdout)),
-        stderr=Captured(stderr, len(stderr)),
+        stdout=Captured(text=stdout, total_bytes=len(stdout)),
+        stderr=Captured(text=stderr, total_bytes=len(stderr)),
     )
     return InstanceResult(step=step, args=args, commands=(command,))
 

@@ -47,6 +47,7 @@ async def test_commands_elsewhere_are_started_by_popen_in_their_workdir(
 
 
 async def test_a_missing_workdir_is_a_failed_command_and_leaks_nothing(tmp_path: pathlib.Path) -> None:
+    await ShellExecutor(workdir=tmp_path).run(name="first", inline="true")  # what a process keeps
     before = set(os.listdir("/proc/self/fd"))
     result = await ShellExecutor(workdir=tmp_path / "gone").run(name="t", inline="true")
     assert result.state is CommandState.FAILED and result.rc == 127

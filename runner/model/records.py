@@ -1,0 +1,124 @@
+"""Immutable keyword-built records, declared like dataclasses, without their cost at start-up.
+
+``@dataclasses.dataclass`` writes and compiles ``__init__``, ``__repr__``,
+``__eq__`` and ``__hash__`` for every class it decorates: on Python 3.11 about
+half a millisecond a class, paid by every run before its first command (the
+runner's events alone were 7 ms of a 0.1 s start). A :class:`Record` subclass
+is read once when it is defined (its annotations, in order, parents' first,
+and its class-level defaults) and served by the same few generic methods, so
+defining one costs a few microseconds. What it keeps of a frozen, keyword-only
+dataclass: construction by keyword with required fields checked, defaults and
+default factories (:func:`field`), no assignment after construction, equality
+and hashing by value (of the same class), a repr in field order, and
+:meth:`Record.replace`. Annotations are never evaluated (``from __future__
+import annotations`` keeps them text), so a record may name types it does not
+import.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+_MISSING: Any = object()
+
+
+class _Factory:
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | None = None) -> Any:
+    """A field's default (``default``) or a function making one per record (``default_factory``)."""
+    if default_factory is not None:
+        return _Factory(default_factory)
+    return default
+
+
+@typing.dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
+class Record:
+    """Subclass it, annotate the fields; construct with keywords."""
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _field_set: ClassVar[frozenset[str]] = frozenset()
+    _required: ClassVar[frozenset[str]] = frozenset()
+    _defaults: ClassVar[dict[str, Any]] = {}
+    _factories: ClassVar[dict[str, Callable[[], Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = list(cls._fields)
+        defaults = dict(cls._defaults)
+        factories = dict(cls._factories)
+        for name, annotation in inspect.get_annotations(cls).items():  # this class's own, as written
+            if str(annotation).startswith(("ClassVar", "typing.ClassVar")):
+                continue
+            if name not in fields:
+                fields.append(name)
+            value = cls.__dict__.get(name, _MISSING)
+            defaults.pop(name, None)
+            factories.pop(name, None)
+            if isinstance(value, _Factory):
+                factories[name] = value.make
+            elif value is not _MISSING:
+                defaults[name] = value
+            if value is not _MISSING:
+                delattr(cls, name)  # read through __dict__ only, as the instance's own value
+        cls._fields = tuple(fields)
+        cls._field_set = frozenset(fields)
+        cls._defaults = defaults
+        cls._factories = factories
+        cls._required = frozenset(fields) - defaults.keys() - factories.keys()
+
+    def __init__(self, **values: Any) -> None:
+        cls = type(self)
+        if not cls._required <= values.keys():
+            missing = sorted(cls._required - values.keys())
+            raise TypeError(f"{cls.__name__}() is missing {', '.join(map(repr, missing))}")
+        if not values.keys() <= cls._field_set:
+            unknown = sorted(values.keys() - cls._field_set)
+            raise TypeError(f"{cls.__name__}() got unexpected {', '.join(map(repr, unknown))}")
+        state = self.__dict__
+        state.update(cls._defaults)
+        for name, make in cls._factories.items():
+            if name not in values:
+                state[name] = make()
+        state.update(values)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        state = self.__dict__
+        return tuple(state[name] for name in type(self)._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Record)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def __repr__(self) -> str:
+        pairs = zip(type(self)._fields, self._values(), strict=True)
+        shown = ", ".join(f"{name}={value!r}" for name, value in pairs)
+        return f"{type(self).__name__}({shown})"
+
+    def replace(self, **changes: Any) -> typing.Self:
+        """A copy with ``changes``."""
+        state = self.__dict__
+        return type(self)(**{name: state[name] for name in type(self)._fields} | changes)
+
+
+def fields(record: Record | type[Record]) -> tuple[str, ...]:
+    """The names of a record's fields, in declaration order (a parent's first)."""
+    return record._fields
