@@ -10,8 +10,10 @@ against it (the core group's discovery, list kinds, singular and short names),
 stores a Secret's ``stringData`` as ``data`` as the API server does, serves
 lists and watches by their ``labelSelector`` (apiserver/selectors.py: an object
 whose labels change into or out of a watch's selection arrives there as ADDED or
-DELETED, as from the server's watch cache), and keeps a request history that
-does not make every request slower than the last. :func:`running_kopf` runs a
+DELETED, as from the server's watch cache), reads one object by a lookup (kmock
+scans them all) and answers a missing one with the server's NotFound status
+(kmock formats a traceback into it), and keeps a request history that does not
+make every request slower than the last. :func:`running_kopf` runs a
 kopf registry against it with ``spawn_tasks`` + ``run_tasks``
 (``kopf.operator()`` would cancel the test's own tasks on shutdown), keeping
 kopf's bookkeeping under ``pgquartz.io``.
@@ -262,6 +264,17 @@ class Emulator(kmock.KubernetesEmulator):
         if int(version) <= since:
             return None
         return {**event, "type": "MODIFIED"}
+
+    async def _serve_fetch(self, request: Any) -> Any:
+        """One object by its name: looked up, as a server does (kmock scans every object it holds,
+        a cost that grew with every object a benchmark created)."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            stored = self._objects[key] if key in self._objects else None  # noqa: SIM401 (it has no .get)
+        if stored is None or stored.deleted:
+            kind = str(self.resources[request.resource].kind) if request.resource in self.resources else ""
+            raise ApiError(404, "NotFound", f'{kind.lower()}s "{request.name}" not found')
+        return stored.raw
 
     async def _render_error(self, exc: Exception) -> Any:
         if isinstance(exc, ApiError):  # as a server says it: no traceback

@@ -452,3 +452,16 @@ async def test_a_watch_from_a_lists_version_sees_only_what_changed_since(api: Ap
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     assert sorted(seen) == [("ADDED", "changed"), ("ADDED", "listed"), ("ADDED", "new")]
+
+
+async def test_a_missing_object_is_a_404_status_as_a_server_words_it(api: Api) -> None:
+    await api.ok("POST", CONFIG_MAPS, labelled("present"))
+    assert (await api.ok("GET", f"{CONFIG_MAPS}/present"))["metadata"]["name"] == "present"
+    status, answer = await api.send("GET", f"{CONFIG_MAPS}/absent")
+    assert status == 404
+    assert (answer["kind"], answer["reason"], answer["code"]) == ("Status", "NotFound", 404)
+    assert answer["message"] == 'configmaps "absent" not found'
+    assert "traceback" not in json.dumps(answer)
+    await api.ok("DELETE", f"{CONFIG_MAPS}/present")
+    status, _ = await api.send("GET", f"{CONFIG_MAPS}/present")
+    assert status == 404
