@@ -174,11 +174,13 @@ def bench(work: pathlib.Path, runs: int) -> None:
         f" {floor:.1f}s → {figures['all'] / floor:.2f}×"
     )
     cpu = figures["operator_cpu"]
+    fewer = max(1, count // 10)
+    slope = (cpu - operator(fewer, work)["operator_cpu"]) / (count - fewer) if count > fewer else 0.0
     print(
-        f"{'':<10} operator CPU {cpu:.1f}s ({cpu / count * 1000:.1f} ms per resource),"
-        f" emulator CPU {figures['emulator_cpu']:.1f}s; operator peak RSS"
-        f" {figures['operator_peak_rss_mb']:.0f} MB; SIGTERM → exit {figures['exit_code']:.0f}"
-        f" in {figures['stop']:.1f}s"
+        f"{'':<10} operator CPU {cpu:.1f}s ({cpu / count * 1000:.1f} ms per resource; marginal"
+        f" {slope * 1000:.1f} ms, from a run with {fewer}), emulator CPU {figures['emulator_cpu']:.1f}s;"
+        f" operator peak RSS {figures['operator_peak_rss_mb']:.0f} MB; SIGTERM → exit"
+        f" {figures['exit_code']:.0f} in {figures['stop']:.1f}s"
     )
     others = int(os.environ.get("PGQ_BENCH_UNRELATED_COUNT", "10000"))
     crowded = operator(count, work, others=others)

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -84,6 +85,13 @@ def database(pg_cluster: PgCluster) -> Iterator[str]:
     """A fresh database on the primary (replicated to the standby), dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     pg_cluster.primary.query(f"create database {name}")
+    # Wait for the standby to replay it: a job connecting there first would find no such database,
+    # and an unreachable server is no role mismatch (a test of one ran its step on a loaded machine).
+    deadline = time.monotonic() + 30
+    while not pg_cluster.standby.query("select 1 from pg_database where datname = %s", (name,)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the standby did not replay the creation of database {name} in 30 s")
+        time.sleep(0.02)
     yield name
     pg_cluster.primary.query(f"drop database if exists {name} with (force)")
 
