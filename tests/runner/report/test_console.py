@@ -5,7 +5,9 @@ from pgquartz.runner.report import console
 
 def test_failures_go_to_stderr_with_the_tail_of_their_output() -> None:
     stderr = "".join(f"line {i}\n" for i in range(30))
-    result = CommandResult(name="c", state=CommandState.FAILED, rc=2, stderr=Captured(text=stderr, total_bytes=len(stderr)))
+    result = CommandResult(
+        name="c", state=CommandState.FAILED, rc=2, stderr=Captured(text=stderr, total_bytes=len(stderr))
+    )
     lines = console.render(
         events.CommandFinished(step="vacuum", instance={"db": "app"}, command="vacuum full", result=result)
     )
