@@ -45,6 +45,7 @@ import itertools
 import json
 import os
 import pathlib
+import random
 import signal
 import subprocess
 import sys
@@ -100,6 +101,8 @@ class ApiError(k8s.KubernetesError):
 GENERATION_KINDS = {"PgQuartzJob", "CronJob", "Job", "Deployment"}
 """Kinds whose ``metadata.generation`` the server keeps (ConfigMaps, Secrets, Events have none)."""
 
+NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+"""What the API server draws generated names from (no vowels, no look-alike digits)."""
 STALE = "the object has been modified; please apply your changes to the latest version and try again"
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -324,14 +327,14 @@ class Emulator(kmock.KubernetesEmulator):
             self.unavailable[kind] -= 1
             raise ApiError(503, "ServiceUnavailable", "etcdserver: request timed out")
         creating = request.action == enums.action.CREATE
-        if creating:
-            if not isinstance(data, dict):
-                raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
-            data = self._named(data)
-        name = request.name if not creating else data["metadata"]["name"]
+        if creating and not isinstance(data, dict):
+            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
         namespace = request.namespace
         if creating and not namespace and info.namespaced:
             namespace = (data.get("metadata") or {}).get("namespace")
+        if creating:
+            data = self._named(data, lambda name: (resource, namespace, name) in self._objects)
+        name = request.name if not creating else data["metadata"]["name"]
         if (
             creating
             and info.namespaced
@@ -396,10 +399,15 @@ class Emulator(kmock.KubernetesEmulator):
                 await self._buses[resource].put({"type": "DELETED", "object": new})
             return aiohttp.web.json_response(new)
 
-    def _named(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _named(self, data: dict[str, Any], taken: Callable[[str], bool]) -> dict[str, Any]:
+        """``data`` with its name; from ``generateName`` as the API server makes one: five characters
+        of its alphabet, drawn again when the name is taken (Kubernetes 1.30+ tries 8 times)."""
         metadata = dict(data.get("metadata") or {})
         if not metadata.get("name") and metadata.get("generateName"):
-            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
+            for _ in range(8):
+                metadata["name"] = metadata["generateName"] + "".join(random.choices(NAME_ALPHABET, k=5))
+                if not taken(metadata["name"]):
+                    break
         if not metadata.get("name"):
             raise ApiError(message="metadata.name: Required value: name or generateName is required")
         return {**data, "metadata": metadata}

@@ -14,6 +14,7 @@ import kopf
 import pytest
 
 from tests.operator.test_crd import VALID_SPEC
+from tests.support import kube
 from tests.support.kube import Emulator, register_pgquartz, running_emulator, running_kopf
 
 RESOURCE = "pgquartz.io/v1alpha1/pgquartzjobs"
@@ -465,3 +466,22 @@ async def test_a_missing_object_is_a_404_status_as_a_server_words_it(api: Api) -
     await api.ok("DELETE", f"{CONFIG_MAPS}/present")
     status, _ = await api.send("GET", f"{CONFIG_MAPS}/present")
     assert status == 404
+
+
+async def test_generated_names_are_drawn_again_when_taken(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the API server names objects from generateName (kopf names its events so)."""
+    draws = iter(["bbbbb", "bbbbb", "c2d4f"])
+    monkeypatch.setattr(kube.random, "choices", lambda alphabet, k: list(next(draws)))
+    first = await api.ok(
+        "POST", CONFIG_MAPS, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "x-"}}
+    )
+    second = await api.ok(
+        "POST", CONFIG_MAPS, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "x-"}}
+    )
+    assert (first["metadata"]["name"], second["metadata"]["name"]) == ("x-bbbbb", "x-c2d4f")
+    monkeypatch.undo()
+    third = await api.ok(
+        "POST", CONFIG_MAPS, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "x-"}}
+    )
+    suffix = third["metadata"]["name"].removeprefix("x-")
+    assert len(suffix) == 5 and set(suffix) <= set(kube.NAME_ALPHABET)
