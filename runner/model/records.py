@@ -76,18 +76,23 @@ class Record:
 
     def __init__(self, **values: Any) -> None:
         cls = type(self)
-        if not cls._required <= values.keys():
-            missing = sorted(cls._required - values.keys())
-            raise TypeError(f"{cls.__name__}() is missing {', '.join(map(repr, missing))}")
-        if not values.keys() <= cls._field_set:
-            unknown = sorted(values.keys() - cls._field_set)
-            raise TypeError(f"{cls.__name__}() got unexpected {', '.join(map(repr, unknown))}")
         state = self.__dict__
         state.update(cls._defaults)
         for name, make in cls._factories.items():
             if name not in values:
                 state[name] = make()
         state.update(values)
+        if state.keys() != cls._field_set:  # one comparison on the way every record is made
+            state.clear()
+            cls._refuse(values)
+
+    @classmethod
+    def _refuse(cls, values: dict[str, Any]) -> None:
+        missing = sorted(cls._required - values.keys())
+        if missing:
+            raise TypeError(f"{cls.__name__}() is missing {', '.join(map(repr, missing))}")
+        unknown = sorted(values.keys() - cls._field_set)
+        raise TypeError(f"{cls.__name__}() got unexpected {', '.join(map(repr, unknown))}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
