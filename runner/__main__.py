@@ -2,4 +2,4 @@
 
 from pgquartz.runner.cli import main
 
-raise SystemExit(main.main())
+main.run()

@@ -6,6 +6,12 @@ version. Heavy imports (the job model, jinja2, asyncio) wait until a command nee
 ``pgquartz -v`` and ``--help`` answer at once.
 
 Exit codes are a contract (see :class:`pgquartz.runner.model.exitcodes.ExitCode`).
+
+The command (:func:`run`) leaves as soon as :func:`main` returns: by then a run
+has stopped its commands, released its lock and closed its log and summary
+files, and what is left is the interpreter taking its few hundred modules apart,
+10–15 ms of a 0.1 s run. Output is flushed first; an exception still ends the
+usual way, with its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from pgquartz.runner import __version__
 
@@ -157,5 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return runjob.main(args, config_path(args))
 
 
+def run() -> NoReturn:
+    """The ``pgquartz`` command: :func:`main`, its output flushed, then exit with its code at once."""
+    import contextlib
+
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader that went away, or a closed stream
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

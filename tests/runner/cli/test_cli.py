@@ -148,6 +148,31 @@ def test_json_log_format_prints_one_object_per_event(write_job: Write, tmp_path:
     assert records[-1]["summary"]["result"] == "succeeded"
 
 
+def test_the_command_exits_at_once_without_losing_buffered_output(
+    write_job: Write, tmp_path: pathlib.Path
+) -> None:
+    """It skips the interpreter's teardown: what it printed to files (block-buffered) all arrives."""
+    write_job(
+        "steps:\n  s:\n    matrix: {n: [" + ", ".join(map(str, range(300))) + "]}\n"
+        "    commands: [{inline: 'true'}]\n"
+    )
+    buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    with (tmp_path / "events.jsonl").open("w") as out, (tmp_path / "schema.json").open("w") as schema:
+        job = [*PGQUARTZ, "-c", "job.yml", "--log-format", "json"]
+        ran = subprocess.run(job, cwd=tmp_path, stdout=out, env=buffered, check=False)
+        printed = subprocess.run(
+            [*PGQUARTZ, "schema"], cwd=tmp_path, stdout=schema, env=buffered, check=False
+        )
+    assert (ran.returncode, printed.returncode) == (0, 0)
+    records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [record["event"] for record in records].count("command_finished") == 300
+    assert records[-1]["event"] == "job_finished"
+    text = (tmp_path / "schema.json").read_text()
+    assert json.loads(text)["title"] == "PgQuartz job" and text.endswith("}\n")  # to the last byte
+    invalid = run_pgquartz("-c", "missing.yml", cwd=tmp_path)
+    assert invalid.returncode == 2 and invalid.stderr  # main's code, and its message
+
+
 def test_summary_file_is_short_json(write_job: Write, tmp_path: pathlib.Path) -> None:
     write_job("""
         steps:
