@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 
-from pgquartz.runner.model.job import GitConfig
+from pgquartz.runner.model.job import GitConfig, pulls_from_git
 
 TIMEOUT = 300.0
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
@@ -44,9 +44,9 @@ class PullResult:
 
 def update(config: GitConfig | None, *, job_dir: pathlib.Path) -> PullResult | None:
     """Pull the repository holding the job; None when there is nothing to do (disabled, no repo, no git)."""
-    config = config or GitConfig()
-    if config.disable:
+    if not pulls_from_git(config):
         return None
+    config = config or GitConfig()
     git = shutil.which("git")
     if git is None:
         return None

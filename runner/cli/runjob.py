@@ -29,6 +29,7 @@ from pgquartz.runner.executors.capture import Limits
 from pgquartz.runner.executors.identity import FailoverSeen
 from pgquartz.runner.executors.shell import ShellExecutor
 from pgquartz.runner.model.exitcodes import ExitCode
+from pgquartz.runner.model.job import pulls_from_git
 from pgquartz.runner.model.problems import JobFileError
 from pgquartz.runner.report import console, jsonlines, logfile
 
@@ -65,7 +66,7 @@ def main(args: argparse.Namespace, path: str) -> int:
     if loaded is None:
         return ExitCode.INVALID_JOB
     notices: list[events.Notice] = []
-    if not args.no_git_pull and not (loaded.job.git is not None and loaded.job.git.disable):
+    if not args.no_git_pull and pulls_from_git(loaded.job.git):
         from pgquartz.runner import gitpull  # jobs that pull only
 
         pulled = gitpull.update(loaded.job.git, job_dir=loaded.path.resolve().parent)

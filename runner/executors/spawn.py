@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -150,14 +151,10 @@ def spawn(
     return spawned
 
 
-_DEVNULL: list[int] = []
-
-
+@functools.cache
 def _devnull() -> int:
     """/dev/null for reading, opened once (close-on-exec: each child gets it as its stdin only)."""
-    if not _DEVNULL:
-        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-    return _DEVNULL[0]
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _start(

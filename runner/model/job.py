@@ -311,6 +311,11 @@ class GitConfig(fields.Model):
     disable: bool = False
 
 
+def pulls_from_git(git: GitConfig | None) -> bool:
+    """Whether a job with this ``git`` section updates its directory before running (the default)."""
+    return git is None or not git.disable
+
+
 def _no_connection_named_shell(value: dict[str, Connection]) -> dict[str, Connection]:
     if SHELL in value:
         raise ValueError(

@@ -45,7 +45,6 @@ class Record:
 
     _fields: ClassVar[tuple[str, ...]] = ()
     _field_set: ClassVar[frozenset[str]] = frozenset()
-    _required: ClassVar[frozenset[str]] = frozenset()
     _defaults: ClassVar[dict[str, Any]] = {}
     _factories: ClassVar[dict[str, Callable[[], Any]]] = {}
 
@@ -72,7 +71,6 @@ class Record:
         cls._field_set = frozenset(fields)
         cls._defaults = defaults
         cls._factories = factories
-        cls._required = frozenset(fields) - defaults.keys() - factories.keys()
 
     def __init__(self, **values: Any) -> None:
         cls = type(self)
@@ -88,7 +86,7 @@ class Record:
 
     @classmethod
     def _refuse(cls, values: dict[str, Any]) -> None:
-        missing = sorted(cls._required - values.keys())
+        missing = sorted(cls._field_set - cls._defaults.keys() - cls._factories.keys() - values.keys())
         if missing:
             raise TypeError(f"{cls.__name__}() is missing {', '.join(map(repr, missing))}")
         unknown = sorted(values.keys() - cls._field_set)

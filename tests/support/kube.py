@@ -41,7 +41,6 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import itertools
 import json
 import os
 import pathlib
@@ -110,6 +109,10 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 
 
+def _not_found(kind: str, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{kind.lower()}s "{name}" not found')
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -159,7 +162,6 @@ class Emulator(kmock.KubernetesEmulator):
     #: The Kubernetes minor whose schemas validate built-in kinds (the oldest supported by default:
     #: its schemas are the strictest).
     minor: str = attrs.field(factory=lambda: os.environ.get("PGQUARTZ_TEST_KUBE_MINOR", "1.30"))
-    _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     #: The newest resourceVersion given out (what a list answers with, to resume a watch from).
     _latest: int = attrs.field(default=0, init=False)
     #: The resourceVersion each object was created with, keyed like kmock's objects.
@@ -276,7 +278,7 @@ class Emulator(kmock.KubernetesEmulator):
             stored = self._objects[key] if key in self._objects else None  # noqa: SIM401 (it has no .get)
         if stored is None or stored.deleted:
             kind = str(self.resources[request.resource].kind) if request.resource in self.resources else ""
-            raise ApiError(404, "NotFound", f'{kind.lower()}s "{request.name}" not found')
+            raise _not_found(kind, request.name)
         return stored.raw
 
     async def _render_error(self, exc: Exception) -> Any:
@@ -352,7 +354,7 @@ class Emulator(kmock.KubernetesEmulator):
             if creating and live is not None:
                 raise ApiError(409, "AlreadyExists", f'{kind.lower()}s "{name}" already exists')
             if not creating and live is None and content_type != APPLY_PATCH:
-                raise ApiError(404, "NotFound", f'{kind.lower()}s "{name}" not found')
+                raise _not_found(kind, name)
             owners = self.owners.setdefault(key, {}) if live is not None else {}
             manager = (
                 request.params.get("fieldManager")
@@ -378,7 +380,7 @@ class Emulator(kmock.KubernetesEmulator):
                 writes.record_update(live, new, node=node, owners=owners, manager=manager)
             if live is not None and _comparable(new) == _comparable(live):
                 return aiohttp.web.json_response(live)  # a no-op: no new version, no event
-            self._latest = next(self._versions)
+            self._latest += 1
             new["metadata"]["resourceVersion"] = str(self._latest)
             if live is None:
                 self._created[key] = self._latest
