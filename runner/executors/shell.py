@@ -9,6 +9,10 @@ command is cancelled (timeout, SIGTERM, a lost lock) the whole group gets
 SIGTERM, then SIGKILL after a grace period, and the cancellation returns only
 when the group is gone. Background processes a command leaves behind are
 stopped the same way when it exits, so nothing outlives its command.
+
+While commands run side by side, they are started by a spawn helper process
+(pgquartz.runner.executors.delegated) so that the runner's event loop is not
+held while each one execs; stopping their groups stays the runner's work.
 """
 
 from __future__ import annotations
@@ -16,19 +20,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import enum
 import os
 import pathlib
 import shutil
 import signal
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pgquartz.runner.executors import spawn
 from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.model.results import CommandResult, CommandState
 
+if TYPE_CHECKING:
+    from pgquartz.runner.executors import delegated
+
 BASH = "bash"
 _INLINE_ARG_LIMIT = 100 * 1024  # Linux refuses one argv string over 128 KiB
+
+
+class Delegation(enum.Enum):
+    """Who starts the commands: the runner itself, or the spawn helper
+    (pgquartz.runner.executors.delegated) once commands run side by side, or always."""
+
+    NEVER = "never"
+    WHEN_CONCURRENT = "when-concurrent"
+    ALWAYS = "always"
+
+
+DEFAULT_DELEGATION = Delegation.WHEN_CONCURRENT
 
 
 class ShellExecutor:
@@ -42,6 +63,7 @@ class ShellExecutor:
         kill_grace: float = 5.0,
         bash: str = BASH,
         base_env: Mapping[str, str] | None = None,
+        delegation: Delegation | None = None,
     ) -> None:
         self._workdir = str(workdir)
         self._limits = limits
@@ -53,6 +75,42 @@ class ShellExecutor:
             os.fsencode(key): os.fsencode(value)
             for key, value in (os.environ if base_env is None else base_env).items()
         }
+        self._delegation = DEFAULT_DELEGATION if delegation is None else delegation
+        self._running = 0
+        self._delegate: delegated.Delegate | None = None
+
+    async def __aenter__(self) -> ShellExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the spawn helper, if one was started (what it still runs is stopped first)."""
+        if self._delegate is not None:
+            delegate, self._delegate = self._delegate, None
+            await delegate.close()
+
+    async def _spawner(self) -> delegated.Delegate | None:
+        """The spawn helper to start the next command with, if it is to be used and is ready."""
+        if self._delegation is Delegation.NEVER:
+            return None
+        delegate = self._delegate
+        if delegate is None:
+            if self._delegation is Delegation.WHEN_CONCURRENT and self._running < 2:
+                return None
+            from pgquartz.runner.executors import delegated  # only for runs of concurrent commands
+
+            try:
+                delegate = self._delegate = delegated.Delegate.start(
+                    asyncio.get_running_loop(), grace=self._kill_grace
+                )
+            except OSError:  # no interpreter to start it with: the runner starts commands itself
+                self._delegation = Delegation.NEVER
+                return None
+        if self._delegation is Delegation.ALWAYS:
+            await delegate.wait_ready()
+        return delegate if delegate.usable else None
 
     async def run(
         self,
@@ -78,25 +136,41 @@ class ShellExecutor:
         else:
             argv = [self._bash, "-c", inline or ""]
         stdout, stderr = BoundedCapture(self._limits), BoundedCapture(self._limits)
+        self._running += 1
         try:
             try:
+                delegate = await self._spawner()
                 child = spawn.spawn(
-                    argv, cwd=self._workdir, env=environment, stdout=stdout.feed, stderr=stderr.feed
+                    argv,
+                    cwd=self._workdir,
+                    env=environment,
+                    stdout=stdout.feed,
+                    stderr=stderr.feed,
+                    delegate=delegate,
                 )
+                try:
+                    rc = await self._wait(child)
+                finally:
+                    child.close()
             except OSError as error:
+                if isinstance(error, _Lost):
+                    note = str(error)
+                    rc = 255
+                else:
+                    note = f"cannot start {self._bash}: {error}"
+                    rc = 127
                 return CommandResult(
                     name=name,
                     state=CommandState.FAILED,
-                    rc=127,
+                    rc=rc,
+                    stdout=stdout.result(),
+                    stderr=stderr.result(),
                     started=started,
                     duration=time.monotonic() - clock,
-                    error=f"cannot start {self._bash}: {error}",
+                    error=note,
                 )
-            try:
-                rc = await self._wait(child)
-            finally:
-                child.close()
         finally:
+            self._running -= 1
             if script_file is not None:
                 script_file.unlink(missing_ok=True)
         return CommandResult(
@@ -112,10 +186,18 @@ class ShellExecutor:
 
     async def _wait(self, child: spawn.Spawned) -> int:
         try:
+            await asyncio.shield(child.started)  # raises OSError if it could not start
+        except asyncio.CancelledError:
+            await _stop_group(child, self._kill_grace)
+            raise
+        try:
             returncode = await asyncio.shield(child.exited)
         except asyncio.CancelledError:
             await _stop_group(child, self._kill_grace)
             raise
+        except OSError as lost:  # started, but its exit cannot be learned: its group still can be stopped
+            await _stop_group(child, self._kill_grace)
+            raise _Lost(str(lost)) from lost
         # bash is gone; anything it left running in its group must not outlive it
         # (and would otherwise hold our pipes open).
         if _group_alive(child.pid):
@@ -125,6 +207,10 @@ class ShellExecutor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(child.drained), timeout=self._kill_grace)
         return 128 - returncode if returncode < 0 else returncode
+
+
+class _Lost(OSError):
+    """A command started, but its exit could not be learned."""
 
 
 def _group_alive(pgid: int) -> bool:
@@ -163,9 +249,12 @@ async def _stop_group(child: spawn.Spawned, grace: float) -> None:
     Shielded from further cancellation: a second Ctrl-C must not leave processes behind.
     """
 
-    pgid = child.pid
-
     async def stop() -> None:
+        try:
+            await child.started
+        except OSError:  # nothing was started
+            return
+        pgid = child.pid
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         # Polling is the only way to learn that a process group is empty.
@@ -173,7 +262,8 @@ async def _stop_group(child: spawn.Spawned, grace: float) -> None:
             await asyncio.sleep(0.01)
         if _group_alive(pgid):
             _signal_group(pgid, signal.SIGKILL)
-        await child.exited
+        with contextlib.suppress(OSError):  # lost track of its exit: the group is what counts
+            await child.exited
         deadline = time.monotonic() + 1.0
         while _group_alive(pgid) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)

@@ -18,6 +18,10 @@ the event loop:
   callbacks;
 - the exit is learned from a pidfd on the loop (Linux 5.3+), or, without
   pidfds, from a thread that waits in ``waitpid`` for this one child.
+
+Given a delegate (pgquartz.runner.executors.delegated), the process is started
+by the spawn helper instead, which also learns of its exit; the pipes are read
+here all the same.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pgquartz.runner.executors import descriptors
+
+if TYPE_CHECKING:
+    from pgquartz.runner.executors import delegated
 
 READ_SIZE = 256 * 1024  # as asyncio's pipe transports read
 # The signals Python sets to SIG_IGN at start: an exec keeps them ignored unless reset.
@@ -57,16 +65,33 @@ Feed = Callable[[bytes], None]
 
 
 class Spawned:
-    """A started process: ``exited`` resolves to its return code (``-N`` for signal N),
-    ``drained`` when both pipes reached end of file (or were closed by :meth:`close`)."""
+    """A process being started: ``started`` resolves once :attr:`pid` is known (it raises OSError
+    when it could not be started), ``exited`` to its return code (``-N`` for signal N; OSError when
+    its exit cannot be learned), ``drained`` when both pipes reached end of file (or were closed by
+    :meth:`close`)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.pid = 0
+        self.started: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
         self.drained: asyncio.Future[None] = loop.create_future()
         self._loop = loop
         self._pipes: dict[int, Feed] = {}
         self._pidfd: int | None = None
+
+    # what a delegated.Delegate reports
+
+    def on_started(self, pid: int) -> None:
+        self.pid = pid
+        self.started.set_result(None)
+
+    def on_failed(self, error: OSError) -> None:
+        waiting = self.started if not self.started.done() else self.exited
+        if not waiting.done():
+            waiting.set_exception(error)
+
+    def on_exited(self, returncode: int) -> None:
+        self._set_exited(returncode)
 
     def _read_pipe(self, fd: int, feed: Feed) -> None:
         self._pipes[fd] = feed
@@ -130,24 +155,36 @@ def spawn(
     env: Mapping[bytes, bytes],
     stdout: Feed,
     stderr: Feed,
+    delegate: delegated.Delegate | None = None,
 ) -> Spawned:
-    """Start ``argv`` in ``cwd`` in a new session; raises OSError when it cannot be started."""
+    """Start ``argv`` in ``cwd`` in a new session, through ``delegate`` when it takes it; raises
+    OSError when it cannot be started here (a delegate says so through ``started``)."""
     loop = asyncio.get_running_loop()
     out_read, out_write = os.pipe2(os.O_CLOEXEC)
     err_read, err_write = os.pipe2(os.O_CLOEXEC)
+    spawned = Spawned(loop)
     try:
-        pid = _start(argv, cwd=cwd, env=env, stdin=_devnull(), stdout=out_write, stderr=err_write)
+        taken = delegate is not None and delegate.request(
+            spawned, argv, cwd=cwd, env=env, stdin=_devnull(), stdout=out_write, stderr=err_write
+        )
     except BaseException:
-        os.close(out_read)
-        os.close(err_read)
+        for fd in (out_read, out_write, err_read, err_write):
+            os.close(fd)
         raise
-    finally:
-        os.close(out_write)
-        os.close(err_write)
-    spawned = Spawned(loop, pid)
+    if not taken:
+        try:
+            pid = _start(argv, cwd=cwd, env=env, stdin=_devnull(), stdout=out_write, stderr=err_write)
+        except BaseException:
+            os.close(out_read)
+            os.close(err_read)
+            raise
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        spawned.on_started(pid)
+        spawned._watch_exit()
     spawned._read_pipe(out_read, stdout)
     spawned._read_pipe(err_read, stderr)
-    spawned._watch_exit()
     return spawned
 
 

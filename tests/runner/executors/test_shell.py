@@ -1,8 +1,9 @@
 """The shell executor runs real bash and leaves no process behind.
 
-Every test runs three ways, as the runner can start a command: by posix_spawn (the command
-runs in the runner's own directory), by Popen (it runs elsewhere), and with its exit learned
-by a thread in waitpid instead of a pidfd (kernels without pidfds).
+Every test runs four ways, as the runner can start a command: by posix_spawn (the command
+runs in the runner's own directory), by Popen (it runs elsewhere), with its exit learned
+by a thread in waitpid instead of a pidfd (kernels without pidfds), and through the spawn
+helper (as when commands run side by side).
 """
 
 from __future__ import annotations
@@ -12,24 +13,32 @@ import os
 import pathlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import psutil
 import pytest
 
 from pgquartz.runner.executors import descriptors, spawn
+from pgquartz.runner.executors import shell as shell_module
 from pgquartz.runner.executors.capture import Limits
-from pgquartz.runner.executors.shell import ShellExecutor
+from pgquartz.runner.executors.shell import Delegation, ShellExecutor
 from pgquartz.runner.model.results import CommandState
 from tests.conftest import processes_with_marker
 
 
-@pytest.fixture(autouse=True, params=["posix_spawn", "popen", "waitpid-thread"])
+@pytest.fixture(autouse=True, params=["posix_spawn", "popen", "waitpid-thread", "delegated"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> str:
-    """How commands are started in this test; the other way is made to fail, so it cannot be taken."""
+    """How commands are started in this test; the other ways are made to fail, so they cannot be taken."""
 
     def refused(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"{request.param}: the wrong way to start a command")
 
+    if request.param == "delegated":
+        monkeypatch.setattr(shell_module, "DEFAULT_DELEGATION", Delegation.ALWAYS)
+        monkeypatch.setattr(spawn, "_start", refused)  # the runner starting one itself
+        monkeypatch.chdir("/")  # the helper must put each command in its workdir
+        return str(request.param)
+    monkeypatch.setattr(shell_module, "DEFAULT_DELEGATION", Delegation.NEVER)
     if request.param == "popen":
         monkeypatch.chdir("/")
         monkeypatch.setattr(os, "posix_spawn", refused)
@@ -44,8 +53,9 @@ def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 @pytest.fixture
-def shell(tmp_path: pathlib.Path) -> ShellExecutor:
-    return ShellExecutor(workdir=tmp_path, kill_grace=1.0)
+async def shell(tmp_path: pathlib.Path) -> AsyncIterator[ShellExecutor]:
+    async with ShellExecutor(workdir=tmp_path, kill_grace=1.0) as executor:
+        yield executor
 
 
 async def test_inline_runs_in_workdir_with_instance_environment(
@@ -60,8 +70,8 @@ async def test_inline_runs_in_workdir_with_instance_environment(
 
 
 async def test_callers_environment_is_passed_on(tmp_path: pathlib.Path) -> None:
-    shell = ShellExecutor(workdir=tmp_path, base_env={**os.environ, "FROM_CALLER": "yes"})
-    result = await shell.run(name="t", inline="echo $FROM_CALLER")
+    async with ShellExecutor(workdir=tmp_path, base_env={**os.environ, "FROM_CALLER": "yes"}) as shell:
+        result = await shell.run(name="t", inline="echo $FROM_CALLER")
     assert result.stdout.text == "yes\n"
 
 
@@ -89,8 +99,8 @@ async def test_stdin_is_empty(shell: ShellExecutor) -> None:
 
 
 async def test_output_is_bounded(tmp_path: pathlib.Path) -> None:
-    shell = ShellExecutor(workdir=tmp_path, limits=Limits(head=1000, tail=1000))
-    result = await shell.run(name="t", inline="head -c 5000000 /dev/zero | tr '\\0' 'x'; echo; echo END")
+    async with ShellExecutor(workdir=tmp_path, limits=Limits(head=1000, tail=1000)) as shell:
+        result = await shell.run(name="t", inline="head -c 5000000 /dev/zero | tr '\\0' 'x'; echo; echo END")
     assert result.stdout.total_bytes == 5_000_005
     assert len(result.stdout.text) < 2100
     assert result.stdout.text.endswith("END\n")
@@ -116,14 +126,14 @@ async def test_cancellation_kills_the_whole_process_group(shell: ShellExecutor) 
 
 
 async def test_processes_ignoring_sigterm_are_killed_after_the_grace(tmp_path: pathlib.Path) -> None:
-    shell = ShellExecutor(workdir=tmp_path, kill_grace=0.5)
     marker = f"pgq-test-{uuid.uuid4().hex}"
     body = f"trap '' TERM; (trap '' TERM; exec -a {marker} sleep 300) & wait"
-    task = asyncio.ensure_future(shell.run(name="t", inline=body))
-    await asyncio.sleep(0.5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with ShellExecutor(workdir=tmp_path, kill_grace=0.5) as shell:
+        task = asyncio.ensure_future(shell.run(name="t", inline=body))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert processes_with_marker(marker) == []
 
 
@@ -137,8 +147,8 @@ async def test_background_processes_do_not_outlive_their_command(shell: ShellExe
 
 
 async def test_missing_bash_is_a_failed_command_not_a_crash(tmp_path: pathlib.Path) -> None:
-    shell = ShellExecutor(workdir=tmp_path, bash="/nonexistent/bash")
-    result = await shell.run(name="t", inline="true")
+    async with ShellExecutor(workdir=tmp_path, bash="/nonexistent/bash") as shell:
+        result = await shell.run(name="t", inline="true")
     assert result.state is CommandState.FAILED and result.rc == 127
     assert result.error is not None and "cannot start /nonexistent/bash" in result.error
 
