@@ -14,8 +14,9 @@ the event loop:
   from ``/dev/null`` and nothing but 0, 1 and 2 inherited (the descriptors a C
   library left inheritable are closed in the child, as ``close_fds`` does, or
   marked close-on-exec: pgquartz.runner.executors.descriptors);
-- stdout and stderr are pipes read by ``loop.add_reader`` into the caller's
-  callbacks;
+- stdout and stderr are pipes read into the caller's callbacks when the loop
+  says they are readable (through one epoll for all commands:
+  pgquartz.runner.executors.readiness);
 - the exit is learned from a pidfd on the loop (Linux 5.3+), or, without
   pidfds, from a thread that waits in ``waitpid`` for this one child.
 
@@ -36,7 +37,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pgquartz.runner.executors import descriptors
+from pgquartz.runner.executors import descriptors, readiness
 
 if TYPE_CHECKING:
     from pgquartz.runner.executors import delegated
@@ -76,8 +77,8 @@ class Spawned:
         self.exited: asyncio.Future[int] = loop.create_future()
         self.drained: asyncio.Future[None] = loop.create_future()
         self._loop = loop
+        self._readiness = readiness.for_loop(loop)
         self._pipes: dict[int, Feed] = {}
-        self._pidfd: int | None = None
 
     # what a delegated.Delegate reports
 
@@ -95,7 +96,7 @@ class Spawned:
 
     def _read_pipe(self, fd: int, feed: Feed) -> None:
         self._pipes[fd] = feed
-        self._loop.add_reader(fd, self._readable, fd)
+        self._readiness.watch(fd, self._readable)
 
     def _readable(self, fd: int) -> None:
         try:
@@ -110,7 +111,7 @@ class Spawned:
     def _close_pipe(self, fd: int) -> None:
         if self._pipes.pop(fd, None) is None:
             return
-        self._loop.remove_reader(fd)
+        self._readiness.unwatch(fd)
         os.close(fd)
         if not self._pipes and not self.drained.done():
             self.drained.set_result(None)
@@ -118,19 +119,17 @@ class Spawned:
     def _watch_exit(self) -> None:
         if USE_PIDFD:
             try:
-                self._pidfd = os.pidfd_open(self.pid)
+                pidfd = os.pidfd_open(self.pid)
             except OSError:
-                self._pidfd = None
+                pass
             else:
-                self._loop.add_reader(self._pidfd, self._pidfd_readable)
+                self._readiness.watch(pidfd, self._pidfd_readable)
                 return
         threading.Thread(target=self._wait_in_thread, name=f"pgquartz-wait-{self.pid}", daemon=True).start()
 
-    def _pidfd_readable(self) -> None:
-        assert self._pidfd is not None
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = None
+    def _pidfd_readable(self, pidfd: int) -> None:
+        self._readiness.unwatch(pidfd)
+        os.close(pidfd)
         self._set_exited(_reap(self.pid))  # at once: the pidfd says it exited
 
     def _wait_in_thread(self) -> None:
