@@ -63,6 +63,8 @@ class BoundedCapture:
                 del self._tail[:excess]
 
     def result(self) -> Captured:
+        if not self._total:
+            return _NOTHING  # most streams of most commands: one shared record
         kept = len(self._head) + len(self._tail)
         dropped = self._total - kept
         if dropped <= 0:
@@ -72,6 +74,9 @@ class BoundedCapture:
         separator = "" if not head or head.endswith("\n") else "\n"
         marker = f"{separator}[... {dropped} bytes not kept ...]\n"
         return Captured(text=head + marker + tail, total_bytes=self._total, dropped_bytes=dropped)
+
+
+_NOTHING = Captured(text="", total_bytes=0)
 
 
 def _decode(data: bytes) -> str:
