@@ -414,6 +414,22 @@ def bench_images(work: pathlib.Path, runs: int) -> None:
     images.bench(work, runs)
 
 
+def python_work_unit() -> float:
+    """Seconds for a fixed pure-Python workload, best of five: how fast this machine runs the
+    interpreter, to compare absolute figures (CPU per resource, ms per command) across machines."""
+
+    def work() -> int:
+        table = {i: str(i) for i in range(200_000)}
+        return sum(len(text) for text in table.values())
+
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 BENCHMARKS = {
     "commands": bench_commands,
     "matrix": bench_matrix,
@@ -443,7 +459,10 @@ def main() -> None:
 
     for folder in pgquartz.runner.__path__:
         compileall.compile_dir(folder, quiet=1)
-    print(f"pgquartz benchmarks: {args.runs} runs each, {os.cpu_count()} CPUs, {sys.version.split()[0]}")
+    print(
+        f"pgquartz benchmarks: {args.runs} runs each, {os.cpu_count()} CPUs, {sys.version.split()[0]},"
+        f" Python work unit {python_work_unit() * 1000:.0f} ms (absolute figures scale with it)"
+    )
     with tempfile.TemporaryDirectory(prefix="pgquartz-bench-") as scratch:
         for name in args.only.split(","):
             BENCHMARKS[name](pathlib.Path(scratch), args.runs)
