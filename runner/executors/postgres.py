@@ -56,7 +56,7 @@ from psycopg import generators
 from psycopg.abc import Buffer
 
 from pgquartz.runner import secrets
-from pgquartz.runner.executors import identity, sqltext
+from pgquartz.runner.executors import identity, libpqwait, sqltext
 from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.executors.identity import FailoverDetected, FailoverSeen, Identity, OnFailoverSeen
 from pgquartz.runner.model.job import Command, Connection, OnFailover, Role
@@ -456,7 +456,7 @@ async def _send(
         pgconn.send_query_params(query.encode(), [param.encode() for param in params], result_format=0)
     else:
         pgconn.send_query(query.encode())
-    results = await session.wait(generators.execute(pgconn))
+    results = await libpqwait.run(generators.execute(pgconn), pgconn.socket)
     for result in results:
         if result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
             raise psycopg.errors.error_from_result(result, encoding=session.info.encoding)

@@ -17,6 +17,7 @@ own ``add_reader`` is used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import weakref
 from collections.abc import Callable
@@ -52,7 +53,8 @@ class Readiness:
         if self._epoll is None:
             self._running_loop().remove_reader(fd)
             return
-        self._epoll.unregister(fd)
+        with contextlib.suppress(OSError):  # closed already (a library's socket): epoll dropped it then
+            self._epoll.unregister(fd)
         if self._unwatched is not None:
             self._unwatched.add(fd)
 

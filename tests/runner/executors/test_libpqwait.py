@@ -1,0 +1,89 @@
+"""psycopg's libpq generators driven on the runner's epoll, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import generators
+
+from pgquartz.runner.executors import libpqwait
+from tests.support.pgcluster import PgCluster
+
+
+@pytest.fixture
+async def session(pg_cluster: PgCluster, database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    connection = await psycopg.AsyncConnection.connect(
+        **{**pg_cluster.primary.params, "dbname": database}, autocommit=True
+    )
+    yield connection
+    await connection.close()
+
+
+async def query(session: psycopg.AsyncConnection[Any], text: str) -> list[list[bytes | None]]:
+    pgconn = session.pgconn
+    pgconn.send_query(text.encode())
+    results = await libpqwait.run(generators.execute(pgconn), pgconn.socket)
+    return [[result.get_value(row, 0) for row in range(result.ntuples)] for result in results]
+
+
+async def test_every_result_of_a_query_comes_back(session: psycopg.AsyncConnection[Any]) -> None:
+    assert await query(session, "select 1; select n from generate_series(1, 3) n") == [
+        [b"1"],
+        [b"1", b"2", b"3"],
+    ]
+
+
+async def test_a_query_larger_than_the_socket_buffer_waits_to_write(
+    session: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    writers: list[int] = []
+    add_writer = loop.add_writer
+
+    def counted(fd: int, callback: Any, *args: Any) -> None:
+        writers.append(fd)
+        add_writer(fd, callback, *args)
+
+    monkeypatch.setattr(loop, "add_writer", counted)
+    size = 32 * 1024 * 1024
+    assert await query(session, f"select length('{'x' * size}')") == [[str(size).encode()]]
+    assert writers and set(writers) == {session.pgconn.socket}
+
+
+async def test_a_cancelled_wait_leaves_the_session_usable_once_the_query_is_cancelled(
+    session: psycopg.AsyncConnection[Any],
+) -> None:
+    waiting = asyncio.ensure_future(query(session, "select pg_sleep(30)"))
+    await asyncio.sleep(0.3)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await session.cancel_safe(timeout=5.0)  # what PostgresExecutor does next
+    pgconn = session.pgconn
+    ended = await libpqwait.run(generators.execute(pgconn), pgconn.socket)  # the cancelled query's end
+    assert ended[-1].error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"57014"
+    assert await query(session, "select 2") == [[b"2"]]  # its socket is watched anew
+
+
+async def test_a_session_the_server_ends_is_an_error_not_a_hang(
+    session: psycopg.AsyncConnection[Any], pg_cluster: PgCluster, database: str
+) -> None:
+    pid = session.info.backend_pid
+    pgconn = session.pgconn
+    pgconn.send_query(b"select pg_sleep(30)")
+    waiting = asyncio.ensure_future(libpqwait.run(generators.execute(pgconn), pgconn.socket))
+    await asyncio.sleep(0.3)
+    async with await psycopg.AsyncConnection.connect(
+        **{**pg_cluster.primary.params, "dbname": database}, autocommit=True
+    ) as other:
+        await other.execute("select pg_terminate_backend(%s)", [pid])
+    try:
+        results = await asyncio.wait_for(waiting, 10)
+    except psycopg.OperationalError:
+        return
+    states = [result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) for result in results]
+    assert b"57P01" in states  # the server said why, then closed
