@@ -12,7 +12,6 @@ hundred bytes (the "billion laughs").
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import yaml
@@ -27,8 +26,7 @@ class Position(NamedTuple):
     column: int  # 1-based
 
 
-@dataclasses.dataclass
-class MarkedData:
+class MarkedData(NamedTuple):
     data: Any
     positions: dict[Path, Position]
 

@@ -22,7 +22,6 @@ importing the model costs little more than defining its classes.
 from __future__ import annotations
 
 import enum
-import inspect
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, TypeVar
@@ -396,6 +395,8 @@ def model_schema(model: type[Model], definitions: dict[str, Any]) -> dict[str, A
     result: dict[str, Any] = {"additionalProperties": False, "properties": properties, "type": "object"}
     doc = model.__dict__.get("__doc__")
     if doc:
+        import inspect  # only where schemas are written: its import costs more than validating
+
         result["description"] = inspect.cleandoc(doc)
     if required:
         result["required"] = required

@@ -14,13 +14,12 @@ once; if they do not, they are evaluated again every ``interval`` for up to
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import enum
 import re
 from typing import Annotated, Any
 
-from pgquartz.runner.model import durations, fields, kinds
+from pgquartz.runner.model import durations, fields, kinds, records
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?\s*$")
 _FACTORS = {
@@ -39,8 +38,7 @@ _FACTORS = {
 LAG_PATTERN = r"^\s*\d+\s*(B|kB|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?\s*$|" + durations.PATTERN
 
 
-@dataclasses.dataclass(frozen=True)
-class Lag:
+class Lag(records.Record):
     """A replication lag limit: WAL bytes, or time."""
 
     bytes: int | None = None

@@ -10,7 +10,6 @@ its own class (:class:`NestedModel`).
 from __future__ import annotations
 
 import enum
-import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
@@ -199,6 +198,8 @@ class Choice(Kind):
         definition: dict[str, Any] = {"enum": list(self.by_value), "title": name, "type": "string"}
         doc = self.enum_type.__dict__.get("__doc__")
         if doc:
+            import inspect  # only where schemas are written: its import costs more than validating
+
             definition["description"] = inspect.cleandoc(doc)
         return definition
 

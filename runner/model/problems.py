@@ -7,13 +7,14 @@ at the first one, so a user sees everything to fix in one report.
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 Path = tuple[str | int, ...]
 
 
-@dataclasses.dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
+    """A value (a named tuple: cheap to make by the thousand, and no dataclass machinery to import)."""
+
     path: Path
     message: str
     file: str | None = None
@@ -21,7 +22,7 @@ class Problem:
     column: int | None = None  # 1-based
 
     def located(self, *, file: str | None, line: int | None, column: int | None) -> Problem:
-        return dataclasses.replace(self, file=file, line=line, column=column)
+        return self._replace(file=file, line=line, column=column)
 
     @property
     def key_path(self) -> str:

@@ -17,7 +17,6 @@ import.
 
 from __future__ import annotations
 
-import inspect
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -53,7 +52,10 @@ class Record:
         fields = list(cls._fields)
         defaults = dict(cls._defaults)
         factories = dict(cls._factories)
-        for name, annotation in inspect.get_annotations(cls).items():  # this class's own, as written
+        # This class's own annotations, as written (what inspect.get_annotations returns for a
+        # class, without importing inspect: with ast and dis, a third of a run's imports).
+        own: dict[str, Any] = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+        for name, annotation in own.items():
             if str(annotation).startswith(("ClassVar", "typing.ClassVar")):
                 continue
             if name not in fields:

@@ -1,5 +1,6 @@
 """The runner starts fast: it never loads the operator, kopf or a Kubernetes client."""
 
+import pathlib
 import subprocess
 import sys
 
@@ -43,3 +44,17 @@ def test_the_etcd_lock_loads_nothing_beyond_the_standard_library_and_the_job_mod
         name for name in result.stdout.strip().split(",") if name and name not in sys.stdlib_module_names
     ]
     assert third_party == []
+
+
+def test_validating_a_job_loads_neither_inspect_nor_dataclasses(tmp_path: pathlib.Path) -> None:
+    # inspect (with ast, dis and tokenize) and dataclasses were a third of validate's imports.
+    job = tmp_path / "job.yml"
+    job.write_text("git: {disable: true}\nsteps:\n  s:\n    commands: [{inline: 'true'}]\n")
+    probe = (
+        "import sys; from pgquartz.runner.cli import main; code = main.main(['validate', '-c', sys.argv[1]]);"
+        "print(code, sorted({'inspect', 'dataclasses', 'ast'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "0 []"
