@@ -19,13 +19,13 @@ steps a rule reads, so they become dependencies.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pgquartz.runner.conditions import limits
 from pgquartz.runner.conditions.views import RuleError, Snapshot, go_root
+from pgquartz.runner.model import records
 
 
 class RuleSyntaxError(ValueError):
@@ -51,8 +51,7 @@ _TOKEN = re.compile(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Token:
+class _Token(records.Record, kw_only=False):
     kind: str
     text: str
     position: int
@@ -92,67 +91,56 @@ def _unquote(text: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Literal:
+class Literal(records.Record, kw_only=False):
     value: Any
 
 
-@dataclasses.dataclass(frozen=True)
-class Dot:
+class Dot(records.Record, kw_only=False):
     """The template's data: ``.``."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Field:
+class Field(records.Record, kw_only=False):
     name: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Index:
+class Index(records.Record, kw_only=False):
     key: Node
 
 
-@dataclasses.dataclass(frozen=True)
-class Chain:
+class Chain(records.Record, kw_only=False):
     """A value followed by ``.Field`` and ``[key]`` accessors, e.g. ``.Steps["a"].Rc``."""
 
     base: Node
     accessors: tuple[Field | Index, ...]
 
 
-@dataclasses.dataclass(frozen=True)
-class Command:
+class Command(records.Record, kw_only=False):
     """Words separated by spaces: a function call, a method call with arguments, or a value."""
 
     words: tuple[Node, ...]
     position: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Function:
+class Function(records.Record, kw_only=False):
     name: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Pipeline:
+class Pipeline(records.Record, kw_only=False):
     commands: tuple[Command, ...]
 
 
 Node = Literal | Dot | Chain | Command | Function | Pipeline
 
 
-@dataclasses.dataclass(frozen=True)
-class Text:
+class Text(records.Record, kw_only=False):
     text: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Print:
+class Print(records.Record, kw_only=False):
     pipeline: Pipeline
 
 
-@dataclasses.dataclass(frozen=True)
-class If:
+class If(records.Record, kw_only=False):
     condition: Pipeline
     then: tuple[TemplateNode, ...]
     otherwise: tuple[TemplateNode, ...]
@@ -161,8 +149,7 @@ class If:
 TemplateNode = Text | Print | If
 
 
-@dataclasses.dataclass(frozen=True)
-class Template:
+class Template(records.Record, kw_only=False):
     """A parsed rule. ``nodes`` render to text; the rule holds when that text is ``True``."""
 
     source: str

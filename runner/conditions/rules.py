@@ -9,13 +9,13 @@ and evaluates to a bool against a snapshot of results.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from typing import Any
 
 from pgquartz.runner.conditions import gotemplate
 from pgquartz.runner.conditions.gotemplate import RuleSyntaxError
 from pgquartz.runner.conditions.views import RuleError, Snapshot
+from pgquartz.runner.model import records
 
 __all__ = ["Rule", "RuleError", "RuleSyntaxError", "Syntax", "compile_rule"]
 
@@ -25,14 +25,13 @@ class Syntax(enum.Enum):
     JINJA = "jinja2"
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
+class Rule(records.Record, kw_only=False):
     """A parsed rule. ``reads`` names the steps whose results it needs."""
 
     source: str
     syntax: Syntax
     reads: frozenset[str]
-    _parsed: Any = dataclasses.field(repr=False, compare=False)
+    _parsed: Any = records.field(repr=False, compare=False)
     """A :class:`gotemplate.Template` or a ``jinja.Expression``."""
 
     def holds(self, snapshot: Snapshot) -> bool:

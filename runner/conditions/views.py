@@ -13,16 +13,15 @@ empty output.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from pgquartz.runner.model import records
 from pgquartz.runner.model.results import InstanceResult, StepState
 
 
-@dataclasses.dataclass(frozen=True)
-class StepSnapshot:
+class StepSnapshot(records.Record, kw_only=False):
     """A step's state and the results of its finished instances (in matrix order)."""
 
     state: StepState
@@ -199,8 +198,7 @@ class Output:
         return any(regex.search(line) for line in self.lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class InstanceView:
+class InstanceView(records.Record, kw_only=False):
     """One instance's results for Jinja2 rules."""
 
     args: Mapping[str, str]
@@ -210,8 +208,7 @@ class InstanceView:
     failed: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class StepView:
+class StepView(records.Record, kw_only=False):
     """``steps["name"]`` in a Jinja2 rule."""
 
     state: str

@@ -8,11 +8,12 @@ is read once when it is defined (its annotations, in order, parents' first,
 and its class-level defaults) and served by the same few generic methods, so
 defining one costs a few microseconds. What it keeps of a frozen, keyword-only
 dataclass: construction by keyword with required fields checked, defaults and
-default factories (:func:`field`), no assignment after construction, equality
-and hashing by value (of the same class), a repr in field order, and
-:meth:`Record.replace`. Annotations are never evaluated (``from __future__
-import annotations`` keeps them text), so a record may name types it does not
-import.
+default factories (:func:`field`, which can also leave a field out of equality
+or the repr), no assignment after construction, equality and hashing by value
+(of the same class), a repr in field order, :meth:`Record.replace`, and with
+``kw_only=False`` in the class statement construction by position. Annotations
+are never evaluated (``from __future__ import annotations`` keeps them text), so
+a record may name types it does not import.
 """
 
 from __future__ import annotations
@@ -31,27 +32,54 @@ class _Factory:
         self.make = make
 
 
-def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | None = None) -> Any:
-    """A field's default (``default``) or a function making one per record (``default_factory``)."""
-    if default_factory is not None:
-        return _Factory(default_factory)
-    return default
+class _Options:
+    """A field that is left out of equality, hashing or the repr."""
+
+    __slots__ = ("compare", "default", "repr")
+
+    def __init__(self, default: Any, *, compare: bool, repr: bool) -> None:
+        self.default = default
+        self.compare = compare
+        self.repr = repr
+
+
+def field(
+    *,
+    default: Any = _MISSING,
+    default_factory: Callable[[], Any] | None = None,
+    compare: bool = True,
+    repr: bool = True,
+) -> Any:
+    """A field's default (``default``) or a function making one per record (``default_factory``);
+    ``compare=False`` leaves it out of equality and hashing, ``repr=False`` out of the repr."""
+    value = _Factory(default_factory) if default_factory is not None else default
+    if compare and repr:
+        return value
+    return _Options(value, compare=compare, repr=repr)
 
 
 @typing.dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
 class Record:
-    """Subclass it, annotate the fields; construct with keywords."""
+    """Subclass it, annotate the fields; construct with keywords (and by position too, in field
+    order, when the class says ``kw_only=False``)."""
 
     _fields: ClassVar[tuple[str, ...]] = ()
     _field_set: ClassVar[frozenset[str]] = frozenset()
     _defaults: ClassVar[dict[str, Any]] = {}
     _factories: ClassVar[dict[str, Callable[[], Any]]] = {}
+    _uncompared: ClassVar[frozenset[str]] = frozenset()
+    _hidden: ClassVar[frozenset[str]] = frozenset()
+    _compared: ClassVar[tuple[str, ...]] = ()
+    _shown: ClassVar[tuple[str, ...]] = ()
+    _positional: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, kw_only: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls._positional = not kw_only
         fields = list(cls._fields)
         defaults = dict(cls._defaults)
         factories = dict(cls._factories)
+        uncompared, hidden = set(cls._uncompared), set(cls._hidden)
         # This class's own annotations, as written (what inspect.get_annotations returns for a
         # class, without importing inspect: with ast and dis, a third of a run's imports).
         own: dict[str, Any] = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
@@ -63,6 +91,16 @@ class Record:
             value = cls.__dict__.get(name, _MISSING)
             defaults.pop(name, None)
             factories.pop(name, None)
+            uncompared.discard(name)
+            hidden.discard(name)
+            if isinstance(value, _Options):
+                if not value.compare:
+                    uncompared.add(name)
+                if not value.repr:
+                    hidden.add(name)
+                if value.default is _MISSING:
+                    delattr(cls, name)
+                value = value.default
             if isinstance(value, _Factory):
                 factories[name] = value.make
             elif value is not _MISSING:
@@ -73,9 +111,14 @@ class Record:
         cls._field_set = frozenset(fields)
         cls._defaults = defaults
         cls._factories = factories
+        cls._uncompared, cls._hidden = frozenset(uncompared), frozenset(hidden)
+        cls._compared = tuple(name for name in fields if name not in uncompared)
+        cls._shown = tuple(name for name in fields if name not in hidden)
 
-    def __init__(self, **values: Any) -> None:
+    def __init__(self, *by_position: Any, **values: Any) -> None:
         cls = type(self)
+        if by_position:
+            values = cls._by_position(by_position, values)
         state = self.__dict__
         state.update(cls._defaults)
         for name, make in cls._factories.items():
@@ -85,6 +128,18 @@ class Record:
         if state.keys() != cls._field_set:  # one comparison on the way every record is made
             state.clear()
             cls._refuse(values)
+
+    @classmethod
+    def _by_position(cls, given: tuple[Any, ...], values: dict[str, Any]) -> dict[str, Any]:
+        if not cls._positional:
+            raise TypeError(f"{cls.__name__}() takes keyword arguments only")
+        if len(given) > len(cls._fields):
+            raise TypeError(f"{cls.__name__}() takes {len(cls._fields)} values, {len(given)} given")
+        named = dict(zip(cls._fields, given, strict=False))
+        twice = sorted(named.keys() & values.keys())
+        if twice:
+            raise TypeError(f"{cls.__name__}() got {', '.join(map(repr, twice))} twice")
+        return named | values
 
     @classmethod
     def _refuse(cls, values: dict[str, Any]) -> None:
@@ -102,7 +157,7 @@ class Record:
 
     def _values(self) -> tuple[Any, ...]:
         state = self.__dict__
-        return tuple(state[name] for name in type(self)._fields)
+        return tuple(state[name] for name in type(self)._compared)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -114,8 +169,8 @@ class Record:
         return hash((type(self), self._values()))
 
     def __repr__(self) -> str:
-        pairs = zip(type(self)._fields, self._values(), strict=True)
-        shown = ", ".join(f"{name}={value!r}" for name, value in pairs)
+        state = self.__dict__
+        shown = ", ".join(f"{name}={state[name]!r}" for name in type(self)._shown)
         return f"{type(self).__name__}({shown})"
 
     def replace(self, **changes: Any) -> typing.Self:

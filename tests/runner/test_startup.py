@@ -46,10 +46,13 @@ def test_the_etcd_lock_loads_nothing_beyond_the_standard_library_and_the_job_mod
     assert third_party == []
 
 
-def test_validating_a_job_loads_neither_inspect_nor_dataclasses(tmp_path: pathlib.Path) -> None:
+def test_validating_a_job_with_rules_loads_neither_inspect_nor_dataclasses(tmp_path: pathlib.Path) -> None:
     # inspect (with ast, dis and tokenize) and dataclasses were a third of validate's imports.
     job = tmp_path / "job.yml"
-    job.write_text("git: {disable: true}\nsteps:\n  s:\n    commands: [{inline: 'true'}]\n")
+    job.write_text(
+        "git: {disable: true}\nsteps:\n  s:\n    commands: [{inline: 'true'}]\n"
+        "    when: ['eq .Steps[\"t\"].Rc 0']\n  t: {commands: [{inline: 'true'}]}\n"
+    )
     probe = (
         "import sys; from pgquartz.runner.cli import main; code = main.main(['validate', '-c', sys.argv[1]]);"
         "print(code, sorted({'inspect', 'dataclasses', 'ast'} & set(sys.modules)))"

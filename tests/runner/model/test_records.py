@@ -77,3 +77,36 @@ def test_replace_makes_a_changed_copy() -> None:
     assert record.size == 1
     with pytest.raises(TypeError, match="unexpected"):
         record.replace(colour="red")
+
+
+class Node(records.Record, kw_only=False):
+    name: str
+    weight: int = 0
+    parsed: object = records.field(default=None, compare=False, repr=False)
+
+
+class Other(records.Record, kw_only=False):
+    name: str
+
+
+def test_a_positional_record_takes_values_in_field_order_and_by_keyword() -> None:
+    assert Node("a", 2) == Node(name="a", weight=2) == Node("a", weight=2)
+    assert Node("a").weight == 0
+    with pytest.raises(TypeError, match="twice"):
+        Node("a", name="b")
+    with pytest.raises(TypeError, match="takes 3 values, 4 given"):
+        Node("a", 1, None, "extra")
+    with pytest.raises(TypeError, match="keyword arguments only"):
+        Child("a")  # type: ignore[misc]
+
+
+def test_records_of_different_classes_with_equal_values_differ() -> None:
+    assert Node("index") != Other("index")
+    assert hash(Node("index")) != hash(Other("index"))
+
+
+def test_a_field_left_out_of_comparison_and_repr() -> None:
+    first, second = Node("a", parsed=object()), Node("a", parsed=object())
+    assert first == second and hash(first) == hash(second)
+    assert repr(first) == "Node(name='a', weight=0)"
+    assert first.replace(weight=3).parsed is first.parsed
