@@ -8,7 +8,8 @@ twice leaves one that expires unused), so a transient error is retried with
 exponential back-off and jitter; the client's channel balances across members,
 so a retry reaches another one. Retrying stops at the :class:`Budget`: the
 job's deadline, or, for a job without a timeout, a cluster unavailable for
-:data:`UNAVAILABLE_LIMIT` seconds in a row. Errors that repeating cannot fix
+:data:`UNAVAILABLE_LIMIT` seconds in a row; a pause that would pass it is cut
+short, so that the last attempt comes just before it ends. Errors that repeating cannot fix
 (bad credentials, invalid arguments) are raised at once.
 """
 
@@ -52,6 +53,10 @@ def delay(attempt: int, rng: random.Random) -> float:
     return rng.uniform(ceiling / 2, ceiling)
 
 
+LAST_ATTEMPT = 0.1
+"""Seconds left before a budget ends that are still worth one more attempt."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """When to stop retrying: at ``deadline`` (monotonic), else after ``limit`` s of failures in a row."""
@@ -84,15 +89,16 @@ async def call(
                 raise
             now = time.monotonic()
             first_failure = first_failure if first_failure is not None else now
-            pause = delay(attempt, rng)
-            if now + pause >= budget.give_up_at(first_failure):
+            give_up_at = budget.give_up_at(first_failure)
+            if now >= give_up_at - LAST_ATTEMPT:
                 raise GaveUp(
                     f"etcd unusable for {now - first_failure:.1f}s, retried {attempt} times"
                     f" (last error: {describe(error)})"
                 ) from error
             attempt += 1
             on_retry(error, attempt)
-            await asyncio.sleep(pause)
+            # The budget is used to its end: a pause that would pass it is cut short for one last try.
+            await asyncio.sleep(min(delay(attempt - 1, rng), give_up_at - LAST_ATTEMPT - now))
 
 
 def describe(error: BaseException) -> str:
