@@ -42,7 +42,8 @@ _INLINE_ARG_LIMIT = 100 * 1024  # Linux refuses one argv string over 128 KiB
 
 class Delegation(enum.Enum):
     """Who starts the commands: the runner itself, or the spawn helper
-    (pgquartz.runner.executors.delegated) once commands run side by side, or always."""
+    (pgquartz.runner.executors.delegated) once commands keep running side by side (after
+    :data:`DELEGATE_AFTER` of them started while another ran), or always."""
 
     NEVER = "never"
     WHEN_CONCURRENT = "when-concurrent"
@@ -50,6 +51,9 @@ class Delegation(enum.Enum):
 
 
 DEFAULT_DELEGATION = Delegation.WHEN_CONCURRENT
+DELEGATE_AFTER = 16
+"""Commands started while another runs before the helper is started: a few side by side are not
+worth a process of its own (its start costs as much CPU as some 50 commands' spawns)."""
 
 
 class ShellExecutor:
@@ -77,6 +81,7 @@ class ShellExecutor:
         }
         self._delegation = DEFAULT_DELEGATION if delegation is None else delegation
         self._running = 0
+        self._side_by_side = 0  # commands started while another ran
         self._delegate: delegated.Delegate | None = None
 
     async def __aenter__(self) -> ShellExecutor:
@@ -97,8 +102,12 @@ class ShellExecutor:
             return None
         delegate = self._delegate
         if delegate is None:
-            if self._delegation is Delegation.WHEN_CONCURRENT and self._running < 2:
-                return None
+            if self._delegation is Delegation.WHEN_CONCURRENT:
+                if self._running < 2:
+                    return None
+                self._side_by_side += 1
+                if self._side_by_side < DELEGATE_AFTER:
+                    return None
             from pgquartz.runner.executors import delegated  # only for runs of concurrent commands
 
             try:

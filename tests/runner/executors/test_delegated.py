@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from pgquartz.runner.executors import delegated, spawnhelper
+from pgquartz.runner.executors import shell as shell_module
 from pgquartz.runner.executors.shell import Delegation, ShellExecutor
 from pgquartz.runner.model.results import CommandState
 from tests.conftest import processes_with_marker
@@ -70,6 +71,17 @@ async def test_commands_one_after_another_start_no_helper(shell: ShellExecutor) 
     ] == []
 
 
+async def test_a_few_commands_side_by_side_start_no_helper(shell: ShellExecutor) -> None:
+    few = shell_module.DELEGATE_AFTER - 1
+    results = await asyncio.gather(
+        *(shell.run(name=f"t{i}", inline="sleep 0.2; echo $PPID") for i in range(few))
+    )
+    assert {started_by(result.stdout.text) for result in results} == {os.getpid()}
+    assert [
+        child for child in psutil.Process().children() if "spawnhelper" in " ".join(child.cmdline())
+    ] == []
+
+
 async def test_an_environment_too_large_for_the_helper_is_started_by_the_runner(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -103,9 +115,12 @@ async def test_commands_of_a_killed_helper_fail_and_their_groups_are_stopped(tmp
 def test_the_helper_stops_its_commands_when_the_runner_dies(tmp_path: pathlib.Path) -> None:
     marker = f"pgq-test-{uuid.uuid4().hex}"
     job = tmp_path / "job.yml"
+    # Enough instances side by side for the helper to be started (DELEGATE_AFTER), and it is
+    # ready when their second commands start.
+    instances = ", ".join(str(n) for n in range(24))
     job.write_text(
-        "git: {disable: true}\nparallel: 2\nsteps:\n  s:\n    matrix: {n: [1, 2]}\n    commands:\n"
-        f"      - inline: 'sleep 0.5'\n      - inline: 'exec -a {marker} sleep 300'\n"
+        f"git: {{disable: true}}\nparallel: 24\nsteps:\n  s:\n    matrix: {{n: [{instances}]}}\n"
+        f"    commands:\n      - inline: 'sleep 1'\n      - inline: 'exec -a {marker} sleep 300'\n"
     )
     runner = subprocess.Popen(
         [sys.executable, "-m", "pgquartz.runner", "-c", str(job)],
@@ -115,7 +130,7 @@ def test_the_helper_stops_its_commands_when_the_runner_dies(tmp_path: pathlib.Pa
     )
     try:
         deadline = time.monotonic() + 20
-        while len(processes_with_marker(marker)) < 2:
+        while len(processes_with_marker(marker)) < 24:
             assert time.monotonic() < deadline and runner.poll() is None, "the commands did not start"
             time.sleep(0.05)
         parents = {psutil.Process(p.ppid()) for p in processes_with_marker(marker)}
