@@ -14,9 +14,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 
-_IDENT_START = re.compile(r"[A-Za-z_\x80-\U0010ffff]")
-_IDENT = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
-_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+# Identifier characters are ASCII letters, digits, _ and $, and every non-ASCII character. The
+# classes are written as the ASCII characters they exclude: a class naming the range up to U+10FFFF
+# costs the regular expression compiler ~15 ms at import each (40 ms for these three), this form 0.2.
+_START = r"[^\x00-@\[-^`{-\x7f]"  # A-Z a-z _ and non-ASCII
+_PART = r"[^\x00-#%-/:-@\[-^`{-\x7f]"  # A-Z a-z 0-9 _ $ and non-ASCII
+_TAG_PART = r"[^\x00-/:-@\[-^`{-\x7f]"  # A-Z a-z 0-9 _ and non-ASCII: no $ in a dollar quote's tag
+_IDENT_START = re.compile(_START)
+_IDENT = re.compile(f"{_START}{_PART}*")
+_DOLLAR_TAG = re.compile(rf"\$({_START}{_TAG_PART}*)?\$")
 
 
 def _scan(sql: str) -> Iterator[tuple[str, int, int]]:

@@ -78,3 +78,31 @@ def test_hostile_values_never_reach_the_sql_text(value: str) -> None:
 )
 def test_batches_split_on_statement_ends_only(sql: str, statements: list[str]) -> None:
     assert sqltext.split_statements(sql) == statements
+
+
+_NON_ASCII_SAMPLES = [0x80, 0xAA, 0xFF, 0x100, 0x3B1, 0x4E2D, 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ascii_members"),
+    [
+        (sqltext._START, "_"),
+        (sqltext._PART, "_$0123456789"),
+        (sqltext._TAG_PART, "_0123456789"),
+    ],
+)
+def test_identifier_classes_hold_letters_their_extras_and_all_non_ascii(pattern: str, ascii_members: str) -> None:
+    import re
+    import string
+
+    compiled = re.compile(pattern)
+    expected = set(string.ascii_letters + ascii_members)
+    assert {chr(code) for code in range(128) if compiled.fullmatch(chr(code))} == expected
+    assert all(compiled.fullmatch(chr(code)) for code in _NON_ASCII_SAMPLES)
+
+
+def test_dollar_quote_tags_and_names_with_non_ascii_letters_are_read_as_postgresql_does() -> None:
+    query, params = sqltext.bind_named("select $größe$ :a $größe$, :größe, :a", {"a": "1", "größe": "2"})
+    assert query == "select $größe$ :a $größe$, $1, $2"
+    assert params == ["2", "1"]
+    assert sqltext.split_statements("select $t$;$t$; select $1$x;") == ["select $t$;$t$;", "select $1$x;"]
