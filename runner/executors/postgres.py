@@ -111,6 +111,9 @@ class _Progress:
     resume_at: int = 0
 
 
+_SUCCEEDED = _Ended(CommandState.SUCCEEDED)
+
+
 class PostgresExecutor:
     """Runs commands against one named connection."""
 
@@ -357,7 +360,7 @@ class PostgresExecutor:
                 await self._execute(
                     session=session, command=command, body=body, args=args, out=stdout, progress=progress
                 )
-                return _Ended(CommandState.SUCCEEDED)
+                return _SUCCEEDED
             except asyncio.CancelledError:
                 keep = False
                 await _cancel(session)
@@ -457,20 +460,25 @@ async def _send(
     else:
         pgconn.send_query(query.encode())
     results = await libpqwait.run(generators.execute(pgconn), pgconn.socket)
+    rows = []
     for result in results:
-        if result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+        status = result.status
+        if status == _TUPLES_OK:
+            rows.append(result)
+        elif status == _FATAL_ERROR:
             raise psycopg.errors.error_from_result(result, encoding=session.info.encoding)
-        if result.status in _COPY:
+        elif status in _COPY:
             await session.close()  # the server waits for COPY data this session will never send
             raise psycopg.ProgrammingError(
                 "COPY to or from the client is not supported in a command: use COPY to or from a file,"
                 " or psql in a shell command"
             )
-    for result in results:
-        if result.status == psycopg.pq.ExecStatus.TUPLES_OK:
-            _render_result(result, out)
+    for result in rows:
+        _render_result(result, out)
 
 
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+_FATAL_ERROR = psycopg.pq.ExecStatus.FATAL_ERROR
 _COPY = (psycopg.pq.ExecStatus.COPY_IN, psycopg.pq.ExecStatus.COPY_OUT, psycopg.pq.ExecStatus.COPY_BOTH)
 
 

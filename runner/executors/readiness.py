@@ -46,6 +46,10 @@ class Readiness:
         else:
             self._epoll.register(fd, select.EPOLLIN)
 
+    def idle(self) -> bool:
+        """Whether no descriptor is watched: nothing of the runner's is waiting for input."""
+        return not self._callbacks
+
     def unwatch(self, fd: int) -> None:
         """Stop watching ``fd`` (before it is closed)."""
         if self._callbacks.pop(fd, None) is None:

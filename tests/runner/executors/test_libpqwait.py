@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import generators
 
-from pgquartz.runner.executors import libpqwait
+from pgquartz.runner.executors import libpqwait, readiness
 from tests.support.pgcluster import PgCluster
 
 
@@ -87,3 +88,90 @@ async def test_a_session_the_server_ends_is_an_error_not_a_hang(
         return
     states = [result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) for result in results]
     assert b"57P01" in states  # the server said why, then closed
+
+
+@pytest.fixture
+def watched_sockets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Descriptors registered on the runner's epoll while the test runs."""
+    registered: list[int] = []
+    watch = readiness.Readiness.watch
+
+    def counted(self: readiness.Readiness, fd: int, callback: readiness.Callback) -> None:
+        registered.append(fd)
+        watch(self, fd, callback)
+
+    monkeypatch.setattr(readiness.Readiness, "watch", counted)
+    return registered
+
+
+async def test_a_quick_answer_is_waited_for_in_place_when_nothing_else_waits(
+    session: psycopg.AsyncConnection[Any], watched_sockets: list[int]
+) -> None:
+    assert await query(session, "select 1") == [[b"1"]]
+    assert watched_sockets == []
+
+
+async def test_while_a_command_is_watched_answers_are_waited_for_through_the_loop(
+    session: psycopg.AsyncConnection[Any], watched_sockets: list[int]
+) -> None:
+    watched = readiness.for_loop(asyncio.get_running_loop())
+    read_end, write_end = os.pipe()
+    watched.watch(read_end, lambda fd: None)  # another command's pipe, silent
+    try:
+        assert await query(session, "select 1") == [[b"1"]]
+    finally:
+        watched.unwatch(read_end)
+        os.close(read_end)
+        os.close(write_end)
+    assert watched_sockets == [read_end, session.pgconn.socket]
+
+
+async def ticking(ticks: list[int]) -> None:
+    while True:
+        await asyncio.sleep(0)
+        ticks.append(1)
+
+
+async def test_a_slow_answer_lets_the_loop_run_while_it_is_waited_for(
+    session: psycopg.AsyncConnection[Any],
+) -> None:
+    ticks: list[int] = []
+    ticker = asyncio.ensure_future(ticking(ticks))
+    await asyncio.sleep(0)
+    before = len(ticks)
+    assert await query(session, "select pg_sleep(0.2)") == [[b""]]
+    during = len(ticks) - before
+    ticker.cancel()
+    assert during > 10
+
+
+async def test_a_run_of_quick_answers_gives_the_loop_turns(session: psycopg.AsyncConnection[Any]) -> None:
+    ticks: list[int] = []
+    ticker = asyncio.ensure_future(ticking(ticks))
+    await asyncio.sleep(0)
+    before = len(ticks)
+    for n in range(300):  # some 15 ms or more of answers, each waited for in place
+        assert await query(session, f"select {n}") == [[str(n).encode()]]
+    during = len(ticks) - before
+    ticker.cancel()
+    assert during >= 2
+
+
+async def test_a_run_of_quick_answers_can_be_cancelled(session: psycopg.AsyncConnection[Any]) -> None:
+    answered = 0
+
+    async def forever() -> None:
+        nonlocal answered
+        while True:
+            await query(session, "select 1")
+            answered += 1
+
+    running = asyncio.ensure_future(forever())
+    asyncio.get_running_loop().call_later(0.1, running.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 30)
+    assert answered > 0
+    await session.cancel_safe(timeout=5.0)
+    pgconn = session.pgconn
+    await libpqwait.run(generators.execute(pgconn), pgconn.socket)  # what is left of the cancelled one
+    assert await query(session, "select 2") == [[b"2"]]

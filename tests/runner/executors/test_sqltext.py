@@ -80,7 +80,7 @@ def test_batches_split_on_statement_ends_only(sql: str, statements: list[str]) -
     assert sqltext.split_statements(sql) == statements
 
 
-_NON_ASCII_SAMPLES = [0x80, 0xAA, 0xFF, 0x100, 0x3B1, 0x4E2D, 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF]
+_NON_ASCII_SAMPLES = [0x80, 0xAA, 0xFF, 0x100, 0x3B1, 0x4E2D, 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x10FFFF]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,9 @@ _NON_ASCII_SAMPLES = [0x80, 0xAA, 0xFF, 0x100, 0x3B1, 0x4E2D, 0xD7FF, 0xE000, 0x
         (sqltext._TAG_PART, "_0123456789"),
     ],
 )
-def test_identifier_classes_hold_letters_their_extras_and_all_non_ascii(pattern: str, ascii_members: str) -> None:
+def test_identifier_classes_hold_letters_their_extras_and_all_non_ascii(
+    pattern: str, ascii_members: str
+) -> None:
     import re
     import string
 
