@@ -68,8 +68,12 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
             super().ascend_resolver()
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
-        if kind is not yaml.ScalarNode or not implicit[0] or self.yaml_path_resolvers:
+        if self.yaml_path_resolvers:
             return str(super().resolve(kind, value, implicit))
+        if kind is not yaml.ScalarNode:
+            return _COLLECTION_TAGS[kind]
+        if not implicit[0]:  # quoted, or a block scalar: a string
+            return _STR
         tag = self._plain_tags.get(value)
         if tag is None:
             tag = str(super().resolve(kind, value, implicit))
@@ -77,6 +81,12 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
                 self._plain_tags[value] = tag
         return tag
 
+
+_STR = yaml.SafeLoader.DEFAULT_SCALAR_TAG
+_COLLECTION_TAGS = {
+    yaml.MappingNode: yaml.SafeLoader.DEFAULT_MAPPING_TAG,
+    yaml.SequenceNode: yaml.SafeLoader.DEFAULT_SEQUENCE_TAG,
+}
 
 MAX_VALUES = 250_000
 """Values (mappings, lists and scalars) a job file may expand to, aliases counted each time used."""
@@ -135,6 +145,9 @@ def _position(mark: yaml.Mark) -> Position:
     return Position(mark.line + 1, mark.column + 1)
 
 
+_MAPPING, _SEQUENCE, _SCALAR = yaml.MappingNode, yaml.SequenceNode, yaml.ScalarNode
+
+
 def _construct(
     loader: Any,
     node: yaml.Node,
@@ -145,11 +158,14 @@ def _construct(
     budget: _Budget,
 ) -> Any:
     budget.spend(node)
-    if isinstance(node, yaml.MappingNode):
+    kind = type(node)
+    if kind is _SCALAR and node.tag == _STR:  # most values of a job file: as written
+        return node.value
+    if kind is _MAPPING:
         loader.flatten_mapping(node)  # resolves `<<` merge keys
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
+            if type(key_node) is not _SCALAR:
                 raise yaml.constructor.ConstructorError(
                     None, None, "a mapping key must be a plain value", key_node.start_mark
                 )
@@ -166,16 +182,19 @@ def _construct(
                         column=key_node.start_mark.column + 1,
                     )
                 )
-            positions[key_path] = _position(key_node.start_mark)
+            mark = key_node.start_mark
+            positions[key_path] = Position(mark.line + 1, mark.column + 1)
             result[key] = _construct(loader, value_node, key_path, positions, problems, budget=budget)
         return result
-    if isinstance(node, yaml.SequenceNode):
+    if kind is _SEQUENCE:
         items = []
         for index, item in enumerate(node.value):
-            positions[(*path, index)] = _position(item.start_mark)
-            items.append(_construct(loader, item, (*path, index), positions, problems, budget=budget))
+            item_path = (*path, index)
+            mark = item.start_mark
+            positions[item_path] = Position(mark.line + 1, mark.column + 1)
+            items.append(_construct(loader, item, item_path, positions, problems, budget=budget))
         return items
-    constructor = _SCALARS.get(node.tag) if isinstance(node, yaml.ScalarNode) else None
+    constructor = _SCALARS.get(node.tag) if kind is _SCALAR else None
     if constructor is not None:  # a plain value: skip the loader's bookkeeping for graphs
         return constructor(loader, node)
     return loader.construct_object(node, deep=True)

@@ -189,12 +189,18 @@ class Field:
 class Compiled:
     """A model class's fields, in declaration order (a base class's first), and its keys."""
 
-    __slots__ = ("by_key", "fields", "keys")
+    __slots__ = ("by_key", "defaults", "fields", "keys")
 
     def __init__(self, fields: list[Field]) -> None:
         self.fields = fields
         self.by_key = {field.key: field for field in fields} | {field.name: field for field in fields}
         self.keys = [field.key for field in fields]
+        self.defaults = {
+            field.name: field.default
+            for field in fields
+            if not field.required and field.default_factory is None
+        }
+        """The plain defaults, the start of every instance's values (most keys are left out)."""
 
 
 @typing.dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
@@ -320,7 +326,7 @@ def _parse_model(cls: type[M], data: Any, path: Path, problems: list[Problem]) -
     for key in data:
         if key not in by_key:
             problems.append(Problem((*path, key), _unknown_key(key, model.keys)))
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = model.defaults.copy()
     for field in model.fields:
         key = field.key
         if key in data:
@@ -335,7 +341,8 @@ def _parse_model(cls: type[M], data: Any, path: Path, problems: list[Problem]) -
             problems.append(Problem((*path, key), f"missing required key {key!r}"))
             continue
         else:
-            values[field.name] = field.default_value()
+            if field.default_factory is not None:
+                values[field.name] = field.default_factory()
             continue
         value = field.parse(data[key], (*path, key), problems)
         if value is not INVALID:

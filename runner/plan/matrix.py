@@ -37,6 +37,8 @@ def count(matrix: Mapping[str, Sequence[str]]) -> int:
 
 def label(args: Mapping[str, str]) -> str:
     """A short name for an instance: ``arg1=1,arg2=A`` (empty without a matrix)."""
+    if not args:
+        return ""  # no matrix: most jobs, for every event
     return ",".join(f"{name}={value}" for name, value in args.items())
 
 

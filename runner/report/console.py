@@ -26,10 +26,13 @@ class ConsoleReporter:
         self._color = color
 
     def __call__(self, event: events.Event) -> None:
+        lines = render(event)
+        if not lines:
+            return
         written = set()
-        for stream, line in render(event):
+        for stream, line in lines:
             target = self._err if stream == "err" else self._out
-            target.write(self._paint(line) + "\n")
+            target.write(self._paint(line) + "\n" if self._color else line + "\n")
             written.add(target)
         for target in written:
             target.flush()
@@ -48,6 +51,8 @@ def render(event: events.Event) -> list[tuple[str, str]]:
     if isinstance(event, events.CommandStarted):
         return []  # the most frequent event says nothing: its command's end does
     stamp = _stamp(event.time)
+    if isinstance(event, events.CommandFinished):  # the next most frequent
+        return _command_lines(stamp, event)
     out: list[tuple[str, str]] = []
     if isinstance(event, events.JobStarted):
         limit = f", timeout {_seconds(event.timeout)}" if event.timeout else ""
@@ -64,8 +69,6 @@ def render(event: events.Event) -> list[tuple[str, str]]:
     elif isinstance(event, events.StepSkipped):
         stream = "err" if event.rule_error else "out"
         out.append((stream, f"{stamp}   ⤼ step {event.step!r} skipped: {event.reason}"))
-    elif isinstance(event, events.CommandFinished):
-        out.extend(_command_lines(stamp, event))
     elif isinstance(event, events.StepFinished):
         if event.failed_instances:
             which = ", ".join(matrix.label(args) or "-" for args in event.failed_instances[:5])
@@ -183,7 +186,7 @@ def _command_lines(stamp: str, event: events.CommandFinished) -> list[tuple[str,
 
 
 def _with_args(name: str | None, args: dict[str, str] | object) -> str:
-    label = matrix.label(args) if isinstance(args, dict) else ""
+    label = matrix.label(args) if args and isinstance(args, dict) else ""
     return f"{name!r} [{label}]" if label else repr(name)
 
 
