@@ -83,7 +83,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
 
 
 _STR = yaml.SafeLoader.DEFAULT_SCALAR_TAG
-_COLLECTION_TAGS = {
+_COLLECTION_TAGS: dict[type[yaml.Node], str] = {
     yaml.MappingNode: yaml.SafeLoader.DEFAULT_MAPPING_TAG,
     yaml.SequenceNode: yaml.SafeLoader.DEFAULT_SEQUENCE_TAG,
 }
