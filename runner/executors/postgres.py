@@ -196,7 +196,7 @@ class PostgresExecutor:
         the command has not run yet.
         """
         session = await self._session()
-        if not self._watch_each_command:
+        if not self._watch_each_command or self._known(session):
             return session
         try:
             await self._recheck(session)
@@ -208,15 +208,26 @@ class PostgresExecutor:
             session = await self._session()
         return session
 
+    def _known(self, session: psycopg.AsyncConnection[Any]) -> bool:
+        """Whether the session's server need not be asked again: asked lately, and reporting the same role.
+
+        Read from what the server last reported (``in_hot_standby``, which libpq keeps), before
+        every command of a watched connection: no query, no wait.
+        """
+        state = self._states[id(session)]
+        if time.monotonic() - state.checked >= identity.RECHECK_SECONDS:
+            return False
+        in_hot_standby = session.pgconn.parameter_status(b"in_hot_standby")
+        reported = identity.reported_role(None if in_hot_standby is None else in_hot_standby.decode())
+        return reported == state.identity.role
+
     async def _recheck(self, session: psycopg.AsyncConnection[Any]) -> None:
         """Before a command on a session already open: has its server changed since it was asked?"""
-        state = self._states[id(session)]
-        reported = identity.reported_role(session.info.parameter_status("in_hot_standby"))
-        now = time.monotonic()
-        if reported == state.identity.role and now - state.checked < identity.RECHECK_SECONDS:
+        if self._known(session):
             return
+        state = self._states[id(session)]
         state.identity = await _identify(session)
-        state.checked = now
+        state.checked = time.monotonic()
         self._compare(state.identity)
 
     def _compare(self, found: Identity) -> None:
