@@ -110,3 +110,32 @@ def test_a_field_left_out_of_comparison_and_repr() -> None:
     assert first == second and hash(first) == hash(second)
     assert repr(first) == "Node(name='a', weight=0)"
     assert first.replace(weight=3).parsed is first.parsed
+
+
+class _Often(records.Record):
+    name: str
+    size: int = 0
+    tags: tuple[str, ...] = records.field(default_factory=tuple)
+
+
+class _OftenChild(_Often):
+    colour: str = "red"
+
+
+def test_a_record_made_often_gets_its_own_init_and_keeps_every_behaviour() -> None:
+    made = [_Often(name=str(n), size=n) for n in range(records.COMPILE_AFTER + 5)]
+    assert _Often.__init__ is not records.Record.__init__  # compiled once made often
+    assert made[-1] == _Often(name=str(len(made) - 1), size=len(made) - 1, tags=())
+    assert _Often(name="a").size == 0
+    assert _Often(name="a").tags == ()
+    with pytest.raises(TypeError, match="missing 'name'"):
+        _Often(size=1)
+    with pytest.raises(TypeError, match="unexpected 'colour'"):
+        _Often(name="a", colour="red")
+    with pytest.raises(TypeError, match="keyword arguments only"):
+        _Often("a")  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="immutable"):
+        made[0].size = 3  # type: ignore[misc]
+    child = _OftenChild(name="b")  # a subclass never takes its parent's compiled init
+    assert (child.name, child.size, child.colour) == ("b", 0, "red")
+    assert repr(child) == "_OftenChild(name='b', size=0, tags=(), colour='red')"
