@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import functools
 import time
@@ -185,12 +184,14 @@ async def run(
     return summary
 
 
-@dataclasses.dataclass
 class _Record:
     """What the summary reports beyond steps and checks."""
 
-    failover: dict[str, Any] | None = None
-    gated: tuple[str, ...] = ()
+    __slots__ = ("failover", "gated")
+
+    def __init__(self) -> None:
+        self.failover: dict[str, Any] | None = None
+        self.gated: tuple[str, ...] = ()
 
 
 def _failover_seen(emit: events.Emit, record: _Record, seen: FailoverSeen) -> None:
@@ -263,13 +264,17 @@ def _summary(
     )
 
 
-@dataclasses.dataclass
 class _StepProgress:
-    state: StepState = StepState.WAITING
-    results: list[InstanceResult | None] = dataclasses.field(default_factory=list)
-    remaining: int = 0
-    started: float | None = None
-    finished: float | None = None
+    """Where a step is: its state, its instances' results so far, how many are still to end."""
+
+    __slots__ = ("finished", "remaining", "results", "started", "state")
+
+    def __init__(self, *, results: list[InstanceResult | None], remaining: int) -> None:
+        self.state = StepState.WAITING
+        self.results = results
+        self.remaining = remaining
+        self.started: float | None = None
+        self.finished: float | None = None
 
 
 class _Steps:

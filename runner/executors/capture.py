@@ -8,16 +8,14 @@ of the last ``tail`` bytes, while counting every byte. Feeding is O(chunk).
 
 from __future__ import annotations
 
-import dataclasses
-
+from pgquartz.runner.model import records
 from pgquartz.runner.model.results import Captured
 
 DEFAULT_HEAD = 1024 * 1024
 DEFAULT_TAIL = 1024 * 1024
 
 
-@dataclasses.dataclass(frozen=True)
-class Limits:
+class Limits(records.Record):
     """How much of each stream to keep: ``head`` bytes from the start, ``tail`` from the end."""
 
     head: int = DEFAULT_HEAD

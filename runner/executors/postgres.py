@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import functools
 import os
@@ -59,6 +58,7 @@ from pgquartz.runner import secrets
 from pgquartz.runner.executors import identity, libpqwait, sqltext
 from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.executors.identity import FailoverDetected, FailoverSeen, Identity, OnFailoverSeen
+from pgquartz.runner.model import records
 from pgquartz.runner.model.job import Command, Connection, OnFailover, Role
 from pgquartz.runner.model.results import CommandResult, CommandState, OnRetry, RetryAttempt
 
@@ -88,15 +88,17 @@ class ConnectionFailed(Exception):
     """The server could not be reached or refused us; the message is safe to show."""
 
 
-@dataclasses.dataclass
 class _SessionState:
-    identity: Identity
-    checked: float
-    """When the identity was last asked (monotonic)."""
+    """A session's server as last asked, and when (monotonic)."""
+
+    __slots__ = ("checked", "identity")
+
+    def __init__(self, identity: Identity, checked: float) -> None:
+        self.identity = identity
+        self.checked = checked
 
 
-@dataclasses.dataclass(frozen=True)
-class _Ended:
+class _Ended(records.Record, kw_only=False):
     """How one attempt ended: its state, and for a failure its first line and SQLSTATE (None: lost)."""
 
     state: CommandState
@@ -104,11 +106,13 @@ class _Ended:
     sqlstate: str | None = None
 
 
-@dataclasses.dataclass
 class _Progress:
     """How far a command got, so that a retry in batch mode resumes instead of starting over."""
 
-    resume_at: int = 0
+    __slots__ = ("resume_at",)
+
+    def __init__(self) -> None:
+        self.resume_at = 0
 
 
 _SUCCEEDED = _Ended(CommandState.SUCCEEDED)

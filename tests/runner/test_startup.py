@@ -61,3 +61,17 @@ def test_validating_a_job_with_rules_loads_neither_inspect_nor_dataclasses(tmp_p
         [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_running_a_shell_job_loads_no_dataclasses(tmp_path: pathlib.Path) -> None:
+    # dataclasses costs its import and a compiled __init__, __repr__ and __eq__ for each class.
+    job = tmp_path / "job.yml"
+    job.write_text("git: {disable: true}\nsteps:\n  s:\n    commands: [{inline: 'true'}]\n")
+    probe = (
+        "import sys; from pgquartz.runner.cli import main; code = main.main(['-c', sys.argv[1]]);"
+        "print(code, 'dataclasses' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "0 False"
