@@ -53,11 +53,11 @@ select coalesce(extract(epoch from max(clock_timestamp() - xact_start)), 0)::flo
                || coalesce(state, '?') || ') open since ' || xact_start
         from pg_stat_activity
         where xact_start is not null and backend_type = 'client backend'
-              and pid <> pg_backend_pid() and pid <> all(%s::int[])
+              and pid <> pg_backend_pid() and pid <> all($1::int[])
         order by xact_start limit 1)
 from pg_stat_activity
 where xact_start is not null and backend_type = 'client backend'
-      and pid <> pg_backend_pid() and pid <> all(%s::int[])"""
+      and pid <> pg_backend_pid() and pid <> all($1::int[])"""
 
 _BACKUPS = r"""
 select (select count(*) from pg_stat_progress_basebackup)
@@ -74,9 +74,9 @@ select (select count(*) from pg_stat_progress_basebackup)
                 and query ~* '\mpg_(backup_start|start_backup)\s*\('))"""
 
 
-def query(gate: Gate, *, role: str, own_pids: list[int]) -> tuple[str, tuple[Any, ...] | None]:
-    """The SQL for a built-in gate on a server with this role, and its parameters (None: none, and
-    the text is sent as written)."""
+def query(gate: Gate, *, role: str, own_pids: list[int]) -> tuple[str, tuple[str, ...] | None]:
+    """The SQL for a built-in gate on a server with this role, and its ``$n`` parameters as text
+    (None: none, and the text is sent as written)."""
     if gate.kind == "maxReplicationLag":
         assert gate.max_replication_lag is not None
         in_bytes = gate.max_replication_lag.bytes is not None
@@ -84,7 +84,7 @@ def query(gate: Gate, *, role: str, own_pids: list[int]) -> tuple[str, tuple[Any
             return (_PRIMARY_LAG_BYTES if in_bytes else _PRIMARY_LAG_SECONDS), None
         return (_STANDBY_LAG_BYTES if in_bytes else _STANDBY_LAG_SECONDS), None
     if gate.kind == "maxTransactionAge":
-        return _TRANSACTION_AGE, (own_pids, own_pids)
+        return _TRANSACTION_AGE, ("{" + ",".join(str(pid) for pid in own_pids) + "}",)
     if gate.kind == "noBackupRunning":
         return _BACKUPS.strip(), None
     raise ValueError(f"not a built-in gate: {gate.kind}")

@@ -16,7 +16,7 @@ import datetime
 import pathlib
 import random
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from pgquartz.runner.executors.identity import FailoverSeen, OnFailoverSeen
 from pgquartz.runner.executors.shell import ShellExecutor
@@ -37,7 +37,7 @@ class ConnectionExecutor(Protocol):
         """The role of the server reached now (``primary``/``standby``); raises when unreachable."""
         ...
 
-    async def fetch(self, sql: str, params: tuple[Any, ...] | None = None) -> tuple[str | None, ...] | None:
+    async def fetch(self, sql: str, params: tuple[str, ...] | None = None) -> tuple[str | None, ...] | None:
         """One row of the runner's own query (a gate's); raises when it cannot be answered."""
         ...
 

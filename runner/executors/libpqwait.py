@@ -1,18 +1,16 @@
-"""Waiting for a PostgreSQL session's socket through the runner's epoll rather than psycopg's waiter.
+"""Waiting for a query's results on a libpq connection through the runner's epoll.
 
-psycopg runs a query as a generator that yields whenever libpq would block,
-saying whether it waits to read or to write. Its asyncio waiter
-(``AsyncConnection.wait``) adds a reader to the loop for each wait, arms a
-timer to wake up every 0.1 s, and removes both again: about 30 µs a query here,
-for queries that take 70 µs on the server. :func:`run` drives the same
-generator with one registration on the loop's epoll
-(pgquartz.runner.executors.readiness) per wait and no timer; waiting to write,
-which only a query larger than the socket's buffer does, goes through the
-loop's own writer.
+:func:`execute` sends what libpq has queued of a query and collects every
+result it returns, waiting whenever libpq would block: to read with one
+registration on the loop's epoll (pgquartz.runner.executors.readiness) per
+wait and no timer (a driver's waiter that adds a reader and arms a timer for
+each wait costs some 30 µs a query here, for queries that take 70 µs on the
+server); to write, which only a query larger than the socket's buffer does,
+through the loop's own writer.
 
 Cancellation is the caller's: a cancelled wait leaves the socket unwatched and
 the query running; PostgresExecutor cancels it on the server and closes the
-session, as it does after psycopg's own waits.
+session.
 
 Most of a maintenance job's statements are answered in well under a
 millisecond, and waiting for them through the loop (a future, a registration,
@@ -30,16 +28,9 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from typing import TypeVar
 
-import psycopg
-from psycopg import waiting
-from psycopg.abc import PQGen
-
+from pgquartz.runner import libpq
 from pgquartz.runner.executors import readiness
-
-Result = TypeVar("Result")
-
 
 QUICK_WAIT = 0.001
 """Seconds an answer is waited for in place (the loop held) before waiting through the loop."""
@@ -51,59 +42,75 @@ _loop_turned = time.monotonic()
 """When a wait of this module last let the loop run."""
 
 
-async def run(generator: PQGen[Result], fileno: int) -> Result:
-    """Drive one of psycopg's libpq generators (``generators.execute``, ...) on socket ``fileno``."""
+async def execute(connection: libpq.Connection) -> list[libpq.Result]:
+    """Every result of the query just sent on ``connection``, up to its end (or to a COPY, which
+    waits for data from the client). Raises :class:`libpq.Error` if the connection is lost."""
     global _loop_turned
     loop = asyncio.get_running_loop()
     watched = readiness.for_loop(loop)
-    try:
-        state = next(generator)
-        if state == waiting.WAIT_R and watched.idle():
-            poller = select.poll()
-            poller.register(fileno, select.POLLIN)
-            while state == waiting.WAIT_R and poller.poll(QUICK_WAIT * 1000):
-                state = generator.send(waiting.READY_R)
-    except StopIteration as stop:
-        if time.monotonic() - _loop_turned >= LOOP_TURN_EVERY:
-            await asyncio.sleep(0)
-            _loop_turned = time.monotonic()
-        result: Result = stop.value
-        return result
-    except OSError as error:  # as psycopg's waiter says it
-        raise psycopg.OperationalError("connection socket closed") from error
-    _loop_turned = time.monotonic()  # the wait below lets the loop run
+    fileno = connection.socket
+    while connection.flush():
+        if await _readable_or_writable(loop, watched, fileno):
+            connection.consume_input()  # the server may answer before it has read all: take it in
+    results: list[libpq.Result] = []
     try:
         while True:
-            future: asyncio.Future[int] = loop.create_future()
-            reading, writing = state & waiting.WAIT_R, state & waiting.WAIT_W
-            if reading:
+            if not watched.idle():
+                await _readable(loop, watched, fileno)
+                _loop_turned = time.monotonic()
+            else:  # nothing else waits: a quick answer is waited for in place
+                poller = select.poll()
+                poller.register(fileno, select.POLLIN)
+                if not poller.poll(QUICK_WAIT * 1000):
+                    await _readable(loop, watched, fileno)
+                    _loop_turned = time.monotonic()
+                elif time.monotonic() - _loop_turned >= LOOP_TURN_EVERY:
+                    await asyncio.sleep(0)
+                    _loop_turned = time.monotonic()
+            if connection.take_results(results):
+                return results
+    except BaseException:
+        for result in results:
+            result.clear()
+        raise
 
-                def readable(fd: int, future: asyncio.Future[int] = future) -> None:
-                    # Unwatched at once: left to the waiting task, the socket (still readable)
-                    # would make the loop's next turn, the one that resumes the task, dispatch it
-                    # again.
-                    watched.unwatch(fd)
-                    if not future.done():
-                        future.set_result(waiting.READY_R)
 
-                watched.watch(fileno, readable)
-            if writing:
+async def _readable(loop: asyncio.AbstractEventLoop, watched: readiness.Readiness, fileno: int) -> None:
+    future: asyncio.Future[None] = loop.create_future()
 
-                def writable(future: asyncio.Future[int] = future) -> None:
-                    if not future.done():
-                        future.set_result(waiting.READY_W)
+    def readable(fd: int) -> None:
+        # Unwatched at once: left to the waiting task, the socket (still readable) would make
+        # the loop's next turn, the one that resumes the task, dispatch it again.
+        watched.unwatch(fd)
+        if not future.done():
+            future.set_result(None)
 
-                loop.add_writer(fileno, writable)
-            try:
-                ready = await future
-            finally:
-                if reading:
-                    watched.unwatch(fileno)
-                if writing:
-                    loop.remove_writer(fileno)
-            state = generator.send(ready)
-    except StopIteration as stop:
-        result = stop.value
-        return result
-    except OSError as error:  # as psycopg's waiter says it
-        raise psycopg.OperationalError("connection socket closed") from error
+    watched.watch(fileno, readable)
+    try:
+        await future
+    finally:
+        watched.unwatch(fileno)
+
+
+async def _readable_or_writable(
+    loop: asyncio.AbstractEventLoop, watched: readiness.Readiness, fileno: int
+) -> bool:
+    """Wait until the socket takes more of the query or has input; True: it has input."""
+    future: asyncio.Future[bool] = loop.create_future()
+
+    def readable(fd: int) -> None:
+        watched.unwatch(fd)
+        if not future.done():
+            future.set_result(True)
+
+    def writable() -> None:
+        if not future.done():
+            future.set_result(False)
+
+    watched.watch(fileno, readable)
+    loop.add_writer(fileno, writable)
+    try:
+        return await future
+    finally:
+        watched.unwatch(fileno)
+        loop.remove_writer(fileno)

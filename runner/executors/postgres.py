@@ -44,17 +44,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import psycopg
-import psycopg.adapt
-import psycopg.conninfo
-import psycopg.errors
-import psycopg.postgres
-import psycopg.pq
-import psycopg.pq.abc
-from psycopg import generators
-from psycopg.abc import Buffer
-
-from pgquartz.runner import secrets
+from pgquartz.runner import libpq, secrets
 from pgquartz.runner.executors import identity, libpqwait, sqltext
 from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.executors.identity import FailoverDetected, FailoverSeen, Identity, OnFailoverSeen
@@ -63,25 +53,6 @@ from pgquartz.runner.model.job import Command, Connection, OnFailover, Role
 from pgquartz.runner.model.results import CommandResult, CommandState, OnRetry, RetryAttempt
 
 DEFAULT_CONNECT_TIMEOUT = "10"
-
-
-class _Text(psycopg.adapt.Loader):
-    """Every value as PostgreSQL's own text, as psql shows it (``t``, ``2026-11-23``, ``{1,2}``)."""
-
-    def load(self, data: Buffer) -> str:
-        return bytes(data).decode("utf-8", errors="replace")
-
-
-def _text_adapters() -> psycopg.adapt.AdaptersMap:
-    adapters = psycopg.adapt.AdaptersMap(psycopg.adapters)
-    for info in psycopg.postgres.types:
-        adapters.register_loader(info.oid, _Text)
-        if info.array_oid:
-            adapters.register_loader(info.array_oid, _Text)
-    return adapters
-
-
-_ADAPTERS = _text_adapters()
 
 
 class ConnectionFailed(Exception):
@@ -137,8 +108,8 @@ class PostgresExecutor:
         self._limits = limits
         self._on_failover = on_failover
         self._slots = asyncio.Semaphore(max(1, max_sessions))
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._open: set[psycopg.AsyncConnection[Any]] = set()
+        self._idle: list[libpq.Connection] = []
+        self._open: set[libpq.Connection] = set()
         self._states: dict[int, _SessionState] = {}
         self._reference: Identity | None = None
         self._watch_each_command = (
@@ -154,6 +125,8 @@ class PostgresExecutor:
         if "application_name" not in params and "PGAPPNAME" not in os.environ:
             params["application_name"] = self._application_name
         params.setdefault("connect_timeout", os.environ.get("PGCONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT))
+        if "client_encoding" not in params and "PGCLIENTENCODING" not in os.environ:
+            params["client_encoding"] = "UTF8"  # rows are decoded as UTF-8, whatever the database's
         password = self._password()
         if password is not None:
             params["password"] = password
@@ -168,32 +141,29 @@ class PostgresExecutor:
         except secrets.SecretUnavailable as error:
             raise ConnectionFailed(str(error)) from None
 
-    async def _session(self) -> psycopg.AsyncConnection[Any]:
+    async def _session(self) -> libpq.Connection:
         while self._idle:
             session = self._idle.pop()
-            if not session.closed and not session.broken:
+            if session.usable:
                 return session
             await self._discard(session)
         try:
-            conninfo = psycopg.conninfo.make_conninfo("", **self._params())
-            session = await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, context=_ADAPTERS, prepare_threshold=None
-            )
-        except psycopg.Error as error:
+            session = await libpq.connect(self._params())
+        except libpq.Error as error:
             raise ConnectionFailed(
                 self._scrub(f"cannot connect to {self.name!r}: {_message(error)}")
             ) from None
         self._open.add(session)
         try:
             found = await _identify(session)
-        except psycopg.Error as error:
+        except libpq.Error as error:
             await self._discard(session)
             raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
         self._states[id(session)] = _SessionState(found, time.monotonic())
         self._compare(found)
         return session
 
-    async def _checked_session(self) -> psycopg.AsyncConnection[Any]:
+    async def _checked_session(self) -> libpq.Connection:
         """A session for a command; on a watched connection, one whose server was checked just now.
 
         A session found dead while checking (its server restarted while it sat idle) is replaced:
@@ -204,15 +174,15 @@ class PostgresExecutor:
             return session
         try:
             await self._recheck(session)
-        except psycopg.Error as error:
-            if not session.broken:
+        except libpq.Error as error:
+            if session.usable:
                 await self._discard(session)
                 raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
             await self._discard(session)
             session = await self._session()
         return session
 
-    def _known(self, session: psycopg.AsyncConnection[Any]) -> bool:
+    def _known(self, session: libpq.Connection) -> bool:
         """Whether the session's server need not be asked again: asked lately, and reporting the same role.
 
         Read from what the server last reported (``in_hot_standby``, which libpq keeps), before
@@ -221,11 +191,11 @@ class PostgresExecutor:
         state = self._states[id(session)]
         if time.monotonic() - state.checked >= identity.RECHECK_SECONDS:
             return False
-        in_hot_standby = session.pgconn.parameter_status(b"in_hot_standby")
+        in_hot_standby = session.parameter_status(b"in_hot_standby")
         reported = identity.reported_role(None if in_hot_standby is None else in_hot_standby.decode())
         return reported == state.identity.role
 
-    async def _recheck(self, session: psycopg.AsyncConnection[Any]) -> None:
+    async def _recheck(self, session: libpq.Connection) -> None:
         """Before a command on a session already open: has its server changed since it was asked?"""
         if self._known(session):
             return
@@ -249,11 +219,10 @@ class PostgresExecutor:
             raise FailoverDetected(self.name, before, found, changed)
         self._reference = found
 
-    async def _discard(self, session: psycopg.AsyncConnection[Any]) -> None:
+    async def _discard(self, session: libpq.Connection) -> None:
         self._open.discard(session)
         self._states.pop(id(session), None)
-        with contextlib.suppress(Exception):
-            await session.close()
+        session.finish()
 
     async def role(self) -> str:
         """The role of the server this connection reaches now: ``primary`` or ``standby``."""
@@ -263,18 +232,18 @@ class PostgresExecutor:
             self._idle.append(session)
             return role
 
-    async def fetch(self, sql: str, params: tuple[Any, ...] | None = None) -> tuple[str | None, ...] | None:
-        """One row of a query of the runner's own (a gate's), as text; raises :class:`ConnectionFailed`."""
+    async def fetch(self, sql: str, params: tuple[str, ...] | None = None) -> tuple[str | None, ...] | None:
+        """One row of a query of the runner's own (a gate's: ``$n`` parameters, given as text), as
+        text; raises :class:`ConnectionFailed`."""
         async with self._slots:
             session = await self._checked_session()
             try:
-                cursor = await session.execute(sql, params)
-                row = await cursor.fetchone()
-            except psycopg.Error as error:
+                row = await _first_row(session, sql, params)
+            except libpq.Error as error:
                 await self._discard(session)
                 raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
             self._idle.append(session)
-            return None if row is None else tuple(row)
+            return row
 
     async def current_role(self) -> str:
         """The role of the server a session of this connection reaches now (checked again if stale)."""
@@ -286,7 +255,7 @@ class PostgresExecutor:
     @property
     def backend_pids(self) -> list[int]:
         """The server processes of this connection's open sessions (gates ignore their transactions)."""
-        return [session.info.backend_pid for session in self._open if not session.closed]
+        return [session.backend_pid for session in self._open if session.usable]
 
     async def aclose(self) -> None:
         """Close every session (at the end of the run)."""
@@ -383,16 +352,16 @@ class PostgresExecutor:
             except FailoverDetected:
                 keep = False
                 raise
-            except psycopg.Error as error:
-                keep = not session.broken
-                if keep and session.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            except libpq.Error as error:
+                keep = session.usable
+                if keep and session.transaction_status == libpq.TRANS_INERROR:
                     keep = await _rollback(session) if command.retry or self._connection.retry else True
                 message = self._scrub(_message(error))
                 stderr.feed(f"{message}\n".encode())
-                sqlstate = getattr(error, "sqlstate", None)  # None: the client saw the session go
-                return _Ended(CommandState.FAILED, message.splitlines()[0], sqlstate)
+                # sqlstate None: the client's own error, or it saw the session go
+                return _Ended(CommandState.FAILED, message.splitlines()[0], error.sqlstate)
             finally:
-                if keep and not session.closed:
+                if keep and session.usable:
                     self._idle.append(session)
                 else:
                     await asyncio.shield(self._discard(session))
@@ -400,7 +369,7 @@ class PostgresExecutor:
     async def _execute(
         self,
         *,
-        session: psycopg.AsyncConnection[Any],
+        session: libpq.Connection,
         command: Command,
         body: str,
         args: Mapping[str, str],
@@ -411,16 +380,16 @@ class PostgresExecutor:
         if command.batch_mode:
             opened = progress.resume_at
             for index in range(progress.resume_at, len(statements)):
-                if session.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                if session.transaction_status == libpq.TRANS_IDLE:
                     opened = index  # a block this statement opens would be rolled back with it
                 progress.resume_at = opened
                 await self._run_statement(session, statements[index], args, out)
-                if session.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                if session.transaction_status == libpq.TRANS_IDLE:
                     progress.resume_at = index + 1
         elif len(statements) > 1:
             query, params = _bind(body, args)
             if params:
-                raise psycopg.ProgrammingError(
+                raise libpq.Error(
                     "a body with several statements cannot take :arguments; set batchMode: true to run them"
                     " one at a time, or give each statement its own command"
                 )
@@ -430,7 +399,7 @@ class PostgresExecutor:
 
     async def _run_statement(
         self,
-        session: psycopg.AsyncConnection[Any],
+        session: libpq.Connection,
         statement: str,
         args: Mapping[str, str],
         out: BoundedCapture,
@@ -439,75 +408,105 @@ class PostgresExecutor:
         await _send(session, query, params, out)
 
 
-async def _identify(session: psycopg.AsyncConnection[Any]) -> Identity:
+async def _identify(session: libpq.Connection) -> Identity:
     """The session's server: role, cluster and timeline (the role alone for a user who may not ask)."""
     try:
-        cursor = await session.execute(identity.QUERY)
-    except psycopg.errors.InsufficientPrivilege:
-        cursor = await session.execute(identity.FALLBACK_QUERY)
-    row = await cursor.fetchone()
+        row = await _first_row(session, identity.QUERY, None)
+    except libpq.Error as error:
+        if error.sqlstate != _INSUFFICIENT_PRIVILEGE:
+            raise
+        row = await _first_row(session, identity.FALLBACK_QUERY, None)
+    if row is None:
+        raise libpq.Error("the server's identity query returned no row")
     return identity.from_row(row)
 
 
-async def _rollback(session: psycopg.AsyncConnection[Any]) -> bool:
+async def _rollback(session: libpq.Connection) -> bool:
     """End a failed transaction block before a retry; False if the session is no use any more."""
     try:
-        await session.execute("rollback")
-    except psycopg.Error:
+        await _first_row(session, "rollback", None)
+    except libpq.Error:
         return False
     return True
 
 
-async def _send(
-    session: psycopg.AsyncConnection[Any], query: str, params: list[str], out: BoundedCapture
-) -> None:
-    """Run one query on the session's libpq connection and render every result set it returns.
+async def _results(
+    session: libpq.Connection, query: str, params: list[str] | tuple[str, ...] | None
+) -> list[libpq.Result]:
+    """Every result of one query; the server's error raised (the results cleared), COPY refused.
 
-    psycopg's cursors would build column descriptions, row tuples and loaders for values that
-    are only ever shown as PostgreSQL's own text: libpq's results are read as they are, which
-    is what makes a run of short SQL commands cheap. Without parameters the query goes by the
-    simple protocol (several statements run as one implicit transaction, as psql does); with
-    them, by the extended protocol as ``$n`` parameters of unknown type, sent as text.
+    Without parameters the query goes by the simple protocol (several statements run as one
+    implicit transaction, as psql does); with them, by the extended protocol as ``$n``
+    parameters of unknown type, sent as text.
     """
-    pgconn = session.pgconn
     if params:
-        pgconn.send_query_params(query.encode(), [param.encode() for param in params], result_format=0)
+        session.send_query_params(query.encode(), [param.encode() for param in params])
     else:
-        pgconn.send_query(query.encode())
-    results = await libpqwait.run(generators.execute(pgconn), pgconn.socket)
-    rows = []
+        session.send_query(query.encode())
+    results = await libpqwait.execute(session)
+    failure: libpq.Error | None = None
     for result in results:
         status = result.status
-        if status == _TUPLES_OK:
-            rows.append(result)
-        elif status == _FATAL_ERROR:
-            raise psycopg.errors.error_from_result(result, encoding=session.info.encoding)
-        elif status in _COPY:
-            await session.close()  # the server waits for COPY data this session will never send
-            raise psycopg.ProgrammingError(
+        if status == _TUPLES_OK or failure is not None:
+            continue
+        if status == _FATAL_ERROR:
+            failure = result.error()
+        elif status in libpq.COPY_STATES:
+            session.finish()  # the server waits for COPY data this session will never send
+            failure = libpq.Error(
                 "COPY to or from the client is not supported in a command: use COPY to or from a file,"
                 " or psql in a shell command"
             )
-    for result in rows:
-        _render_result(result, out)
+    if failure is not None:
+        for result in results:
+            result.clear()
+        raise failure
+    return results
 
 
-_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
-_FATAL_ERROR = psycopg.pq.ExecStatus.FATAL_ERROR
-_COPY = (psycopg.pq.ExecStatus.COPY_IN, psycopg.pq.ExecStatus.COPY_OUT, psycopg.pq.ExecStatus.COPY_BOTH)
+async def _first_row(
+    session: libpq.Connection, query: str, params: tuple[str, ...] | None
+) -> tuple[str | None, ...] | None:
+    """The first row of a query of the runner's own, as text (None: no row)."""
+    results = await _results(session, query, params)
+    try:
+        for result in results:
+            if result.status == _TUPLES_OK:
+                for values in result.rows():
+                    return tuple(values)
+        return None
+    finally:
+        for result in results:
+            result.clear()
 
 
-def _render_result(result: psycopg.pq.abc.PGresult, out: BoundedCapture) -> None:
+async def _send(session: libpq.Connection, query: str, params: list[str], out: BoundedCapture) -> None:
+    """Run one query of a command and render every result set it returns.
+
+    Results are read as libpq holds them, values in PostgreSQL's own text: no column
+    descriptions, row objects or type loaders, which is what makes a run of short SQL commands
+    cheap.
+    """
+    results = await _results(session, query, params)
+    try:
+        for result in results:
+            if result.status == _TUPLES_OK:
+                _render_result(result, out)
+    finally:
+        for result in results:
+            result.clear()
+
+
+_TUPLES_OK = libpq.TUPLES_OK
+_FATAL_ERROR = libpq.FATAL_ERROR
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def _render_result(result: libpq.Result, out: BoundedCapture) -> None:
     """Rows as PgQuartz's manual shows them: ``{column}={value}`` pairs, a line per row."""
-    columns = range(result.nfields)
-    names = [_text(result.fname(column)) for column in columns]
-    for row in range(result.ntuples):
-        values = [result.get_value(row, column) for column in columns]
-        out.feed(_render(names, [None if value is None else _text(value) for value in values]))
-
-
-def _text(value: bytes | None) -> str:
-    return "" if value is None else value.decode("utf-8", errors="replace")
+    names = result.columns()
+    for values in result.rows():
+        out.feed(_render(names, values))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -536,17 +535,18 @@ def _render(names: list[str], row: Any) -> bytes:
     return (" ".join(parts) + "\n").encode()
 
 
-def _message(error: psycopg.Error) -> str:
+def _message(error: libpq.Error) -> str:
     text = str(error).strip() or type(error).__name__
-    sqlstate = getattr(error, "sqlstate", None)
-    return f"ERROR {sqlstate}: {text}" if sqlstate else text
+    return f"ERROR {error.sqlstate}: {text}" if error.sqlstate else text
 
 
-async def _cancel(session: psycopg.AsyncConnection[Any]) -> None:
+async def _cancel(session: libpq.Connection) -> None:
     """Cancel the running query on the server; shielded, so a second cancellation cannot skip it."""
 
     async def cancel() -> None:
+        if not session.usable or session.transaction_status == libpq.TRANS_IDLE:
+            return  # nothing runs
         with contextlib.suppress(Exception):
-            await session.cancel_safe(timeout=5.0)
+            await session.cancel(give_up_after=5.0)
 
     await asyncio.shield(cancel())

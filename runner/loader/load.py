@@ -182,9 +182,12 @@ def _connection_problems(job: Job) -> list[Problem]:
         return []
     import difflib
 
-    import psycopg.pq  # only jobs with connections pay for importing the driver
+    from pgquartz.runner import libpq  # only jobs with connections load libpq
 
-    keywords = sorted(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
+    try:
+        keywords = sorted(libpq.keywords())
+    except libpq.LibraryMissing as error:
+        return [Problem(("connections",), str(error))]
     problems = []
     for name, connection in job.connections.items():
         for key in connection.conn_params:

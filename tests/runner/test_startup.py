@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+from tests.support.pgcluster import PgCluster
+
 PROBE = """
 import sys
 from pgquartz.runner.cli import main, runjob, inspect
@@ -75,3 +77,24 @@ def test_running_a_shell_job_loads_no_dataclasses(tmp_path: pathlib.Path) -> Non
         [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "0 False"
+
+
+def test_running_a_sql_job_loads_no_database_driver(pg_cluster: PgCluster, tmp_path: pathlib.Path) -> None:
+    # psycopg's package cost 0.1-0.2 s of each SQL job's start; the runner calls libpq itself.
+    params = pg_cluster.primary.params
+    job = tmp_path / "job.yml"
+    job.write_text(
+        "git: {disable: true}\n"
+        f"connections:\n  pg: {{conn_params: {{host: '{params['host']}', port: {params['port']},"
+        " user: postgres, dbname: postgres}}\n"
+        "steps:\n  s:\n    commands: [{type: pg, inline: 'select 1 as n'}]\n"
+    )
+    probe = (
+        "import sys; from pgquartz.runner.cli import main; code = main.main(['-c', sys.argv[1]]);"
+        "print(code, sorted(name for name in sys.modules if name.startswith(('psycopg', 'psycopg_binary'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
+    )
+    assert "SUCCEEDED" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "0 []"
