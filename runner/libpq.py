@@ -298,6 +298,13 @@ class Result:
             self._lib.PQclear(ptr)
 
 
+def _refuse_nul(text: bytes, what: str) -> None:
+    """libpq reads C strings: text past a NUL byte would be dropped without a word (and
+    PostgreSQL's text cannot hold one)."""
+    if b"\0" in text:
+        raise Error(f"{what} cannot contain a NUL byte (\\0)")
+
+
 class Connection:
     """One libpq connection (non-blocking once made); :meth:`finish` closes it."""
 
@@ -360,10 +367,14 @@ class Connection:
 
     def send_query(self, query: bytes) -> None:
         """Send a query by the simple protocol (one or several statements, no parameters)."""
+        _refuse_nul(query, "a query")
         self._checked(self._lib.PQsendQuery(self._ptr, query))
 
     def send_query_params(self, query: bytes, params: list[bytes]) -> None:
         """Send one statement by the extended protocol, its ``$n`` parameters as text of unknown type."""
+        _refuse_nul(query, "a query")
+        for param in params:
+            _refuse_nul(param, "an argument")
         values = (_S * len(params))(*params)
         self._checked(self._lib.PQsendQueryParams(self._ptr, query, len(params), None, values, None, None, 0))
 

@@ -220,3 +220,12 @@ def test_without_a_name_the_library_psycopg_binary_ships_is_loaded() -> None:
     env = {key: value for key, value in os.environ.items() if key != "PGQUARTZ_LIBPQ"}
     found = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert "psycopg_binary.libs" in found.stdout
+
+
+async def test_a_nul_byte_is_refused_not_cut_off(session: libpq.Connection) -> None:
+    # libpq takes C strings: "select 1\0; drop ..." would have run as "select 1", silently.
+    with pytest.raises(libpq.Error, match="NUL"):
+        session.send_query(b"select 1\0; select 2")
+    with pytest.raises(libpq.Error, match="NUL"):
+        session.send_query_params(b"select $1", [b"a\0b"])
+    assert await rows_of(session, "select 3") == [["3"]]  # nothing was sent
