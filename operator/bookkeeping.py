@@ -73,7 +73,17 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
             patch.metadata.annotations[key] = None
 
     def _legacy_keys(self, body: kopf.Body) -> list[str]:
-        return [key for key in self.make_keys(self.key, body=body) if key in body.metadata.annotations]
+        annotations = body.metadata.annotations
+        return [key for key in self._annotation_keys() if key in annotations]
+
+    def _annotation_keys(self) -> list[str]:
+        """The annotation's possible names, formed once: kopf forms them anew (with a hash for long
+        ones) on every call, and this one is asked twice per event of every resource. They depend on
+        the body only for ReplicaSets of Deployments (kopf's ``mark_key``), never for PgQuartzJobs."""
+        keys: list[str] | None = getattr(self, "_keys", None)
+        if keys is None:
+            keys = self._keys = list(self.make_keys(self.key))
+        return keys
 
 
 class SpecOnlyProgressStorage(kopf.StatusProgressStorage):
