@@ -12,7 +12,7 @@ hundred bytes (the "billion laughs").
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import yaml
 
@@ -28,15 +28,24 @@ class Position(NamedTuple):
 
 class MarkedData(NamedTuple):
     data: Any
-    positions: dict[Path, Position]
+    marks: dict[Path, Marked]
+    """Where each key path was written, as the parser's own marks: a big job file has one per value,
+    and only a problem's is ever turned into a :class:`Position`."""
 
     def locate(self, path: Path) -> Position | None:
         """The position of the longest prefix of ``path`` that was written in the file."""
         for end in range(len(path), -1, -1):
-            position = self.positions.get(tuple(path[:end]))
-            if position is not None:
-                return position
+            mark = self.marks.get(tuple(path[:end]))
+            if mark is not None:
+                return _position(mark)
         return None
+
+
+class Marked(Protocol):
+    """A parser's mark (0-based), yaml.Mark or libyaml's."""
+
+    line: int
+    column: int
 
 
 # libyaml's parser when PyYAML was built with it (the wheels are): ~10x faster on big job files.
@@ -118,12 +127,12 @@ def load(text: str) -> MarkedData:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        positions: dict[Path, Position] = {}
+        marks: dict[Path, Marked] = {}
         problems: list[Problem] = []
         if node is None:
-            return MarkedData(None, {(): Position(1, 1)})
-        positions[()] = _position(node.start_mark)
-        data = _construct(loader, node, (), positions, problems, budget=_Budget())
+            return MarkedData(None, {(): yaml.Mark("", 0, 0, 0, "", 0)})
+        marks[()] = node.start_mark
+        data = _construct(loader, node, (), marks, problems, budget=_Budget())
     except RecursionError:
         raise YamlProblem([Problem((), "invalid YAML: it nests too deeply")]) from None
     except yaml.MarkedYAMLError as error:
@@ -138,10 +147,10 @@ def load(text: str) -> MarkedData:
         loader.dispose()
     if problems:
         raise YamlProblem(problems)
-    return MarkedData(data, positions)
+    return MarkedData(data, marks)
 
 
-def _position(mark: yaml.Mark) -> Position:
+def _position(mark: Marked) -> Position:
     return Position(mark.line + 1, mark.column + 1)
 
 
@@ -152,7 +161,7 @@ def _construct(
     loader: Any,
     node: yaml.Node,
     path: Path,
-    positions: dict[Path, Position],
+    marks: dict[Path, Marked],
     problems: list[Problem],
     *,
     budget: _Budget,
@@ -182,17 +191,15 @@ def _construct(
                         column=key_node.start_mark.column + 1,
                     )
                 )
-            mark = key_node.start_mark
-            positions[key_path] = Position(mark.line + 1, mark.column + 1)
-            result[key] = _construct(loader, value_node, key_path, positions, problems, budget=budget)
+            marks[key_path] = key_node.start_mark
+            result[key] = _construct(loader, value_node, key_path, marks, problems, budget=budget)
         return result
     if kind is _SEQUENCE:
         items = []
         for index, item in enumerate(node.value):
             item_path = (*path, index)
-            mark = item.start_mark
-            positions[item_path] = Position(mark.line + 1, mark.column + 1)
-            items.append(_construct(loader, item, item_path, positions, problems, budget=budget))
+            marks[item_path] = item.start_mark
+            items.append(_construct(loader, item, item_path, marks, problems, budget=budget))
         return items
     constructor = _SCALARS.get(node.tag) if kind is _SCALAR else None
     if constructor is not None:  # a plain value: skip the loader's bookkeeping for graphs
