@@ -67,6 +67,9 @@ class Delegate:
         self._requested: dict[int, Watcher] = {}
         self._running: dict[int, Watcher] = {}
         self._unsent: collections.deque[tuple[bytes, list[int], tuple[int, ...]]] = collections.deque()
+        self._waiting_to_send = False
+        """A writer callback is registered: the socket was full (rare; asking the loop to remove one
+        that is not there costs a selector lookup per command)."""
         loop.add_reader(channel.fileno(), self._readable)
 
     @classmethod
@@ -133,7 +136,9 @@ class Delegate:
                     [payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", descriptors))]
                 )
             except BlockingIOError:
-                self._loop.add_writer(self._channel.fileno(), self._flush)
+                if not self._waiting_to_send:
+                    self._loop.add_writer(self._channel.fileno(), self._flush)
+                    self._waiting_to_send = True
                 return
             except OSError as error:
                 self._lose(SpawnerLost(error.errno, f"the spawn helper stopped taking commands: {error}"))
@@ -141,7 +146,9 @@ class Delegate:
             self._unsent.popleft()
             for fd in owned:
                 os.close(fd)
-        self._loop.remove_writer(self._channel.fileno())
+        if self._waiting_to_send:
+            self._loop.remove_writer(self._channel.fileno())
+            self._waiting_to_send = False
 
     def _readable(self) -> None:
         while True:

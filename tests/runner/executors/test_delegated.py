@@ -256,3 +256,56 @@ def test_the_helper_says_so_when_it_cannot_start_commands_in_sessions(
     monkeypatch.setattr(os, "posix_spawn", without_setsid)
     reason = spawnhelper._cannot_spawn_in_session()
     assert reason is not None and "sessions of their own" in reason
+
+
+def write_ends() -> tuple[int, int]:
+    unused, stdout, stderr = pipe_ends()
+    os.close(unused)
+    return stdout, stderr
+
+
+async def test_requests_wait_while_the_helper_is_slow_to_read_and_all_arrive_in_order(
+    played: tuple[delegated.Delegate, socket.socket],
+) -> None:
+    delegate, helper = played
+    helper.send(marshal.dumps(("ready",)))
+    assert await asyncio.wait_for(delegate.wait_ready(), 5) is True
+    count = 60  # 60 requests of 16 KB: more than the socket holds while nobody reads
+    stdin = os.open(os.devnull, os.O_RDONLY)  # the caller's, open for as long as it runs commands
+    try:
+        for index in range(count):
+            stdout, stderr = write_ends()
+            env = {b"N": str(index).encode(), b"PAD": b"x" * 16384}
+            assert delegate.request(
+                Recorded(), ["true"], cwd="/", env=env, stdin=stdin, stdout=stdout, stderr=stderr
+            )
+        helper.setblocking(False)
+        received: list[int] = []
+        async with asyncio.timeout(10):
+            while len(received) < count:
+                try:
+                    data, ancillary, _, _ = helper.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)  # the delegate sends the rest when the loop says it can
+                    continue
+                descriptors = array.array("i")
+                descriptors.frombytes(ancillary[0][2])
+                for fd in descriptors:
+                    os.close(fd)
+                received.append(int(marshal.loads(data)[3][b"N"]))
+        assert received == list(range(count))
+        assert delegate.usable
+        await asyncio.sleep(0.05)
+        with pytest.raises(BlockingIOError):
+            helper.recvmsg(1 << 20)  # nothing more: each request was sent once
+        stdout, stderr = write_ends()
+        assert delegate.request(
+            Recorded(), ["true"], cwd="/", env={}, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+        helper.settimeout(5)
+        data, ancillary, _, _ = helper.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
+        assert marshal.loads(data)[2] == ["true"]  # and the next one goes straight out
+        for fd in array.array("i", ancillary[0][2]):
+            os.close(fd)
+    finally:
+        os.close(stdin)
