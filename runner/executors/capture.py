@@ -66,7 +66,8 @@ class BoundedCapture:
         kept = len(self._head) + len(self._tail)
         dropped = self._total - kept
         if dropped <= 0:
-            return Captured(text=_decode(bytes(self._head + self._tail)), total_bytes=self._total)
+            text = _decode(self._head + self._tail if self._tail else self._head)
+            return Captured(text=text, total_bytes=self._total)
         head = _decode(bytes(self._head))
         tail = _decode(bytes(self._tail))
         separator = "" if not head or head.endswith("\n") else "\n"
@@ -77,5 +78,5 @@ class BoundedCapture:
 _NOTHING = Captured(text="", total_bytes=0)
 
 
-def _decode(data: bytes) -> str:
+def _decode(data: bytes | bytearray) -> str:
     return data.decode("utf-8", errors="replace")
