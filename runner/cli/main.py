@@ -17,6 +17,7 @@ usual way, with its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,38 @@ exit codes:
   7    the job's gates stayed closed and onTimeout is fail: nothing ran (a gated run exits 0)
   130  interrupted (SIGINT); 143 terminated (SIGTERM): commands stopped, lock released
 """
+
+
+@functools.cache
+def _columns() -> int:
+    """The width argparse reads from ``shutil.get_terminal_size`` ($COLUMNS, else the terminal's,
+    else 80), found without importing shutil: it imports the bz2, lzma and zlib modules (4-6 ms of
+    every start), and argparse asks for it for every argument it adds, not only to print help."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, its width from :func:`_columns`."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        super().__init__(
+            prog, indent_increment, max_help_position, _columns() - 2 if width is None else width
+        )
+
+
+class _RawFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
+    """The same, descriptions and epilogs kept as written (the exit codes' table)."""
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pgquartz",
         description="Run PgQuartz jobs: steps of shell and SQL commands, rules, matrices, checks.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawFormatter,
     )
     parser.add_argument("-v", "--version", action="version", version=f"pgquartz {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -84,26 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a job (the default)",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawFormatter,
     )
     run.add_argument("file", nargs="?", help="the job file (default: -c, $PGQUARTZ_CONFIG)")
     run.add_argument("-c", "--config", dest="config", help="the job file")
     _run_options(run)
 
-    validate = sub.add_parser("validate", help="check a job file; report every problem")
+    validate = sub.add_parser(
+        "validate", help="check a job file; report every problem", formatter_class=_Formatter
+    )
     validate.add_argument("file", nargs="?")
     validate.add_argument("-c", "--config", dest="config")
 
-    plan = sub.add_parser("plan", help="show what would run, in which order, gated by which rules")
+    plan = sub.add_parser(
+        "plan", help="show what would run, in which order, gated by which rules", formatter_class=_Formatter
+    )
     plan.add_argument("file", nargs="?")
     plan.add_argument("-c", "--config", dest="config")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
-    sub.add_parser("schema", help="print the job file's JSON Schema")
+    sub.add_parser("schema", help="print the job file's JSON Schema", formatter_class=_Formatter)
 
-    lock = sub.add_parser("lock", help="inspect a job's etcd lock")
+    lock = sub.add_parser("lock", help="inspect a job's etcd lock", formatter_class=_Formatter)
     lock_sub = lock.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
-    lock_status = lock_sub.add_parser("status", help="who holds the lock, since when, and who waits")
+    lock_status = lock_sub.add_parser(
+        "status", help="who holds the lock, since when, and who waits", formatter_class=_Formatter
+    )
     lock_status.add_argument("file", nargs="?")
     lock_status.add_argument("-c", "--config", dest="config")
     lock_status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -117,7 +156,7 @@ def _legacy_parser() -> argparse.ArgumentParser:
         description="Run PgQuartz jobs: steps of shell and SQL commands, rules, matrices, checks."
         " Subcommands: run, validate, plan, schema, lock status (pgquartz COMMAND --help).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawFormatter,
     )
     parser.add_argument("-c", "--config", dest="config", help="the job file (default: $PGQUARTZ_CONFIG)")
     parser.add_argument("-v", "--version", action="version", version=f"pgquartz {__version__}")

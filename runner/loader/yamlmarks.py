@@ -3,8 +3,9 @@
 PyYAML's safe loader gives data but forgets positions; the model gives errors by
 key path. This module keeps a map from key path to the parser's mark of it (a
 (line, column) is made only for a problem's path), so any problem, whether the
-schema's or the planner's, can name the file and line the user must edit. It also refuses duplicate keys, which YAML loaders silently
-resolve by keeping the last one, and documents that expand to more than
+schema's or the planner's, can name the file and line the user must edit. It
+also refuses duplicate keys, which YAML loaders silently resolve by keeping the
+last one, and documents that expand to more than
 :data:`MAX_VALUES` values: YAML aliases can repeat a node without repeating its
 text, so ten aliases on each of nine levels make a billion values out of a few
 hundred bytes (the "billion laughs").

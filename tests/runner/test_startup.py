@@ -49,7 +49,8 @@ def test_the_etcd_lock_loads_nothing_beyond_the_standard_library_and_the_job_mod
 
 
 def test_validating_a_job_with_rules_loads_neither_inspect_nor_dataclasses(tmp_path: pathlib.Path) -> None:
-    # inspect (with ast, dis and tokenize) and dataclasses were a third of validate's imports.
+    # inspect (with ast, dis and tokenize) and dataclasses were a third of validate's imports;
+    # shutil (with bz2 and lzma), which argparse imports for the terminal's width, 4-6 ms more.
     job = tmp_path / "job.yml"
     job.write_text(
         "git: {disable: true}\nsteps:\n  s:\n    commands: [{inline: 'true'}]\n"
@@ -57,7 +58,7 @@ def test_validating_a_job_with_rules_loads_neither_inspect_nor_dataclasses(tmp_p
     )
     probe = (
         "import sys; from pgquartz.runner.cli import main; code = main.main(['validate', '-c', sys.argv[1]]);"
-        "print(code, sorted({'inspect', 'dataclasses', 'ast'} & set(sys.modules)))"
+        "print(code, sorted({'inspect', 'dataclasses', 'ast', 'shutil', 'lzma'} & set(sys.modules)))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
@@ -65,18 +66,19 @@ def test_validating_a_job_with_rules_loads_neither_inspect_nor_dataclasses(tmp_p
     assert result.stdout.strip().splitlines()[-1] == "0 []"
 
 
-def test_running_a_shell_job_loads_no_dataclasses(tmp_path: pathlib.Path) -> None:
-    # dataclasses costs its import and a compiled __init__, __repr__ and __eq__ for each class.
+def test_running_a_shell_job_loads_neither_dataclasses_nor_shutil(tmp_path: pathlib.Path) -> None:
+    # dataclasses costs its import and a compiled __init__, __repr__ and __eq__ for each class;
+    # shutil, for which() and the terminal's width, imports bz2, lzma and zlib.
     job = tmp_path / "job.yml"
     job.write_text("git: {disable: true}\nsteps:\n  s:\n    commands: [{inline: 'true'}]\n")
     probe = (
         "import sys; from pgquartz.runner.cli import main; code = main.main(['-c', sys.argv[1]]);"
-        "print(code, 'dataclasses' in sys.modules)"
+        "print(code, sorted({'dataclasses', 'shutil', 'lzma'} & set(sys.modules)))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip().splitlines()[-1] == "0 False"
+    assert result.stdout.strip().splitlines()[-1] == "0 []"
 
 
 def test_running_a_sql_job_loads_no_database_driver(pg_cluster: PgCluster, tmp_path: pathlib.Path) -> None:

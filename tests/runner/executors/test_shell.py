@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -183,3 +184,21 @@ async def test_many_short_commands_leave_no_file_descriptor_or_zombie_behind(she
     assert set(os.listdir("/proc/self/fd")) <= before
     zombies = [child for child in psutil.Process().children() if child.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []
+
+
+def test_bash_is_found_on_path_as_shutil_finds_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_executable = tmp_path / "bin" / "tool"
+    not_executable.parent.mkdir()
+    not_executable.write_text("#!/bin/sh\n")
+    executable = tmp_path / "later" / "tool"
+    executable.parent.mkdir()
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    (tmp_path / "dir" / "tool").mkdir(parents=True)  # a directory is never the executable
+    path = os.pathsep.join(str(tmp_path / name) for name in ("dir", "bin", "later"))
+    monkeypatch.setenv("PATH", path + os.pathsep + os.environ["PATH"])
+    for name in ("tool", "bash", "no-such-tool", str(executable), str(not_executable), "/bin/sh"):
+        assert shell_module.which(name) == shutil.which(name), name
+    assert shell_module.which("tool") == str(executable)
