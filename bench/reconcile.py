@@ -166,8 +166,15 @@ def _peak_rss_mb(pid: int) -> float:
 
 def bench(work: pathlib.Path, runs: int) -> None:
     count = int(os.environ.get("PGQ_BENCH_OPERATOR_COUNT", "1000"))
+    others = int(os.environ.get("PGQ_BENCH_UNRELATED_COUNT", "10000"))
     floor = baseline(count)
-    figures = operator(count, work)
+    # Plain and crowded runs alternate (two of each), so a noisy neighbour slows both alike; the
+    # figures are each side's least CPU and RSS.
+    plain_runs, crowded_runs = [], []
+    for _ in range(2):
+        plain_runs.append(operator(count, work))
+        crowded_runs.append(operator(count, work, others=others))
+    figures = min(plain_runs, key=lambda run: run["operator_cpu"])
     print(
         f"{'operator':<10} {count} PgQuartzJobs: every CronJob present {figures['all']:.1f}s after"
         f" pgquartz-operator started (first after {figures['first']:.1f}s) vs a plain create loop"
@@ -182,11 +189,12 @@ def bench(work: pathlib.Path, runs: int) -> None:
         f" operator peak RSS {figures['operator_peak_rss_mb']:.0f} MB; SIGTERM → exit"
         f" {figures['exit_code']:.0f} in {figures['stop']:.1f}s"
     )
-    others = int(os.environ.get("PGQ_BENCH_UNRELATED_COUNT", "10000"))
-    crowded = operator(count, work, others=others)
+    crowded_cpu = min(run["operator_cpu"] for run in crowded_runs)
+    crowded_rss = min(run["operator_peak_rss_mb"] for run in crowded_runs)
+    plain_rss = min(run["operator_peak_rss_mb"] for run in plain_runs)
     print(
         f"{'':<10} with {others} unrelated Jobs and CronJobs in the namespace: operator CPU"
-        f" {crowded['operator_cpu']:.1f}s vs {cpu:.1f}s without ({crowded['operator_cpu'] / cpu:.2f}×),"
-        f" peak RSS {crowded['operator_peak_rss_mb']:.0f} MB vs {figures['operator_peak_rss_mb']:.0f} MB"
-        f" ({crowded['operator_peak_rss_mb'] / figures['operator_peak_rss_mb']:.2f}×; target: 1.00× both)"
+        f" {crowded_cpu:.1f}s vs {cpu:.1f}s without ({crowded_cpu / cpu:.2f}×),"
+        f" peak RSS {crowded_rss:.0f} MB vs {plain_rss:.0f} MB"
+        f" ({crowded_rss / plain_rss:.2f}×; target: 1.00× both; least of two alternating runs each)"
     )
