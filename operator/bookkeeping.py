@@ -25,6 +25,7 @@ strand objects that carry the old ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -74,16 +75,14 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
     def _legacy_keys(self, body: kopf.Body) -> list[str]:
         annotations = body.metadata.annotations
-        return [key for key in self._annotation_keys() if key in annotations]
+        return [key for key in self._annotation_keys if key in annotations]
 
+    @functools.cached_property
     def _annotation_keys(self) -> list[str]:
         """The annotation's possible names, formed once: kopf forms them anew (with a hash for long
         ones) on every call, and this one is asked twice per event of every resource. They depend on
         the body only for ReplicaSets of Deployments (kopf's ``mark_key``), never for PgQuartzJobs."""
-        keys: list[str] | None = getattr(self, "_keys", None)
-        if keys is None:
-            keys = self._keys = list(self.make_keys(self.key))
-        return keys
+        return list(self.make_keys(self.key))
 
 
 class SpecOnlyProgressStorage(kopf.StatusProgressStorage):

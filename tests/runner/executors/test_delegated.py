@@ -182,6 +182,18 @@ async def played() -> AsyncIterator[tuple[delegated.Delegate, socket.socket]]:
     theirs.close()
 
 
+def received_request(helper: socket.socket) -> tuple[object, ...]:
+    """One request as the helper receives it: its three descriptors (closed here) and its fields."""
+    data, ancillary, _, _ = helper.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
+    descriptors = array.array("i")
+    descriptors.frombytes(ancillary[0][2])
+    assert len(descriptors) == 3
+    for fd in descriptors:
+        os.close(fd)
+    request: tuple[object, ...] = marshal.loads(data)
+    return request
+
+
 def pipe_ends() -> tuple[int, int, int]:
     read, write = os.pipe()
     os.close(read)
@@ -218,15 +230,7 @@ async def test_replies_reach_the_commands_watcher_and_a_lost_helper_fails_what_r
         os.close(stdin)
         with pytest.raises(OSError):
             os.fstat(stdout)  # sent, then closed: the write ends are the helper's now
-    requests = []
-    for _ in watchers:
-        data, ancillary, _, _ = helper.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
-        descriptors = array.array("i")
-        descriptors.frombytes(ancillary[0][2])
-        assert len(descriptors) == 3
-        for fd in descriptors:
-            os.close(fd)
-        requests.append(marshal.loads(data))
+    requests = [received_request(helper) for _ in watchers]
     assert [request[1:] for request in requests] == [("/tmp", ["/bin/true"], {b"A": b"1"})] * 3
     first, second, third = (request[0] for request in requests)
     helper.send(marshal.dumps(("started", first, 4242)))
@@ -284,15 +288,11 @@ async def test_requests_wait_while_the_helper_is_slow_to_read_and_all_arrive_in_
         async with asyncio.timeout(10):
             while len(received) < count:
                 try:
-                    data, ancillary, _, _ = helper.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
+                    request = received_request(helper)
                 except BlockingIOError:
                     await asyncio.sleep(0.01)  # the delegate sends the rest when the loop says it can
                     continue
-                descriptors = array.array("i")
-                descriptors.frombytes(ancillary[0][2])
-                for fd in descriptors:
-                    os.close(fd)
-                received.append(int(marshal.loads(data)[3][b"N"]))
+                received.append(int(request[3][b"N"]))
         assert received == list(range(count))
         assert delegate.usable
         await asyncio.sleep(0.05)
@@ -303,9 +303,6 @@ async def test_requests_wait_while_the_helper_is_slow_to_read_and_all_arrive_in_
             Recorded(), ["true"], cwd="/", env={}, stdin=stdin, stdout=stdout, stderr=stderr
         )
         helper.settimeout(5)
-        data, ancillary, _, _ = helper.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
-        assert marshal.loads(data)[2] == ["true"]  # and the next one goes straight out
-        for fd in array.array("i", ancillary[0][2]):
-            os.close(fd)
+        assert received_request(helper)[2] == ["true"]  # and the next one goes straight out
     finally:
         os.close(stdin)
