@@ -207,6 +207,9 @@ def run() -> NoReturn:
     """The ``pgquartz`` command: :func:`main`, its output flushed, then exit with its code at once."""
     import contextlib
 
+    from pgquartz.runner.cli import collector
+
+    collector.pause()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader that went away, or a closed stream

@@ -20,7 +20,7 @@ import time
 from typing import TextIO
 
 from pgquartz.runner import loader, report
-from pgquartz.runner.cli import inspect
+from pgquartz.runner.cli import collector, inspect
 from pgquartz.runner.engine import events
 from pgquartz.runner.engine import run as engine
 from pgquartz.runner.engine.dispatch import ConnectionExecutor, Dispatcher
@@ -89,6 +89,7 @@ def main(args: argparse.Namespace, path: str) -> int:
                 notices.append(
                     events.Notice(level="warning", message=f"cannot write logFile {str(log_path)!r}: {error}")
                 )
+        collector.resume()  # start-up is over: what it made lives as long as the run
         summary = asyncio.run(
             _run(
                 loaded,

@@ -13,6 +13,7 @@ hundred bytes (the "billion laughs").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import yaml
@@ -61,6 +62,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     for path resolvers, which the safe loader has none of. On a job file of thousands of
     commands that is a third of the loading time; the same keys (``type``, ``inline``) come
     back on every command, so a plain scalar's tag is looked up once per distinct text.
+    (Should a program add path resolvers to PyYAML's loaders, the loader's own methods run.)
     """
 
     _PLAIN_TAGS_KEPT = 4096
@@ -68,28 +70,39 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._plain_tags: dict[str, str] = {}
+        if not self.yaml_path_resolvers:
+            # libyaml's composer calls these three for every node, through the instance: C
+            # callables that do nothing, and a closure over what resolving needs, instead of
+            # methods that look it all up again (a sixth of composing a big job file).
+            nothing: dict[Any, Any] = {}
+            self.descend_resolver = nothing.get  # (node, index): nothing to do
+            self.ascend_resolver = nothing.clear  # (): nothing to do
+            self.resolve = _plain_resolver(self._plain_tags, super().resolve)
 
-    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-        if self.yaml_path_resolvers:
-            super().descend_resolver(current_node, current_index)
+    def dispose(self) -> None:
+        super().dispose()
+        self.__dict__.pop("resolve", None)  # it holds the loader: no cycle outlives the load
 
-    def ascend_resolver(self) -> None:
-        if self.yaml_path_resolvers:
-            super().ascend_resolver()
 
-    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
-        if self.yaml_path_resolvers:
-            return str(super().resolve(kind, value, implicit))
-        if kind is not yaml.ScalarNode:
-            return _COLLECTION_TAGS[kind]
+def _plain_resolver(
+    plain_tags: dict[str, str], resolve: Callable[[type[yaml.Node], Any, Any], str]
+) -> Callable[[type[yaml.Node], Any, Any], str]:
+    """The composer's ``resolve`` for a loader without path resolvers, as one closure."""
+    scalar, collection_tags, text, kept = yaml.ScalarNode, _COLLECTION_TAGS, _STR, _Loader._PLAIN_TAGS_KEPT
+
+    def resolved(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        if kind is not scalar:
+            return collection_tags[kind]
         if not implicit[0]:  # quoted, or a block scalar: a string
-            return _STR
-        tag = self._plain_tags.get(value)
+            return text
+        tag = plain_tags.get(value)
         if tag is None:
-            tag = str(super().resolve(kind, value, implicit))
-            if len(self._plain_tags) < self._PLAIN_TAGS_KEPT:
-                self._plain_tags[value] = tag
+            tag = str(resolve(kind, value, implicit))
+            if len(plain_tags) < kept:
+                plain_tags[value] = tag
         return tag
+
+    return resolved
 
 
 _STR = yaml.SafeLoader.DEFAULT_SCALAR_TAG
@@ -106,15 +119,11 @@ class _Budget:
     def __init__(self) -> None:
         self.left = MAX_VALUES
 
-    def spend(self, node: yaml.Node) -> None:
-        self.left -= 1
-        if self.left < 0:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"the document expands to more than {MAX_VALUES} values (aliases?)",
-                node.start_mark,
-            )
+    def exceeded(self, node: yaml.Node) -> None:
+        """Stop a document that expands to more than :data:`MAX_VALUES` values at ``node``."""
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the document expands to more than {MAX_VALUES} values (aliases?)", node.start_mark
+        )
 
 
 class YamlProblem(Exception):
@@ -156,6 +165,8 @@ def _position(mark: Marked) -> Position:
 
 
 _MAPPING, _SEQUENCE, _SCALAR = yaml.MappingNode, yaml.SequenceNode, yaml.ScalarNode
+_FLATTENED = frozenset({"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"})
+"""Tags of the keys the safe loader's ``flatten_mapping`` acts on: ``<<`` (merge) and ``=`` (value)."""
 
 
 def _construct(
@@ -167,12 +178,17 @@ def _construct(
     *,
     budget: _Budget,
 ) -> Any:
-    budget.spend(node)
+    budget.left -= 1
+    if budget.left < 0:
+        budget.exceeded(node)
     kind = type(node)
     if kind is _SCALAR and node.tag == _STR:  # most values of a job file: as written
         return node.value
     if kind is _MAPPING:
-        loader.flatten_mapping(node)  # resolves `<<` merge keys
+        for key_node, _ in node.value:
+            if key_node.tag in _FLATTENED:
+                loader.flatten_mapping(node)  # resolves `<<` merge keys (and `=` value keys)
+                break
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if type(key_node) is not _SCALAR:

@@ -22,6 +22,7 @@ importing the model costs little more than defining its classes.
 from __future__ import annotations
 
 import enum
+import functools
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, TypeVar
@@ -168,7 +169,7 @@ _PLAIN = FieldSpec()
 class Field:
     """One compiled field of a model."""
 
-    __slots__ = ("default", "default_factory", "key", "kind", "name", "required", "spec")
+    __slots__ = ("default", "default_factory", "key", "kind", "name", "parse", "required", "spec")
 
     def __init__(self, name: str, kind: Kind, spec: FieldSpec) -> None:
         self.name = name
@@ -178,18 +179,23 @@ class Field:
         self.default = spec.default
         self.default_factory = spec.default_factory
         self.required = spec.default is REQUIRED and spec.default_factory is None
+        self.parse: Callable[[Any, Path, list[Problem]], Any] = (
+            kind.parse
+            if spec.before is None and spec.check is None
+            else functools.partial(kinds.hooked, kind, before=spec.before, check=spec.check)
+        )
+        """Validates a value as this field's (a :class:`ValueError` from it is the caller's to report)."""
 
     def default_value(self) -> Any:
         return self.default_factory() if self.default_factory is not None else self.default
-
-    def parse(self, value: Any, path: Path, problems: list[Problem]) -> Any:
-        return kinds.hooked(self.kind, value, path, problems, before=self.spec.before, check=self.spec.check)
 
 
 class Compiled:
     """A model class's fields, in declaration order (a base class's first), and its keys."""
 
-    __slots__ = ("by_key", "defaults", "fields", "keys")
+    __slots__ = ("by_key", "defaults", "fields", "keys", "readings")
+
+    READINGS_KEPT = 256
 
     def __init__(self, fields: list[Field]) -> None:
         self.fields = fields
@@ -201,6 +207,48 @@ class Compiled:
             if not field.required and field.default_factory is None
         }
         """The plain defaults, the start of every instance's values (most keys are left out)."""
+        self.readings: dict[tuple[Any, ...], Reading | None] = {}
+        """How a mapping with these keys, in this order, is read; None: it has a problem of its keys."""
+
+    def reading(self, keys: tuple[Any, ...]) -> Reading | None:
+        """How to read a mapping with ``keys``, worked out once for each set a job file uses (its
+        thousands of commands are written with a few), or None if the keys themselves are wrong:
+        unknown, missing, or a field given by both its key and its name."""
+        try:
+            return self.readings[keys]
+        except KeyError:
+            pass
+        except TypeError:  # a key YAML made a list or a mapping of: not a key of any field
+            return None
+        given = set(keys)
+        present: list[tuple[Field, str]] = []
+        made: list[Field] = []
+        found: Reading | None = Reading(present, made)
+        if any(key not in self.by_key for key in keys):
+            found = None
+        for field in self.fields:
+            if field.key in given and field.name != field.key and field.name in given:
+                found = None
+            elif field.key in given or field.name in given:
+                present.append((field, field.key if field.key in given else field.name))
+            elif field.required:
+                found = None
+            elif field.default_factory is not None:
+                made.append(field)
+        if len(self.readings) < self.READINGS_KEPT:
+            self.readings[keys] = found
+        return found
+
+
+class Reading:
+    """The fields a mapping gives, in declaration order, with the key each is given by, and the
+    fields it leaves to their default factories: all that is left to do is validate values."""
+
+    __slots__ = ("made", "present")
+
+    def __init__(self, present: list[tuple[Field, str]], made: list[Field]) -> None:
+        self.present = present
+        self.made = made
 
 
 @typing.dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
@@ -322,11 +370,24 @@ def _parse_model(cls: type[M], data: Any, path: Path, problems: list[Problem]) -
     model = compiled(cls)
     data = cls._prepare(data)
     before = len(problems)
+    reading = model.reading(tuple(data))
+    values: dict[str, Any] = model.defaults.copy()
+    if reading is not None:  # the keys are right: only the values are left to check
+        for field, key in reading.present:
+            try:
+                value = field.parse(data[key], (*path, key), problems)
+            except ValueError as error:
+                problems.append(Problem((*path, key), kinds.user_message(error)))
+                continue
+            if value is not INVALID:
+                values[field.name] = value
+        for field in reading.made:
+            values[field.name] = field.default_factory()  # type: ignore[misc]
+        return _built(cls, values, path, problems, valid=len(problems) == before)
     by_key = model.by_key
     for key in data:
         if key not in by_key:
             problems.append(Problem((*path, key), _unknown_key(key, model.keys)))
-    values: dict[str, Any] = model.defaults.copy()
     for field in model.fields:
         key = field.key
         if key in data:
@@ -344,10 +405,25 @@ def _parse_model(cls: type[M], data: Any, path: Path, problems: list[Problem]) -
             if field.default_factory is not None:
                 values[field.name] = field.default_factory()
             continue
-        value = field.parse(data[key], (*path, key), problems)
+        value = _parse_field(field, data[key], (*path, key), problems)
         if value is not INVALID:
             values[field.name] = value
-    if len(problems) > before:
+    return _built(cls, values, path, problems, valid=len(problems) == before)
+
+
+def _parse_field(field: Field, value: Any, path: Path, problems: list[Problem]) -> Any:
+    try:
+        return field.parse(value, path, problems)
+    except ValueError as error:
+        problems.append(Problem(path, kinds.user_message(error)))
+        return INVALID
+
+
+def _built(
+    cls: type[M], values: dict[str, Any], path: Path, problems: list[Problem], *, valid: bool
+) -> M | kinds.Invalid:
+    """The instance of ``values`` if they are all valid and pass the class's own check."""
+    if not valid:
         return INVALID
     instance = object.__new__(cls)
     object.__setattr__(instance, "__dict__", values)

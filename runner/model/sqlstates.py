@@ -12,7 +12,6 @@ ending in ``000`` names its whole class (``transaction_rollback``, 40000, matche
 
 from __future__ import annotations
 
-import difflib
 import re
 
 CONDITIONS: dict[str, tuple[str, ...]] = {
@@ -281,6 +280,8 @@ def resolve(condition: str) -> tuple[str, ...]:
     name = text.lower()
     if name in CONDITIONS:
         return CONDITIONS[name]
+    import difflib  # only a misspelt condition pays for its import
+
     close = difflib.get_close_matches(name, CONDITIONS, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(

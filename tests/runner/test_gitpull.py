@@ -81,6 +81,60 @@ def test_disable_and_no_repository_do_nothing(
     assert gitpull.update(None, job_dir=plain) is None
 
 
+def _recording_git(tmp_path: pathlib.Path) -> tuple[dict[str, str], pathlib.Path]:
+    """A PATH whose ``git`` notes each call and then runs the real one."""
+    real = subprocess.run(["which", "git"], check=True, capture_output=True, text=True).stdout.strip()
+    bin_dir, calls = tmp_path / "bin", tmp_path / "git-calls"
+    bin_dir.mkdir()
+    fake = bin_dir / "git"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, calls
+
+
+def test_outside_any_repository_git_is_not_even_started(tmp_path: pathlib.Path) -> None:
+    env, calls = _recording_git(tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "job.yml").write_text(JOB_V1)
+    result = run_pgquartz("-c", "job.yml", cwd=plain, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (plain / "ran.txt").read_text() == "version-one\n"
+    assert not calls.exists()  # no .git here or above, no GIT_DIR: git would have found nothing
+
+
+def test_a_job_below_the_top_of_a_clone_is_still_pulled(
+    repos: tuple[pathlib.Path, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    upstream, clone = repos
+    (upstream / "jobs").mkdir()
+    (upstream / "jobs" / "job.yml").write_text(JOB_V1)
+    git("add", "jobs", cwd=upstream)
+    git("commit", "-q", "-m", "jobs", cwd=upstream)
+    git("pull", "-q", cwd=clone)
+    (upstream / "jobs" / "job.yml").write_text(JOB_V2)
+    git("commit", "-q", "-am", "v2", cwd=upstream)
+    env, calls = _recording_git(tmp_path)
+    result = run_pgquartz("-c", "job.yml", cwd=clone / "jobs", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (clone / "jobs" / "ran.txt").read_text() == "version-two\n"
+    assert "pull" in calls.read_text()
+
+
+def test_what_may_hold_a_repository(tmp_path: pathlib.Path) -> None:
+    plain = tmp_path / "plain" / "deeper"
+    plain.mkdir(parents=True)
+    assert not gitpull.may_be_in_repository(plain, {})
+    assert gitpull.may_be_in_repository(plain, {"GIT_DIR": str(tmp_path / "elsewhere.git")})
+    worktree = tmp_path / "worktree"
+    (worktree / "sub").mkdir(parents=True)
+    (worktree / ".git").write_text("gitdir: /somewhere/.git/worktrees/w\n")  # a worktree's file
+    assert gitpull.may_be_in_repository(worktree / "sub", {})
+    link = tmp_path / "link"
+    link.symlink_to(worktree / "sub")  # git looks from the real path, as here
+    assert gitpull.may_be_in_repository(link, {})
+
+
 def test_a_failed_pull_is_reported_and_the_run_continues(repos: tuple[pathlib.Path, pathlib.Path]) -> None:
     upstream, clone = repos
     git("remote", "set-url", "origin", str(upstream.parent / "gone"), cwd=clone)

@@ -90,6 +90,41 @@ def test_keys_are_read_as_written_in_files_or_by_field_name_but_not_both() -> No
     ]
 
 
+def test_mappings_with_the_same_keys_are_each_checked_in_full() -> None:
+    # How a set of keys is read is worked out once; the values, and the keys' own problems,
+    # are still checked for every mapping that has them.
+    commands: list[dict[str, Any]] = [
+        {"inline": "a", "name": "one"},
+        {"inline": "b", "name": 2},
+        {"name": "three", "inline": "c"},
+        {"inline": "d", "bogus": 1},
+        {"inline": "e", "bogus": 1},
+        {"name": "f"},
+        {"name": "g"},
+        {"inline": "h", "batchMode": True, "batch_mode": False},
+        {"inline": "i", "batchMode": True, "batch_mode": False},
+    ]
+    found = problems({"steps": {"s": {"commands": commands}}})
+    where = ("steps", "s", "commands")
+    unknown = "unknown key 'bogus'; allowed here: name, type, role, inline, file, batchMode, retry"
+    assert found == [
+        ((*where, 1, "name"), "input should be a valid string, got 2"),
+        ((*where, 3, "bogus"), unknown),
+        ((*where, 4, "bogus"), unknown),
+        ((*where, 5), "set 'inline' (the command itself) or 'file' (a script or SQL file)"),
+        ((*where, 6), "set 'inline' (the command itself) or 'file' (a script or SQL file)"),
+        ((*where, 7, "batch_mode"), "'batch_mode' is 'batchMode' again: give it once"),
+        ((*where, 8, "batch_mode"), "'batch_mode' is 'batchMode' again: give it once"),
+    ]
+    good = [command for index, command in enumerate(commands) if index in (0, 2)]
+    read = Job.from_data({"steps": {"s": {"commands": [*good, {"inline": "x", "batch_mode": True}]}}})
+    assert [(c.name, c.inline, c.batch_mode) for c in read.steps["s"].commands] == [
+        ("one", "a", False),
+        ("three", "c", False),
+        ("", "x", True),
+    ]
+
+
 @pytest.mark.parametrize(
     ("given", "read"), [(True, True), ("yes", True), ("off", False), (0, False), ("1", True)]
 )
