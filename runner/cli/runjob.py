@@ -98,6 +98,7 @@ def main(args: argparse.Namespace, path: str) -> int:
                 limits=limits,
                 debug=debug,
                 kill_grace=args.kill_grace,
+                announce_commands=fanout.wants(events.CommandStarted),
             )
         )
     if args.summary_file:
@@ -120,6 +121,7 @@ async def _run(
     limits: Limits,
     debug: bool,
     kill_grace: float,
+    announce_commands: bool = True,
 ) -> Summary:
     finished: list[Summary] = []
 
@@ -185,6 +187,7 @@ async def _run(
             steps_guard=steps_guard,
             debug=debug,
             cancelled_outcome=lambda: _signal_outcome(received),
+            announce_commands=announce_commands,
         )
     except asyncio.CancelledError:
         if not received or not finished:

@@ -86,11 +86,14 @@ async def run(
     steps_guard: StepsGuard = no_guard,
     debug: bool = False,
     cancelled_outcome: Callable[[], Outcome] = lambda: Outcome.INTERRUPTED,
+    announce_commands: bool = True,
 ) -> Summary:
     """Run a loaded job to its end and return its summary (also emitted as ``JobFinished``).
 
     If the run is cancelled, every command is stopped, a summary with
     ``cancelled_outcome()`` is emitted, and the cancellation propagates.
+    ``announce_commands=False`` leaves out ``CommandStarted``, the most frequent event, when no
+    reporter renders it (each command still ends with its ``CommandFinished``).
     """
     job = loaded.job
     started = datetime.datetime.now(datetime.UTC)
@@ -109,9 +112,11 @@ async def run(
     )
     record = _Record()
     dispatcher.on_failover = functools.partial(_failover_seen, emit, record)
-    steps = _Steps(loaded, dispatcher, emit, debug or job.debug, deadline=deadline)
+    steps = _Steps(
+        loaded, dispatcher, emit, debug or job.debug, deadline=deadline, announce=announce_commands
+    )
     outcome, message, failed_check = Outcome.SUCCEEDED, "", None
-    checks = _Checks(loaded, dispatcher, emit, debug or job.debug)
+    checks = _Checks(loaded, dispatcher, emit, debug or job.debug, announce=announce_commands)
     guard_entered = False
     try:
         async with asyncio.timeout(timeout):
@@ -288,12 +293,14 @@ class _Steps:
         debug: bool,
         *,
         deadline: float | None = None,
+        announce: bool = True,
     ) -> None:
         self._plan = loaded.plan
         self._dispatcher = dispatcher
         self._emit = emit
         self._debug = debug
         self._deadline = deadline
+        self._announce = announce
         self._dependants = self._plan.dependants()
         self._progress = {
             name: _StepProgress(results=[None] * len(step.instances), remaining=len(step.instances))
@@ -437,7 +444,8 @@ class _Steps:
         done: list[CommandResult] = []
         try:
             for command in planned.step.commands:
-                self._emit(events.CommandStarted(step=name, instance=args, command=command.label))
+                if self._announce:
+                    self._emit(events.CommandStarted(step=name, instance=args, command=command.label))
                 result = await _run_command(
                     self._dispatcher, command, args, _retry_reporter(self._emit, name, args, command)
                 )
@@ -524,11 +532,20 @@ async def _run_command(
 class _Checks:
     """Checks in file order, each matrix instance in turn; the first failure ends them."""
 
-    def __init__(self, loaded: LoadedJob, dispatcher: Dispatcher, emit: events.Emit, debug: bool) -> None:
+    def __init__(
+        self,
+        loaded: LoadedJob,
+        dispatcher: Dispatcher,
+        emit: events.Emit,
+        debug: bool,
+        *,
+        announce: bool = True,
+    ) -> None:
         self._plan = loaded.plan
         self._dispatcher = dispatcher
         self._emit = emit
         self._debug = debug
+        self._announce = announce
         self.retries: Counter[str] = Counter()
 
     async def run(self) -> str | None:
@@ -540,7 +557,8 @@ class _Checks:
         for planned in self._plan.checks:
             check = planned.check
             for args in planned.instances:
-                emit(events.CommandStarted(step=None, instance=args, command=check.label))
+                if self._announce:
+                    emit(events.CommandStarted(step=None, instance=args, command=check.label))
                 result = await _run_command(
                     self._dispatcher, check, args, _retry_reporter(emit, None, args, check)
                 )

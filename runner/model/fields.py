@@ -207,8 +207,9 @@ class Compiled:
             if not field.required and field.default_factory is None
         }
         """The plain defaults, the start of every instance's values (most keys are left out)."""
-        self.readings: dict[tuple[Any, ...], Reading | None] = {}
-        """How a mapping with these keys, in this order, is read; None: it has a problem of its keys."""
+        self.readings: dict[tuple[Any, ...], Reading] = {}
+        """How a mapping with these keys, in this order, is read (only keys that are right: no more of
+        them than there are fields, and at most :data:`READINGS_KEPT` sets, whatever a file holds)."""
 
     def reading(self, keys: tuple[Any, ...]) -> Reading | None:
         """How to read a mapping with ``keys``, worked out once for each set a job file uses (its
@@ -220,21 +221,21 @@ class Compiled:
             pass
         except TypeError:  # a key YAML made a list or a mapping of: not a key of any field
             return None
+        if any(key not in self.by_key for key in keys):
+            return None
         given = set(keys)
         present: list[tuple[Field, str]] = []
         made: list[Field] = []
-        found: Reading | None = Reading(present, made)
-        if any(key not in self.by_key for key in keys):
-            found = None
         for field in self.fields:
             if field.key in given and field.name != field.key and field.name in given:
-                found = None
-            elif field.key in given or field.name in given:
+                return None
+            if field.key in given or field.name in given:
                 present.append((field, field.key if field.key in given else field.name))
             elif field.required:
-                found = None
+                return None
             elif field.default_factory is not None:
                 made.append(field)
+        found = Reading(present, made)
         if len(self.readings) < self.READINGS_KEPT:
             self.readings[keys] = found
         return found

@@ -19,3 +19,8 @@ class Fanout:
     def __call__(self, event: events.Event) -> None:
         for reporter in self._reporters:
             reporter(event)
+
+    def wants(self, kind: type[events.Event]) -> bool:
+        """Whether any reporter renders events of ``kind``: one that never does says so in a class
+        attribute ``ignores`` (the console ignores ``CommandStarted``, which a command's end says)."""
+        return any(kind not in getattr(reporter, "ignores", ()) for reporter in self._reporters)

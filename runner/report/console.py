@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 from pgquartz.runner.engine import events
 from pgquartz.runner.model.results import CommandResult, CommandState
@@ -19,7 +19,14 @@ from pgquartz.runner.plan import matrix
 TAIL_LINES = 10
 
 
+SILENT: frozenset[type[events.Event]] = frozenset({events.CommandStarted})
+"""Events :func:`render` makes no line of (a command's start: its end says it all)."""
+
+
 class ConsoleReporter:
+    ignores: ClassVar[frozenset[type[events.Event]]] = SILENT
+    """What the engine need not emit for it (:meth:`pgquartz.runner.report.Fanout.wants`)."""
+
     def __init__(self, *, out: TextIO, err: TextIO, color: bool = False) -> None:
         self._out = out
         self._err = err

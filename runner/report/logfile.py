@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 from pgquartz.runner.engine import events
 from pgquartz.runner.report import console
@@ -25,6 +25,9 @@ def resolve(log_file: str, *, job: str, today: datetime.date | None = None) -> p
 
 
 class LogFileReporter:
+    ignores: ClassVar[frozenset[type[events.Event]]] = console.SILENT
+    """What the engine need not emit for it: lines are the console's."""
+
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 

@@ -145,6 +145,7 @@ def test_json_log_format_prints_one_object_per_event(write_job: Write, tmp_path:
     kinds = [record["event"] for record in records]
     assert kinds[0] == "job_started" and kinds[-1] == "job_finished"
     assert kinds.count("command_finished") == 3
+    assert kinds.count("command_started") == 3  # machines get every event, people only the lines
     assert records[-1]["summary"]["result"] == "succeeded"
 
 

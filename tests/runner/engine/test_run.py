@@ -308,6 +308,24 @@ async def test_a_guard_that_fails_ends_the_run_with_its_outcome(
     assert not (tmp_path / "ran").exists()
 
 
+async def test_command_starts_are_left_out_when_no_reporter_renders_them(load_job: Load) -> None:
+    loaded = load_job("""
+        steps:
+          s: {matrix: {n: [1, 2]}, commands: [{inline: "true"}, {inline: "true"}]}
+        checks:
+          - {inline: "true", rc: 0}
+        """)
+    _, announced = await run_job(loaded)
+    summary, quiet = await run_job(loaded, announce_commands=False)
+    assert summary.outcome is Outcome.SUCCEEDED
+    assert len(announced.of(events.CommandStarted)) == 5
+    assert quiet.of(events.CommandStarted) == []
+    assert len(quiet.of(events.CommandFinished)) == len(announced.of(events.CommandFinished)) == 5
+    assert [type(e) for e in quiet.events] == [
+        type(e) for e in announced.events if not isinstance(e, events.CommandStarted)
+    ]
+
+
 async def test_many_instances_all_run_once(load_job: Load, tmp_path: pathlib.Path) -> None:
     loaded = load_job("""
         parallel: 8

@@ -4,14 +4,16 @@ frozen and written back as job files write them."""
 from __future__ import annotations
 
 import datetime
+import itertools
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
-from pgquartz.runner.model import Job, Step
+from pgquartz.runner.model import Job, Step, fields
 from pgquartz.runner.model.fields import ModelError
+from pgquartz.runner.model.job import Command
 from pgquartz.runner.model.retry import Retry
 
 
@@ -123,6 +125,21 @@ def test_mappings_with_the_same_keys_are_each_checked_in_full() -> None:
         ("three", "c", False),
         ("", "x", True),
     ]
+
+
+def test_how_keys_are_read_is_kept_for_right_keys_only_and_in_bounded_number() -> None:
+    kept = fields.compiled(Command).readings
+    wrong = [{"inline": "x", f"bogus{index}": 1} for index in range(50)]
+    assert len(problems({"steps": {"s": {"commands": wrong}}})) == 50
+    assert not [keys for keys in kept if any(str(key).startswith("bogus") for key in keys)]
+    orders = itertools.permutations(["name", "type", "role", "inline", "batchMode", "retry"])
+    values = {"name": "n", "type": "pg", "role": "all", "inline": "x", "batchMode": True, "retry": None}
+    many = [{key: values[key] for key in order} for order in orders]  # 720 orders of the same keys
+    job = Job.from_data({"connections": {"pg": {}}, "steps": {"s": {"commands": many}}})
+    assert len(job.steps["s"].commands) == 720 and len(kept) <= fields.Compiled.READINGS_KEPT
+    assert {(c.name, c.type, c.inline, c.batch_mode) for c in job.steps["s"].commands} == {
+        ("n", "pg", "x", True)
+    }
 
 
 @pytest.mark.parametrize(

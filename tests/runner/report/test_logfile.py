@@ -1,7 +1,9 @@
 import datetime
+import io
 import pathlib
 
-from pgquartz.runner.report import logfile
+from pgquartz.runner.engine import events
+from pgquartz.runner.report import Fanout, console, jsonlines, logfile
 
 
 def test_a_directory_gets_a_dated_file_named_after_the_job(tmp_path: pathlib.Path) -> None:
@@ -14,3 +16,15 @@ def test_a_directory_gets_a_dated_file_named_after_the_job(tmp_path: pathlib.Pat
 
 def test_a_file_path_is_used_as_is(tmp_path: pathlib.Path) -> None:
     assert logfile.resolve(str(tmp_path / "pgquartz.log"), job="x") == tmp_path / "pgquartz.log"
+
+
+def test_only_machines_want_each_command_s_start() -> None:
+    people = [
+        console.ConsoleReporter(out=io.StringIO(), err=io.StringIO()),
+        logfile.LogFileReporter(io.StringIO()),
+    ]
+    assert not Fanout(people).wants(events.CommandStarted)
+    assert Fanout(people).wants(events.CommandFinished)
+    machines = Fanout([*people, jsonlines.JsonLinesReporter(out=io.StringIO(), debug=False)])
+    assert machines.wants(events.CommandStarted)
+    assert Fanout([*people, lambda event: None]).wants(events.CommandStarted)  # says nothing: wants all
