@@ -34,6 +34,9 @@ Benchmarks (targets from the issues; figures are min/median over the runs):
   CronJobs in the namespace (PGQ_BENCH_UNRELATED_COUNT), which must not change either.
 - images: the runner and operator images' sizes, and ``podman run`` of the runner image to a finished
   trivial job against ``podman run`` of the base image running ``true`` (bench/images.py).
+- instructions: the instructions the runner's process executes for a few fixed jobs (valgrind),
+  against the runner of ``PGQ_BENCH_AGAINST`` (default ``HEAD``): changes of a few per cent that
+  the timings' noise hides (bench/instructions.py); only with ``--only instructions``.
 """
 
 from __future__ import annotations
@@ -414,6 +417,13 @@ def bench_images(work: pathlib.Path, runs: int) -> None:
     images.bench(work, runs)
 
 
+def bench_instructions(work: pathlib.Path, runs: int) -> None:
+    """See bench/instructions.py (valgrind's count of the runner's instructions, against a revision)."""
+    from bench import instructions
+
+    instructions.bench(work, runs)
+
+
 def python_work_unit() -> float:
     """Seconds for a fixed pure-Python workload, best of five: how fast this machine runs the
     interpreter, to compare absolute figures (CPU per resource, ms per command) across machines."""
@@ -439,7 +449,10 @@ BENCHMARKS = {
     "lock": bench_lock,
     "images": bench_images,
     "operator": bench_operator,
+    "instructions": bench_instructions,
 }
+ASKED_FOR_ONLY = ("instructions",)
+"""Run only when named in ``--only`` (valgrind makes it some minutes long)."""
 
 
 def main() -> None:
@@ -447,7 +460,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--only", default=",".join(BENCHMARKS))
+    parser.add_argument("--only", default=",".join(name for name in BENCHMARKS if name not in ASKED_FOR_ONLY))
     args = parser.parse_args()
     if shutil.which("bash") is None or shutil.which("xargs") is None:
         raise SystemExit("bash and xargs are needed")
