@@ -33,11 +33,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
-def count(argv: list[str], *, cwd: pathlib.Path, pythonpath: str | None) -> int:
+def count(argv: list[str], *, cwd: pathlib.Path, pythonpath: str) -> int:
     """Instructions the process started by ``argv`` executed (its children not counted)."""
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     result = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
         cwd=cwd,
@@ -54,19 +52,23 @@ def count(argv: list[str], *, cwd: pathlib.Path, pythonpath: str | None) -> int:
 
 
 @contextlib.contextmanager
-def runner_of(revision: str) -> Iterator[pathlib.Path]:
-    """A directory whose ``pgquartz.runner`` is the runner of ``revision``, in bytecode."""
+def runner_of(revision: str | None) -> Iterator[pathlib.Path]:
+    """A directory whose ``pgquartz.runner`` is the runner of ``revision`` (None: as checked out), in
+    bytecode. Both sides are imported from such a copy, so that they are found the same way."""
     with tempfile.TemporaryDirectory(prefix="pgquartz-revision-") as scratch:
         package = pathlib.Path(scratch) / "pgquartz"
         package.mkdir()
         (package / "__init__.py").write_text("")
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "runner"],
-            check=True,
-            capture_output=True,
-        ).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(package, filter="data")
+        if revision is None:
+            shutil.copytree(ROOT / "runner", package / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "runner"],
+                check=True,
+                capture_output=True,
+            ).stdout
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(package, filter="data")
         compileall.compile_dir(package, quiet=1)
         yield pathlib.Path(scratch)
 
@@ -111,17 +113,17 @@ def bench(work: pathlib.Path, runs: int) -> None:
     revision = os.environ.get("PGQ_BENCH_AGAINST", "HEAD")
     from tests.support.pgcluster import running_cluster
 
-    with running_cluster() as cluster, runner_of(revision) as baseline:
+    with running_cluster() as cluster, runner_of(None) as checked_out, runner_of(revision) as baseline:
         params = cluster.primary.params
         connection = (
             f"connections:\n  pg: {{conn_params: {{host: '{params['host']}', port: {params['port']},"
             f" user: postgres, dbname: postgres}}}}\n"
         )
-        python = count([PYTHON, "-c", "pass"], cwd=work, pythonpath=None)
+        python = count([PYTHON, "-c", "pass"], cwd=work, pythonpath=str(checked_out))
         print(f"instructions (millions; the interpreter alone, python -c pass: {python / 1e6:.0f})")
         for name, arguments in jobs(work, connection).items():
             argv = [PYTHON, "-m", "pgquartz.runner", *arguments]
-            ours = count(argv, cwd=work, pythonpath=None)
+            ours = count(argv, cwd=work, pythonpath=str(checked_out))
             theirs = count(argv, cwd=work, pythonpath=str(baseline))
             print(
                 f"{'':<10} {name}: {ours / 1e6:.0f} against {theirs / 1e6:.0f} at {revision}"

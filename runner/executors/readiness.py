@@ -17,7 +17,6 @@ own ``add_reader`` is used.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import select
 import weakref
 from collections.abc import Callable
@@ -57,8 +56,11 @@ class Readiness:
         if self._epoll is None:
             self._running_loop().remove_reader(fd)
             return
-        with contextlib.suppress(OSError):  # closed already (a library's socket): epoll dropped it then
+        # Not contextlib.suppress: made three times a command, it cost more than the call.
+        try:  # noqa: SIM105
             self._epoll.unregister(fd)
+        except OSError:  # closed already (a library's socket): epoll dropped it then
+            pass
         if self._unwatched is not None:
             self._unwatched.add(fd)
 
@@ -86,9 +88,21 @@ class Readiness:
 _BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Readiness] = weakref.WeakKeyDictionary()
 
 
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], weakref.ref[Readiness]] | None = None
+"""The loop asked for last and its :class:`Readiness`, neither kept alive by it (a run has one
+loop, and asks before each query)."""
+
+
 def for_loop(loop: asyncio.AbstractEventLoop) -> Readiness:
     """The loop's :class:`Readiness` (made on first use; it goes with the loop)."""
+    global _last
+    last = _last
+    if last is not None and last[0]() is loop:
+        found = last[1]()
+        if found is not None:
+            return found
     readiness = _BY_LOOP.get(loop)
     if readiness is None:
         readiness = _BY_LOOP[loop] = Readiness(loop)
+    _last = (weakref.ref(loop), weakref.ref(readiness))
     return readiness

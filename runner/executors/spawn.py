@@ -207,10 +207,12 @@ def _start(
             (os.POSIX_SPAWN_DUP2, stderr, 2),
         ]
         start = os.posix_spawn if os.path.isabs(argv[0]) else os.posix_spawnp
-        with contextlib.suppress(NotImplementedError):  # no POSIX_SPAWN_SETSID (glibc < 2.26)
+        try:
             return start(
                 argv[0], list(argv), env, file_actions=actions, setsid=True, setsigdef=_RESET_SIGNALS
             )
+        except NotImplementedError:  # no POSIX_SPAWN_SETSID (glibc < 2.26): Popen below
+            pass
     process = subprocess.Popen(
         list(argv), cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True
     )

@@ -117,3 +117,14 @@ def test_the_epoll_goes_with_its_loop() -> None:
     gc.collect()
     assert gone() is None
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_each_loop_has_its_own_readiness_and_asking_again_gives_the_same() -> None:
+    async def twice() -> tuple[readiness.Readiness, readiness.Readiness]:
+        loop = asyncio.get_running_loop()
+        return readiness.for_loop(loop), readiness.for_loop(loop)
+
+    first = asyncio.run(twice())
+    second = asyncio.run(twice())
+    assert first[0] is first[1] and second[0] is second[1]
+    assert first[0] is not second[0]
