@@ -199,7 +199,7 @@ class ShellExecutor:
             await _stop_group(child, self._kill_grace)
             raise
         try:
-            returncode = await asyncio.shield(child.exited)
+            returncode = await child.wait_exit()
         except asyncio.CancelledError:
             await _stop_group(child, self._kill_grace)
             raise

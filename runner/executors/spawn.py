@@ -79,6 +79,28 @@ class Spawned:
         self._loop = loop
         self._readiness = readiness.for_loop(loop)
         self._pipes: dict[int, Feed] = {}
+        self._exit_waiters: list[asyncio.Future[int]] = []
+
+    def wait_exit(self) -> asyncio.Future[int]:
+        """:attr:`exited`, for one waiter: cancelling it (with the task awaiting it) leaves ``exited``
+        as it is, and it resolves in the same turn of the loop as ``exited``, where
+        ``asyncio.shield`` takes one turn more (one a command)."""
+        if self.exited.done():
+            return self.exited
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        self._exit_waiters.append(waiter)
+        return waiter
+
+    def _tell_exit_waiters(self) -> None:
+        waiters, self._exit_waiters = self._exit_waiters, []
+        error = self.exited.exception()  # (also marks it retrieved: the waiters have it)
+        for waiter in waiters:
+            if waiter.done():  # cancelled with its task
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(self.exited.result())
 
     # what a delegated.Delegate reports
 
@@ -90,6 +112,8 @@ class Spawned:
         waiting = self.started if not self.started.done() else self.exited
         if not waiting.done():
             waiting.set_exception(error)
+            if waiting is self.exited:
+                self._tell_exit_waiters()
 
     def on_exited(self, returncode: int) -> None:
         self._set_exited(returncode)
@@ -140,6 +164,7 @@ class Spawned:
     def _set_exited(self, returncode: int) -> None:
         if not self.exited.done():
             self.exited.set_result(returncode)
+            self._tell_exit_waiters()
 
     def close(self) -> None:
         """Stop reading the pipes (what is still unread is lost). The exit is still watched."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 
@@ -53,3 +54,26 @@ async def test_a_missing_workdir_is_a_failed_command_and_leaks_nothing(tmp_path:
     assert result.state is CommandState.FAILED and result.rc == 127
     assert result.error is not None and "cannot start" in result.error
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+async def test_a_cancelled_wait_for_the_exit_leaves_the_exit_to_others(tmp_path: pathlib.Path) -> None:
+    loop = asyncio.get_running_loop()
+    child = spawn.Spawned(loop)
+    cancelled, kept = child.wait_exit(), child.wait_exit()
+    waiting = asyncio.ensure_future(asyncio.wait_for(cancelled, timeout=0.01))
+    with pytest.raises(TimeoutError):
+        await waiting
+    assert cancelled.cancelled() and not child.exited.done()
+    child.on_exited(3)  # the waiters still waiting learn it in the same turn as `exited`
+    assert child.exited.result() == 3 and kept.done() and kept.result() == 3
+    assert child.wait_exit() is child.exited  # once known, no waiter of its own
+
+
+async def test_an_exit_that_cannot_be_learned_reaches_every_waiter(tmp_path: pathlib.Path) -> None:
+    child = spawn.Spawned(asyncio.get_running_loop())
+    child.on_started(12345)
+    waiter = child.wait_exit()
+    child.on_failed(OSError("the helper is gone"))
+    with pytest.raises(OSError, match="the helper is gone"):
+        await waiter
+    assert isinstance(child.exited.exception(), OSError)
