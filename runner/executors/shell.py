@@ -194,7 +194,7 @@ class ShellExecutor:
 
     async def _wait(self, child: spawn.Spawned) -> int:
         try:
-            await asyncio.shield(child.started)  # raises OSError if it could not start
+            await child.wait_started()  # raises OSError if it could not start
         except asyncio.CancelledError:
             await _stop_group(child, self._kill_grace)
             raise

@@ -35,7 +35,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgquartz.runner.executors import descriptors, readiness
 
@@ -63,6 +63,7 @@ INHERITANCE = descriptors.Inheritance()
 """What each command's child must close (one per process: a run is one process)."""
 
 Feed = Callable[[bytes], None]
+T = TypeVar("T")
 
 
 class Spawned:
@@ -79,41 +80,48 @@ class Spawned:
         self._loop = loop
         self._readiness = readiness.for_loop(loop)
         self._pipes: dict[int, Feed] = {}
-        self._exit_waiters: list[asyncio.Future[int]] = []
+        self._waiters: dict[asyncio.Future[Any], list[asyncio.Future[Any]]] = {}
+
+    def wait_started(self) -> asyncio.Future[None]:
+        """:attr:`started`, for one waiter (see :meth:`wait_exit`)."""
+        return self._waiter(self.started)
 
     def wait_exit(self) -> asyncio.Future[int]:
         """:attr:`exited`, for one waiter: cancelling it (with the task awaiting it) leaves ``exited``
         as it is, and it resolves in the same turn of the loop as ``exited``, where
         ``asyncio.shield`` takes one turn more (one a command)."""
-        if self.exited.done():
-            return self.exited
-        waiter: asyncio.Future[int] = self._loop.create_future()
-        self._exit_waiters.append(waiter)
+        return self._waiter(self.exited)
+
+    def _waiter(self, source: asyncio.Future[T]) -> asyncio.Future[T]:
+        if source.done():
+            return source
+        waiter: asyncio.Future[T] = self._loop.create_future()
+        self._waiters.setdefault(source, []).append(waiter)
         return waiter
 
-    def _tell_exit_waiters(self) -> None:
-        waiters, self._exit_waiters = self._exit_waiters, []
-        error = self.exited.exception()  # (also marks it retrieved: the waiters have it)
-        for waiter in waiters:
+    def _tell_waiters(self, source: asyncio.Future[Any]) -> None:
+        """``source`` has its outcome: give it to those still waiting for it."""
+        error = source.exception()  # (also marks it retrieved: the waiters have it)
+        for waiter in self._waiters.pop(source, ()):
             if waiter.done():  # cancelled with its task
                 continue
             if error is not None:
                 waiter.set_exception(error)
             else:
-                waiter.set_result(self.exited.result())
+                waiter.set_result(source.result())
 
     # what a delegated.Delegate reports
 
     def on_started(self, pid: int) -> None:
         self.pid = pid
         self.started.set_result(None)
+        self._tell_waiters(self.started)
 
     def on_failed(self, error: OSError) -> None:
         waiting = self.started if not self.started.done() else self.exited
         if not waiting.done():
             waiting.set_exception(error)
-            if waiting is self.exited:
-                self._tell_exit_waiters()
+            self._tell_waiters(waiting)
 
     def on_exited(self, returncode: int) -> None:
         self._set_exited(returncode)
@@ -164,7 +172,7 @@ class Spawned:
     def _set_exited(self, returncode: int) -> None:
         if not self.exited.done():
             self.exited.set_result(returncode)
-            self._tell_exit_waiters()
+            self._tell_waiters(self.exited)
 
     def close(self) -> None:
         """Stop reading the pipes (what is still unread is lost). The exit is still watched."""

@@ -77,3 +77,17 @@ async def test_an_exit_that_cannot_be_learned_reaches_every_waiter(tmp_path: pat
     with pytest.raises(OSError, match="the helper is gone"):
         await waiter
     assert isinstance(child.exited.exception(), OSError)
+
+
+async def test_a_wait_for_the_start_is_cancelled_alone_and_a_failed_start_reaches_the_others() -> None:
+    child = spawn.Spawned(asyncio.get_running_loop())
+    cancelled, kept = child.wait_started(), child.wait_started()
+    cancelled.cancel()
+    child.on_failed(OSError("no such interpreter"))
+    assert not child.started.cancelled()
+    with pytest.raises(OSError, match="no such interpreter"):
+        await kept
+    started = spawn.Spawned(asyncio.get_running_loop())
+    waiter = started.wait_started()
+    started.on_started(4321)
+    assert waiter.done() and started.pid == 4321 and started.wait_started() is started.started
