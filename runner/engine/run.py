@@ -282,7 +282,38 @@ class _StepProgress:
         self.finished: float | None = None
 
 
-class _Steps:
+class _Phase:
+    """What the steps and the checks run their commands with, and how each command is reported."""
+
+    def __init__(
+        self, loaded: LoadedJob, dispatcher: Dispatcher, emit: events.Emit, debug: bool, *, announce: bool
+    ) -> None:
+        self._plan = loaded.plan
+        self._dispatcher = dispatcher
+        self._emit = emit
+        self._debug = debug
+        self._announce = announce
+
+    async def _run_reported(
+        self, step: str | None, command: Command, args: Mapping[str, str]
+    ) -> CommandResult:
+        """Run one command of an instance (of a check: ``step`` None) between its start (if a
+        reporter wants it) and its end."""
+        emit = self._emit
+        if self._announce:
+            emit(events.CommandStarted(step=step, instance=args, command=command.label))
+        result = await _run_command(
+            self._dispatcher, command, args, _retry_reporter(emit, step, args, command)
+        )
+        emit(
+            events.CommandFinished(
+                step=step, instance=args, command=command.label, result=result, debug=self._debug
+            )
+        )
+        return result
+
+
+class _Steps(_Phase):
     """The steps phase: readiness, rules, gates, the queue and its runners."""
 
     def __init__(
@@ -295,12 +326,8 @@ class _Steps:
         deadline: float | None = None,
         announce: bool = True,
     ) -> None:
-        self._plan = loaded.plan
-        self._dispatcher = dispatcher
-        self._emit = emit
-        self._debug = debug
+        super().__init__(loaded, dispatcher, emit, debug, announce=announce)
         self._deadline = deadline
-        self._announce = announce
         self._dependants = self._plan.dependants()
         self._progress = {
             name: _StepProgress(results=[None] * len(step.instances), remaining=len(step.instances))
@@ -444,17 +471,8 @@ class _Steps:
         done: list[CommandResult] = []
         try:
             for command in planned.step.commands:
-                if self._announce:
-                    self._emit(events.CommandStarted(step=name, instance=args, command=command.label))
-                result = await _run_command(
-                    self._dispatcher, command, args, _retry_reporter(self._emit, name, args, command)
-                )
+                result = await self._run_reported(name, command, args)
                 done.append(result)
-                self._emit(
-                    events.CommandFinished(
-                        step=name, instance=args, command=command.label, result=result, debug=self._debug
-                    )
-                )
                 if not result.ok:
                     break
         except (asyncio.CancelledError, FailoverDetected) as stopped:
@@ -529,7 +547,7 @@ async def _run_command(
         )
 
 
-class _Checks:
+class _Checks(_Phase):
     """Checks in file order, each matrix instance in turn; the first failure ends them."""
 
     def __init__(
@@ -541,11 +559,7 @@ class _Checks:
         *,
         announce: bool = True,
     ) -> None:
-        self._plan = loaded.plan
-        self._dispatcher = dispatcher
-        self._emit = emit
-        self._debug = debug
-        self._announce = announce
+        super().__init__(loaded, dispatcher, emit, debug, announce=announce)
         self.retries: Counter[str] = Counter()
 
     async def run(self) -> str | None:
@@ -557,18 +571,9 @@ class _Checks:
         for planned in self._plan.checks:
             check = planned.check
             for args in planned.instances:
-                if self._announce:
-                    emit(events.CommandStarted(step=None, instance=args, command=check.label))
-                result = await _run_command(
-                    self._dispatcher, check, args, _retry_reporter(emit, None, args, check)
-                )
+                result = await self._run_reported(None, check, args)
                 if result.retries:
                     self.retries[check.label] += result.retries
-                emit(
-                    events.CommandFinished(
-                        step=None, instance=args, command=check.label, result=result, debug=self._debug
-                    )
-                )
                 reason = expectations.failure(check, result)
                 emit(
                     events.CheckFinished(

@@ -88,21 +88,9 @@ class Readiness:
 _BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Readiness] = weakref.WeakKeyDictionary()
 
 
-_last: tuple[weakref.ref[asyncio.AbstractEventLoop], weakref.ref[Readiness]] | None = None
-"""The loop asked for last and its :class:`Readiness`, neither kept alive by it (a run has one
-loop, and asks before each query)."""
-
-
 def for_loop(loop: asyncio.AbstractEventLoop) -> Readiness:
     """The loop's :class:`Readiness` (made on first use; it goes with the loop)."""
-    global _last
-    last = _last
-    if last is not None and last[0]() is loop:
-        found = last[1]()
-        if found is not None:
-            return found
     readiness = _BY_LOOP.get(loop)
     if readiness is None:
         readiness = _BY_LOOP[loop] = Readiness(loop)
-    _last = (weakref.ref(loop), weakref.ref(readiness))
     return readiness

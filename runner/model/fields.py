@@ -375,11 +375,7 @@ def _parse_model(cls: type[M], data: Any, path: Path, problems: list[Problem]) -
     values: dict[str, Any] = model.defaults.copy()
     if reading is not None:  # the keys are right: only the values are left to check
         for field, key in reading.present:
-            try:
-                value = field.parse(data[key], (*path, key), problems)
-            except ValueError as error:
-                problems.append(Problem((*path, key), kinds.user_message(error)))
-                continue
+            value = _parse_field(field, data[key], (*path, key), problems)
             if value is not INVALID:
                 values[field.name] = value
         for field in reading.made:
