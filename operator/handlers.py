@@ -33,6 +33,7 @@ import pydantic
 from pgquartz.operator import (
     bookkeeping,
     children,
+    events,
     kubeapi,
     manifests,
     names,
@@ -105,6 +106,28 @@ def register(
     """
     where = (resource.GROUP, resource.VERSION, resource.PLURAL)
 
+    def announce(
+        owner: Mapping[str, Any], logger: kopf.Logger, *, reason: str, message: str, warning: bool = False
+    ) -> None:
+        """Post an Event about ``owner`` on the thread's own connection. If the API fails for now, kopf's
+        poster takes it over (it retries with back-off, off this thread); a refused one is logged.
+        Either way, an event is never the reason for a reconciliation to fail."""
+        try:
+            store().create(
+                "Event",
+                owner["metadata"]["namespace"],
+                events.event(owner, warning=warning, reason=reason, message=message, now=_now()),
+            )
+        except kubeapi.Transient:
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, owner)),
+                type="Warning" if warning else "Normal",
+                reason=reason,
+                message=message,
+            )
+        except kubeapi.Refused as error:
+            logger.warning(f"the event {reason!r} could not be posted: {error}")
+
     def set_ready(
         body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, *, ready: bool, reason: str, message: str
     ) -> None:
@@ -138,7 +161,7 @@ def register(
         if ready:
             logger.info(message)
         else:
-            kopf.warn(body, reason=reason, message=message)
+            announce(body, logger, reason=reason, message=message, warning=True)
             logger.warning(f"not ready ({reason}): {message}")
 
     def accepted(body: Mapping[str, Any]) -> tuple[manifests.Rendered | None, str, str]:
@@ -194,7 +217,7 @@ def register(
             logger.warning(f"the API is not answering as it should ({error}): retrying in {delay:.0f} s")
             raise kopf.TemporaryError(str(error), delay=delay) from None
         for outcome, message in children.outcome_messages(outcomes, child):
-            kopf.info(body, reason=outcome.capitalize(), message=message)
+            announce(body, logger, reason=outcome.capitalize(), message=message)
         if missing:
             message = f"{'; '.join(missing)}: runs fail until this is fixed"[:1024]
             set_ready(body, patch, logger, ready=False, reason=MISSING_REFERENCE, message=message)
@@ -296,7 +319,7 @@ def register(
                 cron_job = None
         if cron_job is None:
             message = f"run-now {token!r} not started: {refusal}"[:1024]
-            kopf.warn(body, reason="RunNowRefused", message=message)
+            announce(body, logger, reason="RunNowRefused", message=message, warning=True)
             logger.warning(message)
             patch.status["handledRunNow"] = token
             return
@@ -304,7 +327,7 @@ def register(
         if api.read("Job", namespace, job["metadata"]["name"]) is None:
             api.create("Job", namespace, job)
             message = f"Job {job['metadata']['name']} started for run-now {token!r}"
-            kopf.info(body, reason="RunNow", message=message)
+            announce(body, logger, reason="RunNow", message=message)
             logger.info(message)
         patch.status["handledRunNow"] = token
 
@@ -363,7 +386,7 @@ def register(
         for changed, outcome in outcomes.items():
             if outcome != "unchanged":
                 message = f"{changed} {child} {'recreated' if outcome == 'created' else 'restored'}"
-                kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason="Restored", message=message)
+                announce(current, logger, reason="Restored", message=message)
                 logger.info(f"{message}: it was deleted or changed outside the operator")
 
     def run_of(job: Mapping[str, Any], owner: Mapping[str, Any], cron_job: Mapping[str, Any] | None) -> bool:
@@ -428,10 +451,7 @@ def register(
                     result=last["result"],
                     completed_at=_timestamp(last.get("completionTime")),
                 )
-            if normal:
-                kopf.info(kopf.Body(cast(kopf.RawBody, current)), reason=reason, message=text)
-            else:
-                kopf.warn(kopf.Body(cast(kopf.RawBody, current)), reason=reason, message=text)
+            announce(current, logger, reason=reason, message=text, warning=not normal)
         if any(existing.get(key) != value for key, value in patch.items()):
             api.patch_status(namespace, owner, patch)
             logger.info(f"status of {owner} updated from its Jobs")

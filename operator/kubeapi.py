@@ -50,6 +50,7 @@ holds one of kopf's handler threads for good."""
 
 PATHS = {
     "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+    "Event": "/api/v1/namespaces/{namespace}/events",
     "Secret": "/api/v1/namespaces/{namespace}/secrets",
     "Pod": "/api/v1/namespaces/{namespace}/pods",
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",

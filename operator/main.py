@@ -17,7 +17,7 @@ from collections.abc import Callable
 import kopf
 import prometheus_client
 
-from pgquartz.operator import bookkeeping, handlers, kubeapi, settings, watching
+from pgquartz.operator import bookkeeping, events, handlers, kubeapi, settings, watching
 from pgquartz.operator import metrics as operator_metrics
 
 
@@ -26,6 +26,7 @@ def configure(operator_settings: kopf.OperatorSettings) -> None:
     bookkeeping.configure(operator_settings)
     watching.configure(operator_settings)
     operator_settings.posting.level = 20  # INFO: created/updated objects and run outcomes
+    operator_settings.posting.reporting_component = events.COMPONENT  # events kopf posts for the handlers
 
 
 def build_registry(

@@ -133,7 +133,7 @@ async def test_creating_a_pgquartzjob_makes_its_config_map_and_cron_job(cluster:
     obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
     assert obj["status"]["observedGeneration"] == 1
     assert ready(obj)["reason"] == "ObjectsInPlace"  # type: ignore[index]
-    events = await cluster.eventually(  # kopf posts events from a queue of its own
+    events = await cluster.eventually(
         "/api/v1/namespaces/db/events",
         lambda listing: any(e.get("reason") == "Created" for e in listing.get("items", [])),
     )
@@ -813,6 +813,45 @@ async def test_a_transient_api_failure_is_retried_with_back_off_not_reported(clu
     assert errors == 2.0
     events = (await cluster.get("/api/v1/namespaces/db/events") or {}).get("items", [])
     assert not [e for e in events if e["type"] == "Warning"]
+
+
+async def test_an_event_the_api_fails_to_take_is_posted_later_and_fails_nothing(cluster: Cluster) -> None:
+    cluster.emulator.unavailable["Event"] = 2  # the handler's post, then kopf's first retry
+    await cluster.post(JOBS, pgqj("nightly"))
+    obj = await cluster.eventually(f"{JOBS}/nightly", lambda o: (ready(o) or {}).get("status") == "True")
+    assert ready(obj)["reason"] == "ObjectsInPlace"  # type: ignore[index]
+    await cluster.eventually(
+        "/api/v1/namespaces/db/events", lambda listing: bool(listing.get("items")), within=15
+    )
+    assert cluster.emulator.unavailable["Event"] == 0
+    await asyncio.sleep(1.0)
+    events = await cluster.get("/api/v1/namespaces/db/events") or {}
+    assert [e["reason"] for e in events["items"]] == ["Created"], "posted once, and once only"
+    errors = cluster.metrics.registry.get_sample_value(
+        "pgquartz_reconcile_errors_total", {"namespace": "db", "name": "nightly"}
+    )
+    assert errors is None
+
+
+async def test_events_come_from_the_operator_about_the_resource(cluster: Cluster) -> None:
+    created = await cluster.post(JOBS, pgqj("nightly"))
+    events = await cluster.eventually(
+        "/api/v1/namespaces/db/events", lambda listing: bool(listing.get("items"))
+    )
+    [event] = events["items"]
+    assert event["metadata"]["name"].startswith("nightly.")
+    assert event["involvedObject"] == {
+        "apiVersion": "pgquartz.io/v1alpha1",
+        "kind": "PgQuartzJob",
+        "name": "nightly",
+        "namespace": "db",
+        "uid": created["metadata"]["uid"],
+    }
+    assert (event["type"], event["reason"], event["source"]) == (
+        "Normal",
+        "Created",
+        {"component": "pgquartz-operator"},
+    )
 
 
 @pytest.mark.parametrize("length", [64, 100, 253])
