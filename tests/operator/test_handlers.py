@@ -93,11 +93,11 @@ async def cluster() -> AsyncIterator[Cluster]:
     registry = kopf.OperatorRegistry()
     async with running_emulator() as (emulator, url):
         register_pgquartz(emulator)
-        client = kubeapi.client_for(url)
+        shared = kubeapi.KubernetesStore(kubeapi.client_for(url))  # one per process, as main makes it
         metrics = operator_metrics.create()
         handlers.register(
             registry,
-            store=lambda: kubeapi.KubernetesStore(client),
+            store=lambda: shared,
             defaults=DEFAULTS,
             metrics=metrics,
             recheck_interval=0.5,
@@ -107,6 +107,7 @@ async def cluster() -> AsyncIterator[Cluster]:
             await cluster.post(SECRETS, SECRET)  # what VALID_SPEC's connection refers to
             await asyncio.sleep(0.5)
             yield cluster
+        shared.close()
 
 
 def pgqj(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
