@@ -1,7 +1,7 @@
 """``pgquartz-operator``'s entry point: a clear word when the operator's dependencies are missing.
 
 ``pip install pgquartz`` installs the runner and both commands; the operator's
-own dependencies (kopf, the Kubernetes client, prometheus-client) come with the
+own dependencies (kopf, pydantic, prometheus-client) come with the
 ``operator`` extra. Without them the command says what to install and exits 2,
 instead of a ``ModuleNotFoundError`` traceback.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-NEEDED = ("kopf", "kubernetes", "prometheus_client")
+NEEDED = ("kopf", "pydantic", "prometheus_client")
 
 
 def missing() -> list[str]:

@@ -1,23 +1,21 @@
-"""The Kubernetes API calls the handlers make, with the official (synchronous) client's configuration.
+"""The Kubernetes API calls the handlers make, with the credentials kopf logged in with.
 
 kopf runs synchronous handlers in a thread pool, so these blocking calls never
 stall its event loop. Only what reconciliation needs: read ConfigMaps and
 CronJobs and write them with server-side apply (field manager
 ``pgquartz-operator``, forced: the operator owns what it renders, and a field it
-no longer renders is dropped by the server), create Jobs for manual runs, and
-read the key names of referenced Secrets (RBAC ``get`` on secrets, never list or
-watch; values are dropped as soon as they arrive).
+no longer renders is dropped by the server), create Jobs for manual runs and
+Events, and read the key names of referenced Secrets (RBAC ``get`` on secrets,
+never list or watch; values are dropped as soon as they arrive).
 
-Requests are built here from paths, with the headers the client's ``ApiClient``
-makes (its default headers and bearer token, refreshed as the client refreshes
-it), but not through its generated API classes: those validate every argument
-with pydantic and walk every body through their serialiser, which cost more CPU
-than the rest of a reconciliation; their module alone takes half a second to
-import. Answers stay plain JSON for the same reason. They travel over
-pgquartz.operator.transport, with the client's server, CA and client
-certificate: urllib3 and http.client cost more CPU per request than the
-handlers' own work. Only when the client is configured with a proxy, or with an
-``assert_hostname`` TLS check, do requests go through its urllib3 as before.
+Requests are built here from paths and sent over pgquartz.operator.transport,
+with the server, CA, client certificate and token of kopf's login (the pod's
+service account, else the kubeconfig): the same identity as kopf's own
+requests. The official client is not used: its generated API classes validated
+every argument with pydantic and walked every body through a serialiser, its
+urllib3 and http.client cost more CPU per request than the handlers' own work,
+and importing it took 0.3 s and 20 MB of every operator's start. A service
+account's token is read again whenever the kubelet has rotated its file.
 
 Failures come out as two kinds: :class:`Refused` (the server judged the request
 and will judge it the same way again: 400, 403, 404 (:class:`Missing`, which reads
@@ -28,13 +26,12 @@ answer with None), 415, 422) and
 from __future__ import annotations
 
 import json
-import ssl
+import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import kubernetes
-import urllib3
+import kopf
 
 from pgquartz.operator import resource, transport
 
@@ -44,6 +41,9 @@ MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 APPLY_QUERY = (("fieldManager", FIELD_MANAGER), ("force", "true"))
 RETRIED = {409, 429}
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+"""Where kopf's service-account login reads the pod's token (and the kubelet rotates it)."""
+USER_AGENT = "pgquartz-operator"
 TIMEOUT = (10.0, 60.0)
 """Seconds to connect and to wait for an answer: a silent API server fails the call (a retry), never
 holds one of kopf's handler threads for good."""
@@ -101,17 +101,65 @@ def failure(status: int, reason: str, data: bytes) -> Exception:
     return Transient(f"{status} {reason}")
 
 
-class KubernetesStore:
-    """The API as the handlers see it; one per process (the client's pool is shared by threads)."""
+class LoginError(kopf.LoginError):
+    """Credentials the handlers cannot use (the message says why); kopf stops on it."""
 
-    def __init__(self, client: kubernetes.client.ApiClient) -> None:
-        self._client: Any = client  # untyped: Any, behind this typed facade
-        self._transport = transport_for(client.configuration)
+
+class _Session:
+    """A transport and the headers that authenticate on it; a rotated token file is read again."""
+
+    def __init__(self, info: kopf.ConnectionInfo, token_file: str | None) -> None:
+        if info.proxy_url:
+            raise LoginError(
+                f"the kubeconfig names a proxy ({info.proxy_url}): pgquartz-operator connects directly"
+            )
+        server = str(info.server)
+        tls = info.as_ssl_context() if server.startswith("https:") else None
+        endpoint = transport.Endpoint.from_url(server, tls=tls)
+        self.transport = transport.Transport(endpoint, connect_timeout=TIMEOUT[0], read_timeout=TIMEOUT[1])
+        self._headers = {"Accept": JSON, "User-Agent": USER_AGENT, **info.as_http_headers()}
+        self._token_file = token_file
+        self._token_stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        if self._token_file is None:
+            return None
+        try:
+            status = os.stat(self._token_file)
+        except OSError:
+            return None
+        return status.st_mtime_ns, status.st_size
+
+    def headers(self) -> dict[str, str]:
+        if self._token_file is not None and self._stamp() != self._token_stamp:
+            self._token_stamp = self._stamp()
+            try:
+                with open(self._token_file, encoding="utf-8") as file:
+                    token = file.read().strip()
+            except OSError:
+                token = ""
+            if token:
+                self._headers = {**self._headers, "Authorization": f"Bearer {token}"}
+        return dict(self._headers)
+
+
+class KubernetesStore:
+    """The API as the handlers see it; one per process, shared by kopf's handler threads."""
+
+    def __init__(self, info: kopf.ConnectionInfo | None = None, *, token_file: str | None = None) -> None:
+        self._session: _Session | None = None
+        if info is not None:
+            self.log_in(info, token_file=token_file)
+
+    def log_in(self, info: kopf.ConnectionInfo, *, token_file: str | None = None) -> None:
+        """Use ``info`` from now on (kopf logs in at start and again when the API refuses its token);
+        ``token_file``: where the token is kept, to be read again when it changes."""
+        self._session = _Session(info, token_file)
 
     def close(self) -> None:
         """Close the connections of every thread (they are opened again when needed)."""
-        if self._transport is not None:
-            self._transport.close()
+        if self._session is not None:
+            self._session.transport.close()
 
     def _call(
         self,
@@ -123,38 +171,17 @@ class KubernetesStore:
         content_type: str = JSON,
     ) -> bytes:
         """One request; the answer's body on success, else :class:`Refused` or :class:`Transient`."""
-        headers: dict[str, Any] = {"Accept": JSON}
+        session = self._session
+        if session is None:
+            raise Transient("not logged in to the API yet")
+        headers = session.headers()
         if body is not None:
             headers["Content-Type"] = content_type
         if query:
             url_path += "?" + urllib.parse.urlencode(query)
-        method, url, headers, _, _ = self._client.param_serialize(
-            method, url_path, header_params=headers, auth_settings=["BearerToken"]
-        )
-        if self._transport is not None:
-            return self._send(method, url_path, headers, body)
-        try:
-            response = self._client.call_api(
-                method, url, headers, None if body is None else dict(body), _request_timeout=TIMEOUT
-            )
-            data: bytes = response.read()  # read to the end: the connection goes back to the pool
-        except (kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError) as error:
-            status = getattr(error, "status", None)
-            if isinstance(error, kubernetes.client.ApiException) and isinstance(status, int) and status:
-                raise failure(status, str(error.reason or ""), str(error.body or "").encode()) from error
-            raise Transient(f"{type(error).__name__}: {error}") from error
-        if not 200 <= response.status <= 299:
-            raise failure(response.status, str(response.reason or ""), data)
-        return data
-
-    def _send(
-        self, method: str, target: str, headers: dict[str, Any], body: Mapping[str, Any] | None
-    ) -> bytes:
-        """One request over the transport, with the headers the client made (its token, refreshed)."""
-        assert self._transport is not None
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         try:
-            answer = self._transport.request(method, target, headers, data)
+            answer = session.transport.request(method, url_path, headers, data)
         except OSError as error:
             raise Transient(f"{type(error).__name__}: {error}") from error
         if not 200 <= answer.status <= 299:
@@ -194,41 +221,3 @@ class KubernetesStore:
         """Server-side apply of the whole rendered object (creates it if it does not exist)."""
         url_path = path(kind, namespace, name)
         self._call("PATCH", url_path, query=APPLY_QUERY, body=body, content_type=APPLY_PATCH)
-
-
-def transport_for(configuration: Any) -> transport.Transport | None:
-    """Our own transport for the client's server, CA and client certificate; None where the client's
-    urllib3 must carry the requests: through a proxy, or with its ``assert_hostname`` check."""
-    if getattr(configuration, "proxy", None) or isinstance(
-        getattr(configuration, "assert_hostname", None), str
-    ):
-        return None
-    host = str(configuration.host)
-    tls = None
-    if host.startswith("https:"):
-        ca_data = getattr(configuration, "ca_cert_data", None)
-        tls = ssl.create_default_context(cafile=configuration.ssl_ca_cert, cadata=ca_data or None)
-        if not configuration.verify_ssl or configuration.assert_hostname is False:
-            tls.check_hostname = False
-        if not configuration.verify_ssl:
-            tls.verify_mode = ssl.CERT_NONE
-        if configuration.cert_file:
-            tls.load_cert_chain(configuration.cert_file, configuration.key_file or None)
-    endpoint = transport.Endpoint.from_url(
-        host, tls=tls, server_hostname=getattr(configuration, "tls_server_name", None) or None
-    )
-    return transport.Transport(endpoint, connect_timeout=TIMEOUT[0], read_timeout=TIMEOUT[1])
-
-
-def client_for(host: str | None = None) -> kubernetes.client.ApiClient:
-    """A client for ``host`` (tests), or from the pod's service account, or from ~/.kube/config."""
-    if host is not None:
-        configuration = kubernetes.client.Configuration()
-        configuration.host = host
-        return kubernetes.client.ApiClient(configuration)
-    config: Any = kubernetes.config
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return kubernetes.client.ApiClient()

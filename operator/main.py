@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import kopf
 import prometheus_client
@@ -37,14 +38,22 @@ def build_registry(
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     if store is None:
-        shared = kubeapi.KubernetesStore(kubeapi.client_for())
+        shared = kubeapi.KubernetesStore()
 
         def store() -> handlers.ObjectStore:
             return shared
 
-        # A registry of our own gets none of kopf's implicit logins: log in as the official client
-        # does (service account in a pod, else the kubeconfig), the same credentials as the handlers'.
-        kopf.on.login(registry=registry)(kopf.login_via_client)
+        # A registry of our own gets none of kopf's implicit logins: the pod's service account, else
+        # the kubeconfig, and the handlers use the same credentials (again after every new login).
+        @kopf.on.login(registry=registry)
+        def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+            info = kopf.login_with_service_account(settings=settings)
+            token_file = kubeapi.SERVICE_ACCOUNT_TOKEN if info is not None else None
+            if info is None:
+                info = kopf.login_with_kubeconfig(settings=settings)
+            if info is not None:
+                shared.log_in(info, token_file=token_file)
+            return info
 
     handlers.register(
         registry,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import pathlib
 import socket
@@ -9,7 +10,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-import kubernetes
+import kopf
 import pytest
 
 from pgquartz.operator import kubeapi, transport
@@ -308,14 +309,6 @@ def test_an_url_that_is_not_http_is_refused() -> None:
         transport.Endpoint.from_url("unix:///var/run/api.sock")
 
 
-def configuration(url: str, **settings: object) -> kubernetes.client.Configuration:
-    config = kubernetes.client.Configuration()
-    config.host = url
-    for name, value in settings.items():
-        setattr(config, name, value)
-    return config
-
-
 def test_the_store_reads_writes_and_classifies_through_the_transport() -> None:
     answers = [
         ok(b'{"kind":"ConfigMap"}'),
@@ -325,10 +318,7 @@ def test_the_store_reads_writes_and_classifies_through_the_transport() -> None:
         b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n",
     ]
     with scripted({1: answers}) as server:
-        config = configuration(
-            server.url, api_key={"BearerToken": "secret-token"}, api_key_prefix={"BearerToken": "Bearer"}
-        )
-        store = kubeapi.KubernetesStore(kubernetes.client.ApiClient(config))
+        store = kubeapi.KubernetesStore(kopf.ConnectionInfo(server=server.url, token="secret-token"))
         assert store.read("ConfigMap", "db", "x") == {"kind": "ConfigMap"}
         assert store.read("CronJob", "db", "gone") is None
         with pytest.raises(kubeapi.Refused) as refused:
@@ -341,7 +331,8 @@ def test_the_store_reads_writes_and_classifies_through_the_transport() -> None:
         with pytest.raises(kubeapi.Transient, match="429"):
             store.list("Job", "db", "pgquartz.io/name")
         first, _, third, fourth = (request for _, request in server.requests)
-        assert b"\r\nauthorization: bearer secret-token\r\n" in first.lower()
+        assert b"\r\nAuthorization: Bearer secret-token\r\n" in first
+        assert b"\r\nUser-Agent: pgquartz-operator\r\n" in first
         assert third.startswith(
             b"PATCH /apis/batch/v1/namespaces/db/cronjobs/x?fieldManager=pgquartz-operator&force=true "
         )
@@ -351,24 +342,45 @@ def test_the_store_reads_writes_and_classifies_through_the_transport() -> None:
         assert server.connections == 1
 
 
-def test_the_store_turns_a_dead_or_silent_server_into_a_transient_failure() -> None:
+def test_the_store_turns_a_dead_or_silent_server_into_a_transient_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kubeapi, "TIMEOUT", (5.0, 0.2))
     with scripted({1: [SILENT]}) as server:
-        store = kubeapi.KubernetesStore(kubernetes.client.ApiClient(configuration(server.url)))
-        store._transport = client_of(server.url, read_timeout=0.2)  # type: ignore[attr-defined]
+        store = kubeapi.KubernetesStore(kopf.ConnectionInfo(server=server.url))
         with pytest.raises(kubeapi.Transient, match="TimeoutError"):
             store.read("ConfigMap", "db", "x")
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()
-    store = kubeapi.KubernetesStore(kubernetes.client.ApiClient(configuration(f"http://127.0.0.1:{port}")))
+    store = kubeapi.KubernetesStore(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"))
     with pytest.raises(kubeapi.Transient, match="ConnectionRefusedError"):
         store.read("ConfigMap", "db", "x")
+    with pytest.raises(kubeapi.Transient, match="not logged in"):
+        kubeapi.KubernetesStore().read("ConfigMap", "db", "x")
 
 
-def test_a_proxy_or_a_named_hostname_check_leaves_the_requests_to_the_clients_urllib3() -> None:
-    assert kubeapi.transport_for(configuration("http://127.0.0.1:1")) is not None
-    assert kubeapi.transport_for(configuration("http://127.0.0.1:1", proxy="http://proxy:3128")) is None
-    assert kubeapi.transport_for(configuration("https://127.0.0.1:1", assert_hostname="api.example")) is None
+def test_a_rotated_service_account_token_is_read_again(tmp_path: pathlib.Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token\n")
+    with scripted() as server:
+        store = kubeapi.KubernetesStore(
+            kopf.ConnectionInfo(server=server.url, token="first-token"), token_file=str(token_file)
+        )
+        store.read("ConfigMap", "db", "x")
+        token_file.write_text("the-kubelets-new-token\n")  # the kubelet swaps the file
+        store.read("ConfigMap", "db", "x")
+        store.read("ConfigMap", "db", "x")
+        tokens = [
+            request.split(b"Authorization: Bearer ", 1)[1].split(b"\r\n", 1)[0]
+            for _, request in server.requests
+        ]
+        assert tokens == [b"first-token", b"the-kubelets-new-token", b"the-kubelets-new-token"]
+
+
+def test_a_kubeconfig_proxy_is_refused_at_login_with_a_reason() -> None:
+    with pytest.raises(kopf.LoginError, match="proxy"):
+        kubeapi.KubernetesStore(kopf.ConnectionInfo(server="https://api:6443", proxy_url="http://proxy:3128"))
 
 
 @pytest.fixture(scope="module")
@@ -385,38 +397,52 @@ def server_tls(certificates: dict[str, str]) -> ssl.SSLContext:
 
 
 def test_tls_with_the_configured_ca_and_client_certificate(certificates: dict[str, str]) -> None:
-    with scripted(
-        default=ok(b'{"kind":"Secret","data":{"k":"dg=="}}'), tls=server_tls(certificates)
-    ) as server:
-        config = configuration(
-            server.url,
-            ssl_ca_cert=certificates["ca"],
-            cert_file=certificates["client_cert"],
-            key_file=certificates["client_key"],
+    secret = ok(b'{"kind":"Secret","data":{"k":"dg=="}}')
+    with scripted(default=secret, tls=server_tls(certificates)) as server:
+        info = kopf.ConnectionInfo(
+            server=server.url,
+            ca_path=certificates["ca"],
+            certificate_path=certificates["client_cert"],
+            private_key_path=certificates["client_key"],
         )
-        store = kubeapi.KubernetesStore(kubernetes.client.ApiClient(config))
+        store = kubeapi.KubernetesStore(info)
         assert store.secret_keys("db", "s") == {"k"}
         assert store.secret_keys("db", "s") == {"k"}
         assert server.connections == 1
 
 
+def test_tls_with_a_kubeconfigs_inline_certificates(certificates: dict[str, str]) -> None:
+    def inline(name: str) -> str:
+        return base64.b64encode(pathlib.Path(certificates[name]).read_bytes()).decode()
+
+    with scripted(tls=server_tls(certificates)) as server:
+        info = kopf.ConnectionInfo(
+            server=server.url,
+            ca_data=inline("ca"),
+            certificate_data=inline("client_cert"),
+            private_key_data=inline("client_key"),
+        )
+        assert kubeapi.KubernetesStore(info).read("ConfigMap", "db", "x") == {}
+
+
 def test_tls_refuses_a_server_its_ca_did_not_sign(certificates: dict[str, str]) -> None:
     with scripted(tls=server_tls(certificates)) as server:
-        config = configuration(
-            server.url, cert_file=certificates["client_cert"], key_file=certificates["client_key"]
+        info = kopf.ConnectionInfo(
+            server=server.url,
+            certificate_path=certificates["client_cert"],
+            private_key_path=certificates["client_key"],
         )
-        store = kubeapi.KubernetesStore(kubernetes.client.ApiClient(config))
+        store = kubeapi.KubernetesStore(info)
         with pytest.raises(kubeapi.Transient, match="CERTIFICATE_VERIFY_FAILED"):
             store.read("ConfigMap", "db", "x")
 
 
-def test_tls_without_verification_when_the_configuration_turns_it_off(certificates: dict[str, str]) -> None:
+def test_tls_without_verification_when_the_kubeconfig_turns_it_off(certificates: dict[str, str]) -> None:
     with scripted(tls=server_tls(certificates)) as server:
-        config = configuration(
-            server.url,
-            verify_ssl=False,
-            cert_file=certificates["client_cert"],
-            key_file=certificates["client_key"],
+        info = kopf.ConnectionInfo(
+            server=server.url,
+            insecure=True,
+            certificate_path=certificates["client_cert"],
+            private_key_path=certificates["client_key"],
         )
-        store = kubeapi.KubernetesStore(kubernetes.client.ApiClient(config))
-        assert store.read("ConfigMap", "db", "x") == {}
+        assert kubeapi.KubernetesStore(info).read("ConfigMap", "db", "x") == {}
