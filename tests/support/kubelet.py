@@ -34,11 +34,10 @@ import pathlib
 import re
 import subprocess
 import tempfile
+import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import requests
 
 from tests.support import images
 
@@ -92,7 +91,6 @@ class Kubelet:
         """``mounts``: host paths the test infrastructure shares with every pod (a PostgreSQL socket
         directory, say), as ``(host, container)``; never a substitute for the pod's own volumes."""
         self.url, self.namespace, self.mounts = url.rstrip("/"), namespace, list(mounts)
-        self.session = requests.Session()
         self.scratch = pathlib.Path(tempfile.mkdtemp(prefix="pgq-kubelet-"))
         self.scratch.chmod(0o755)
         self.logs: dict[str, str] = {}
@@ -100,10 +98,13 @@ class Kubelet:
     # --- the API ------------------------------------------------------------------------------
 
     def _api(self, method: str, path: str, body: Any = None, patch: bool = False) -> dict[str, Any]:
-        headers = {"Content-Type": "application/merge-patch+json"} if patch else {}
-        response = self.session.request(method, self.url + path, json=body, headers=headers, timeout=30)
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
+        content_type = "application/merge-patch+json" if patch else "application/json"
+        payload = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=payload, method=method, headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # an error status raises
+            data: dict[str, Any] = json.loads(response.read())
         return data
 
     def _core(self, kind: str) -> str:
