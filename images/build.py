@@ -16,6 +16,7 @@ the tag the operator's default runner image and the Helm chart name.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pathlib
 import shutil
@@ -61,6 +62,14 @@ def make_base(engine: str, work: pathlib.Path) -> str:
     return LOCAL_BASE
 
 
+def digest(wheel_dir: pathlib.Path) -> str:
+    """The wheels' names and contents in one hash: a new build of pgquartz is a new digest."""
+    hashed = hashlib.sha256()
+    for wheel in sorted(wheel_dir.glob("*.whl")):
+        hashed.update(wheel.name.encode() + b"\0" + hashlib.sha256(wheel.read_bytes()).digest())
+    return hashed.hexdigest()
+
+
 def build(engine: str, name: str, *, base: str, wheel_dir: pathlib.Path, offline: bool) -> str:
     context = ROOT / "build" / "images" / name
     shutil.rmtree(context, ignore_errors=True)
@@ -71,6 +80,7 @@ def build(engine: str, name: str, *, base: str, wheel_dir: pathlib.Path, offline
     run(
         engine, "build", *network,
         "--build-arg", f"BASE={base}", "--build-arg", f"VERSION={version()}",
+        "--build-arg", f"WHEELS={digest(wheel_dir)}",
         "--tag", tag(name), "--file", context / "Containerfile", context,
     )  # fmt: skip
     return tag(name)
