@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 
@@ -72,6 +73,21 @@ def test_an_invalid_job_file_exits_2_in_the_image(image: dict[str, str], tmp_pat
     (job / "bad.yml").write_text("steps: {a: {depends: [nothing], commands: [{inline: 'true'}]}}\n")
     done = images.podman(*POD, "-v", f"{job}:/job:ro", image["runner"], "run", "/job/bad.yml", check=False)
     assert done.returncode == 2 and "unknown step 'nothing'" in done.stderr
+
+
+def test_the_images_hold_this_checkouts_pgquartz_and_the_operator_no_kubernetes_client(
+    image: dict[str, str],
+) -> None:
+    """A rebuild after a code change installs the new code (the layer cache once kept the old)."""
+    script = (
+        "import hashlib, importlib.util, pgquartz.operator.kubeapi as k;"
+        " print(hashlib.sha256(open(k.__file__, 'rb').read()).hexdigest());"
+        " print(importlib.util.find_spec('kubernetes'))"
+    )
+    python = ["--entrypoint", "/opt/pgquartz/bin/python"]
+    done = images.podman(*POD, *python, image["operator"], "-c", script)
+    checkout = images.ROOT / "operator" / "kubeapi.py"
+    assert done.stdout.split() == [hashlib.sha256(checkout.read_bytes()).hexdigest(), "None"]
 
 
 def test_the_operator_image_starts_its_command_and_refuses_bad_settings(image: dict[str, str]) -> None:
