@@ -24,7 +24,7 @@ import aiohttp
 import kopf
 import psutil
 
-from pgquartz.operator import kubeapi, manifests
+from pgquartz.operator import kubeapi, manifests, status
 from tests.support.kube import OPERATOR, emulator_process, write_kubeconfig
 from tests.support.processes import free_port
 
@@ -169,10 +169,7 @@ async def _ready(session: aiohttp.ClientSession, url: str) -> int:
     async with session.get(url + JOBS) as response:
         items = (await response.json()).get("items", [])
     return sum(
-        any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in item.get("status", {}).get("conditions", [])
-        )
+        status.find(item.get("status", {}).get("conditions", []), status.READY).get("status") == "True"
         for item in items
     )
 

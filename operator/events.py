@@ -6,8 +6,9 @@ The handlers post them on the API connection their thread already holds
 (pgquartz.operator.kubeapi), so this module only builds the object: a core/v1
 Event about the resource, named after it, from the ``pgquartz-operator``
 component, its message cut in the middle to the 1024 characters the API server
-keeps. Posting one is never a reason for a reconciliation to fail: a refused or
-failed post is logged and the handler goes on.
+keeps. Posting one is never a reason for a reconciliation to fail: one the API
+fails to take for now is left to kopf's poster (which retries it), a refused one
+is logged, and the handler goes on.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def failure(status: int, reason: str, data: bytes) -> Exception:
 
 
 class LoginError(kopf.LoginError):
-    """Credentials the handlers cannot use (the message says why); kopf stops on it."""
+    """Credentials the handlers cannot use: kopf logs the reason and tries the login again later."""
 
 
 class _Session:
@@ -131,8 +131,9 @@ class _Session:
         return status.st_mtime_ns, status.st_size
 
     def headers(self) -> dict[str, str]:
-        if self._token_file is not None and self._stamp() != self._token_stamp:
-            self._token_stamp = self._stamp()
+        stamp = self._stamp()
+        if stamp != self._token_stamp and self._token_file is not None:
+            self._token_stamp = stamp
             try:
                 with open(self._token_file, encoding="utf-8") as file:
                     token = file.read().strip()

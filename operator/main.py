@@ -48,11 +48,12 @@ def build_registry(
         @kopf.on.login(registry=registry)
         def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
             info = kopf.login_with_service_account(settings=settings)
-            token_file = kubeapi.SERVICE_ACCOUNT_TOKEN if info is not None else None
-            if info is None:
-                info = kopf.login_with_kubeconfig(settings=settings)
             if info is not None:
-                shared.log_in(info, token_file=token_file)
+                shared.log_in(info, token_file=kubeapi.SERVICE_ACCOUNT_TOKEN)
+                return info
+            info = kopf.login_with_kubeconfig(settings=settings)
+            if info is not None:
+                shared.log_in(info)
             return info
 
     handlers.register(

@@ -1,15 +1,15 @@
 """HTTP/1.1 to the API server for the handlers' requests: one keep-alive connection per handler thread.
 
 A new PgQuartzJob costs the handlers four API requests (two reads, two applies).
-Sent through the official client, each went through urllib3 and http.client,
+Sent through the official client, each had gone through urllib3 and http.client,
 whose header parsing runs the email package: about a fifth of the operator's CPU
 per resource, more than rendering and checking the job file. The API server
 answers every request the handlers make with one JSON body, so this module
 speaks only that part of HTTP/1.1: one request at a time per connection,
 ``Content-Length`` and chunked bodies, keep-alive, TLS with the configured CA
-and client certificate. What to send (the server, its CA, the bearer token and
-its refresh, the headers) still comes from the official client's configuration
-(pgquartz.operator.kubeapi); a proxy is left to the client's own urllib3.
+and client certificate. What to send (the server, its CA, the token, the
+headers) comes from kopf's login (pgquartz.operator.kubeapi); proxies are not
+spoken.
 
 Connections belong to threads (kopf runs synchronous handlers in a pool), so no
 lock is taken per request. A connection is reused only after a whole answer was
@@ -75,9 +75,7 @@ class Endpoint(NamedTuple):
     server_hostname: str | None
 
     @classmethod
-    def from_url(
-        cls, url: str, *, tls: ssl.SSLContext | None = None, server_hostname: str | None = None
-    ) -> Endpoint:
+    def from_url(cls, url: str, *, tls: ssl.SSLContext | None = None) -> Endpoint:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL of an API server: {url!r}")
@@ -89,7 +87,7 @@ class Endpoint(NamedTuple):
             port=parts.port or (443 if secure else 80),
             base_path=parts.path.rstrip("/"),
             tls=tls if secure else None,
-            server_hostname=(server_hostname or parts.hostname) if secure else None,
+            server_hostname=parts.hostname if secure else None,
         )
 
     @property

@@ -9,6 +9,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import kopf
 import pytest
@@ -63,6 +64,11 @@ class Scripted:
                 number = self.connections
             threading.Thread(target=self._serve, args=(client, number), daemon=True).start()
 
+    def _note(self, seen: list[Any], item: Any) -> None:
+        with self.changed:
+            seen.append(item)
+            self.changed.notify_all()
+
     def _serve(self, client: socket.socket, number: int) -> None:
         actions = iter(self.scripts.get(number, ()))
         with contextlib.suppress(OSError), contextlib.closing(client):
@@ -72,30 +78,25 @@ class Scripted:
             while True:
                 request = self._request(reader)
                 if request is None:
-                    with self.changed:
-                        self.hung_up.append(number)
-                        self.changed.notify_all()
+                    self._note(self.hung_up, number)
                     return
-                with self.changed:
-                    self.requests.append((number, request))
-                    self.changed.notify_all()
+                self._note(self.requests, (number, request))
                 action = next(actions, self.default)
-                answer, then = (action, "") if isinstance(action, bytes) else ("", action)
                 if isinstance(action, tuple):
                     answer, then = action
+                elif isinstance(action, bytes):
+                    answer, then = action, ""
+                else:
+                    answer, then = b"", action
                 if answer:
-                    client.sendall(answer if isinstance(answer, bytes) else answer.encode())
+                    client.sendall(answer)
                 if then == SILENT:
                     self._request(reader)  # returns when the client hangs up
-                    with self.changed:
-                        self.hung_up.append(number)
-                        self.changed.notify_all()
+                    self._note(self.hung_up, number)
                     return
                 if then == CLOSE:
                     client.close()
-                    with self.changed:
-                        self.closed.append(number)
-                        self.changed.notify_all()
+                    self._note(self.closed, number)
                     return
 
     @staticmethod
