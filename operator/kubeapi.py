@@ -110,9 +110,9 @@ class _Session:
 
     def __init__(self, info: kopf.ConnectionInfo, token_file: str | None) -> None:
         if info.proxy_url:
-            raise LoginError(
-                f"the kubeconfig names a proxy ({info.proxy_url}): pgquartz-operator connects directly"
-            )
+            proxy = urllib.parse.urlsplit(info.proxy_url)  # its user and password stay out of the log
+            where = f"{proxy.hostname}:{proxy.port}" if proxy.port else str(proxy.hostname)
+            raise LoginError(f"the kubeconfig names a proxy ({where}): pgquartz-operator connects directly")
         server = str(info.server)
         tls = info.as_ssl_context() if server.startswith("https:") else None
         endpoint = transport.Endpoint.from_url(server, tls=tls)

@@ -379,9 +379,12 @@ def test_a_rotated_service_account_token_is_read_again(tmp_path: pathlib.Path) -
         assert tokens == [b"first-token", b"the-kubelets-new-token", b"the-kubelets-new-token"]
 
 
-def test_a_kubeconfig_proxy_is_refused_at_login_with_a_reason() -> None:
-    with pytest.raises(kopf.LoginError, match="proxy"):
-        kubeapi.KubernetesStore(kopf.ConnectionInfo(server="https://api:6443", proxy_url="http://proxy:3128"))
+def test_a_kubeconfig_proxy_is_refused_at_login_with_a_reason_and_no_password() -> None:
+    info = kopf.ConnectionInfo(server="https://api:6443", proxy_url="http://ops:s3cret@proxy:3128")
+    with pytest.raises(kopf.LoginError, match="proxy") as refused:
+        kubeapi.KubernetesStore(info)
+    assert "proxy:3128" in str(refused.value)
+    assert "s3cret" not in str(refused.value) and "ops" not in str(refused.value)
 
 
 @pytest.fixture(scope="module")
