@@ -6,12 +6,15 @@
     python3 dev.py bench   # the benchmarks under bench/, printing ratios to their baselines
 
 Needs only Python 3.11+: everything else is installed into ./.venv (once; again
-when pyproject.toml changes).
+when a pyproject.toml changes): both distributions editable (``runner/`` is
+``pgquartz``, ``operator/`` is ``pgquartz-operator``; each a plain path entry to its
+``src/`` folder) and the workspace's ``test`` dependency group.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -23,26 +26,27 @@ ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".pgquartz-installed"
+DISTRIBUTIONS = ("runner", "operator")  # the workspace's members: [tool.uv.workspace] in pyproject.toml
+PIP = "pip>=25.1"  # the first pip that installs a dependency group (--group)
 
 
 def run(*argv: str | os.PathLike[str], cwd: pathlib.Path = ROOT, env: dict[str, str] | None = None) -> None:
     print("+", " ".join(str(a) for a in argv), flush=True)
-    # Never put the current directory on sys.path: the repository's folders must not shadow
-    # modules (see operator/README.md).
-    env = {**(env or os.environ), "PYTHONSAFEPATH": "1"}
     completed = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, check=False)
     if completed.returncode != 0:
         raise SystemExit(completed.returncode)
 
 
 def setup() -> None:
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == wanted and (BIN / "pgquartz").exists():
+    projects = [ROOT / "pyproject.toml", *(ROOT / name / "pyproject.toml" for name in DISTRIBUTIONS)]
+    wanted = hashlib.sha256(b"".join(path.read_bytes() for path in projects)).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted and (BIN / "pgquartz-operator").exists():
         return
     if not (BIN / "python").exists():
         run(sys.executable, "-m", "venv", VENV)
-    run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]")
+    run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", PIP)
+    editable = [arg for name in DISTRIBUTIONS for arg in ("-e", ROOT / name)]
+    run(BIN / "python", "-m", "pip", "install", "--quiet", *editable, "--group", "test", cwd=ROOT)
     STAMP.write_text(wanted)
 
 
@@ -97,31 +101,44 @@ def setup_images() -> None:
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env, check=False, **quiet)
 
 
-def type_tree() -> pathlib.Path:
-    """A tree where the folders appear under their import names, for mypy and import-linter."""
-    tree = ROOT / "build" / "typecheck"
-    package = tree / "pgquartz"
-    package.mkdir(parents=True, exist_ok=True)
-    for name in ("runner", "operator"):
-        link = package / name
-        if not link.is_symlink():
-            if link.exists():
-                shutil.rmtree(link)
-            link.symlink_to(pathlib.Path("..", "..", "..", name))
-    return tree
-
-
 def lint() -> None:
+    """ruff, mypy --strict, import-linter and basedpyright on the folders as they lie (the settings are
+    the workspace's pyproject.toml): no tree is built, no path renamed."""
     sources = ("runner", "operator", "tests", "bench", "images", "docs", "dev.py")
     run(BIN / "ruff", "check", *sources)
     run(BIN / "ruff", "format", "--check", *sources)
-    tree = type_tree()
-    env = {**os.environ, "MYPYPATH": str(tree), "PYTHONPATH": str(tree)}
-    packages = ["-p", "pgquartz.runner"]
-    if any((ROOT / "operator").rglob("*.py")):
-        packages += ["-p", "pgquartz.operator"]
-    run(BIN / "mypy", "--config-file", ROOT / "pyproject.toml", *packages, cwd=tree, env=env)
-    run(BIN / "lint-imports", "--config", ROOT / "pyproject.toml", cwd=tree, env=env)
+    run(BIN / "mypy")
+    run(BIN / "lint-imports")
+    unresolved_imports()
+
+
+UNRESOLVED = ("is unknown import symbol", "is not a known attribute of module")
+
+
+def unresolved_imports() -> None:
+    """basedpyright (its settings: [tool.pyright] in pyproject.toml) must resolve every import: a
+    module it cannot find is an error there, a name a module does not have a warning, which this
+    counts too. Its other warnings are type inference, mypy's to judge."""
+    argv = [BIN / "basedpyright", "--outputjson"]
+    print("+", " ".join(map(str, argv)), flush=True)
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        print(done.stdout, done.stderr, sep="\n", file=sys.stderr)
+        raise SystemExit(done.returncode or 1) from None
+    found = [
+        diagnostic
+        for diagnostic in report["generalDiagnostics"]
+        if diagnostic["severity"] == "error" or any(text in diagnostic["message"] for text in UNRESOLVED)
+    ]
+    for diagnostic in found:
+        line = diagnostic.get("range", {}).get("start", {}).get("line", -1) + 1
+        print(f"{diagnostic['file']}:{line}: {diagnostic['message']}", file=sys.stderr)
+    summary = report["summary"]
+    print(f"basedpyright: {summary['filesAnalyzed']} files, {len(found)} unresolved imports", flush=True)
+    if found:
+        raise SystemExit(1)
 
 
 def test(extra: list[str]) -> None:
@@ -140,7 +157,7 @@ def demo() -> None:
         print(f"\n== pgquartz -c {example.name}/nightly-archive.yml\n", flush=True)
         first = subprocess.run([str(BIN / "pgquartz"), "-c", "nightly-archive.yml"], cwd=workdir, check=False)
         print(f"\n(exit code {first.returncode}: 0 means every check passed)")
-    # The repository root on sys.path is safe: operator/ is no package (see operator/README.md).
+    # The repository's root on sys.path, for tests.support: it holds no module of ours.
     second = subprocess.run(
         [str(BIN / "python"), "-m", "tests.support.demo"],
         cwd=ROOT,
@@ -151,8 +168,8 @@ def demo() -> None:
 
 
 def bench(extra: list[str]) -> None:
-    # bench/ starts PostgreSQL with tests/support (safe on sys.path: see operator/README.md)
-    run(BIN / "python", "bench/run.py", *extra, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # a module of the repository's root, so that bench, tests.support and images import as they lie
+    run(BIN / "python", "-m", "bench.run", *extra)
 
 
 def main() -> None:

@@ -51,6 +51,10 @@ def count(argv: list[str], *, cwd: pathlib.Path, pythonpath: str) -> int:
     raise RuntimeError(f"callgrind printed no count for {argv}: {result.stderr[-500:]}")
 
 
+RUNNER = "runner/src/pgquartz/runner"  # where the runner's package lies; before the two distributions: runner
+EARLIER_RUNNER = "runner"
+
+
 @contextlib.contextmanager
 def runner_of(revision: str | None) -> Iterator[pathlib.Path]:
     """A directory whose ``pgquartz.runner`` is the runner of ``revision`` (None: as checked out), in
@@ -58,19 +62,37 @@ def runner_of(revision: str | None) -> Iterator[pathlib.Path]:
     with tempfile.TemporaryDirectory(prefix="pgquartz-revision-") as scratch:
         package = pathlib.Path(scratch) / "pgquartz"
         package.mkdir()
-        (package / "__init__.py").write_text("")
+        (package / "__init__.py").write_text("")  # a regular package: nothing of the installed pgquartz
         if revision is None:
-            shutil.copytree(ROOT / "runner", package / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(ROOT / RUNNER, package / "runner", ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            archive = subprocess.run(
-                ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "runner"],
-                check=True,
-                capture_output=True,
-            ).stdout
-            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                tar.extractall(package, filter="data")
+            extract_runner(revision, package / "runner")
         compileall.compile_dir(package, quiet=1)
         yield pathlib.Path(scratch)
+
+
+def extract_runner(revision: str, target: pathlib.Path) -> None:
+    """The runner's package folder at ``revision`` (of either layout) as ``target``."""
+    for folder in (RUNNER, EARLIER_RUNNER):
+        listed = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-tree", "--name-only", revision, f"{folder}/__init__.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        if listed.strip():
+            break
+    else:
+        raise RuntimeError(f"{revision} has no runner package in {RUNNER} or {EARLIER_RUNNER}")
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision, folder],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tempfile.TemporaryDirectory(prefix="pgquartz-archive-") as unpacked:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(unpacked, filter="data")
+        shutil.move(pathlib.Path(unpacked, folder), target)
 
 
 def jobs(work: pathlib.Path, connection: str | None) -> dict[str, list[str]]:

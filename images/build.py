@@ -5,10 +5,12 @@
     python3 images/build.py --base localhost/pgquartz-base:bookworm --offline
     python3 images/build.py --make-base              # that base, made with mmdebstrap (no registry)
 
-The project's wheel and every dependency's wheel are built or downloaded first
-(``pip wheel``, with this Python: use a 3.11 like the base image's), then
-installed in the image with ``--no-index``, so the build itself needs no
-network when the base already has the client tools. Images are tagged with the
+The wheels of both distributions (``runner/`` is ``pgquartz``, ``operator/`` is
+``pgquartz-operator``) and of every dependency are built or downloaded first
+(``pip wheel``, with this Python: use a 3.11 like the base image's); each image
+then installs only its own distribution from them with ``--no-index`` (the
+runner image neither kopf nor the operator's code), so the build itself needs
+no network when the base already has the client tools. Images are tagged with the
 package version (``pgquartz/runner:<version>``, ``pgquartz/operator:<version>``),
 the tag the operator's default runner image and the Helm chart name.
 """
@@ -16,16 +18,16 @@ the tag the operator's default runner image and the Helm chart name.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-IMAGES = ("runner", "operator")
+IMAGES = ("runner", "operator")  # each image is named after the folder of the distribution it installs
 DEFAULT_BASE = "docker.io/library/python:3.11-slim-bookworm"
 LOCAL_BASE = "localhost/pgquartz-base:bookworm"
 BASE_PACKAGES = (
@@ -34,7 +36,14 @@ BASE_PACKAGES = (
 
 
 def version() -> str:
-    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+    """Both distributions' version, from the one place it is written (the runner's ``__version__``)."""
+    module = ast.parse((ROOT / "runner" / "src" / "pgquartz" / "runner" / "__init__.py").read_text())
+    for statement in module.body:
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "__version__" for target in statement.targets
+        ):
+            return str(ast.literal_eval(statement.value))
+    raise RuntimeError("runner/src/pgquartz/runner/__init__.py sets no __version__")
 
 
 def tag(name: str) -> str:
@@ -47,9 +56,10 @@ def run(*argv: str | os.PathLike[str], **kwargs: object) -> None:
 
 
 def wheels(target: pathlib.Path) -> pathlib.Path:
-    """The project's wheel and its dependencies' (operator extra included) in ``target``."""
+    """Both distributions' wheels and their dependencies' in ``target``."""
     target.mkdir(parents=True, exist_ok=True)
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", target, f"{ROOT}[operator]")
+    distributions = [ROOT / name for name in IMAGES]
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", target, *distributions)
     return target
 
 

@@ -86,8 +86,20 @@ def test_the_images_hold_this_checkouts_pgquartz_and_the_operator_no_kubernetes_
     )
     python = ["--entrypoint", "/opt/pgquartz/bin/python"]
     done = images.podman(*POD, *python, image["operator"], "-c", script)
-    checkout = images.ROOT / "operator" / "kubeapi.py"
+    checkout = images.ROOT / "operator" / "src" / "pgquartz" / "operator" / "kubeapi.py"
     assert done.stdout.split() == [hashlib.sha256(checkout.read_bytes()).hexdigest(), "None"]
+
+
+def test_the_runner_image_holds_only_the_runners_distribution(image: dict[str, str]) -> None:
+    script = (
+        "import importlib.metadata as m, importlib.util as u, shutil;"
+        " print(*(u.find_spec(name) for name in ('kopf', 'kubernetes', 'pgquartz.operator')));"
+        " print(shutil.which('pgquartz-operator'), m.version('pgquartz'));"
+        " print(sorted(d.metadata['Name'] for d in m.distributions() if 'pgquartz' in d.metadata['Name']))"
+    )
+    python = ["--entrypoint", "/opt/pgquartz/bin/python"]
+    done = images.podman(*POD, *python, image["runner"], "-c", script)
+    assert done.stdout.splitlines() == ["None None None", f"None {__version__}", "['pgquartz']"]
 
 
 def test_the_operator_image_starts_its_command_and_refuses_bad_settings(image: dict[str, str]) -> None:

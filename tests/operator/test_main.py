@@ -65,13 +65,3 @@ def test_the_registry_serves_pgquartzjobs_jobs_and_startup() -> None:
     resources = {(selector.group, selector.plural or selector.any_name) for selector in selectors}
     assert {("pgquartz.io", "pgquartzjobs"), ("batch", "jobs"), ("batch", "cronjobs")} <= resources
     assert any("startup" in str(handler.id) for handler in registry._activities.get_all_handlers())
-
-
-def test_without_the_operator_extra_the_command_says_what_to_install() -> None:
-    blocked = (
-        "import sys; sys.modules['kopf'] = None; from pgquartz.operator import entry; sys.exit(entry.main())"
-    )
-    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=False)
-    assert done.returncode == 2
-    assert "kopf not installed" in done.stderr and "pip install 'pgquartz[operator]'" in done.stderr
-    assert "Traceback" not in done.stderr

@@ -21,7 +21,8 @@ _CONFIGURATIONS: dict = {}
 
 
 async def _run(request: dict) -> dict:
-    from helm_sdkpy import actions
+    # helm_sdkpy is installed in .venv-helm, the interpreter this script runs in, not in .venv
+    from helm_sdkpy import actions  # pyright: ignore[reportMissingImports]
 
     where = (request["namespace"], request["kubeconfig"])
     if where not in _CONFIGURATIONS:  # one per cluster: the memory driver's releases live in it

@@ -15,11 +15,10 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
+
+from images import build  # images/build.py: the repository's root is on sys.path in the tests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "images"))
-import build  # noqa: E402  (images/build.py)
 
 CONF = ROOT / "build" / "containers.conf"
 CONF_TEXT = """\

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
+import jsonschema.protocols
 import kubernetes_validate
 import referencing
 import yaml

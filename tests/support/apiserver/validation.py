@@ -32,6 +32,7 @@ from typing import Any
 
 import cel
 import jsonschema
+import jsonschema.protocols
 
 from tests.support.apiserver import schemas
 
