@@ -13,10 +13,10 @@ empty output.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from pgquartz.runner.conditions import regexps
 from pgquartz.runner.model import records
 from pgquartz.runner.model.results import InstanceResult, StepState
 
@@ -57,8 +57,7 @@ class GoResult:
             return any(line == wanted for line in self.lines)
         if name == "RegExpContains":
             (pattern,) = _string_args(name, args, 1)
-            regex = _compile_regex(pattern)
-            return any(regex.search(line) for line in self.lines)
+            return _any_line_matches(pattern, self.lines)
         if name == "String" and not args:
             return self.text
         raise RuleError(f"a Result has no method {name} (it has Contains, ContainsLine, RegExpContains)")
@@ -140,10 +139,10 @@ def _string_args(name: str, args: Sequence[Any], count: int) -> Sequence[str]:
     return args
 
 
-def _compile_regex(pattern: str) -> re.Pattern[str]:
+def _any_line_matches(pattern: str, lines: Sequence[str]) -> bool:
     try:
-        return re.compile(pattern)
-    except re.error as error:
+        return regexps.any_line_matches(pattern, lines)
+    except regexps.InvalidPattern as error:
         raise RuleError(f"invalid regular expression {pattern!r}: {error}") from None
 
 
@@ -194,8 +193,7 @@ class Output:
         return line in self.lines
 
     def matches(self, pattern: str) -> bool:
-        regex = _compile_regex(pattern)
-        return any(regex.search(line) for line in self.lines)
+        return _any_line_matches(pattern, self.lines)
 
 
 class InstanceView(records.Record, kw_only=False):
