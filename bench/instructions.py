@@ -3,7 +3,7 @@
 Timings on a shared two-core machine move by a third from one run to the next,
 so a change worth a few per cent cannot be seen in them. The number of
 instructions the runner's process executes for the same job barely moves (the
-PostgreSQL server, bash and the spawn helper are other processes and are not
+PostgreSQL server and bash are other processes and are not
 counted), so this benchmark counts them with callgrind for a few fixed jobs,
 for the runner as checked out and for the runner of a git revision
 (``PGQ_BENCH_AGAINST``, default ``HEAD``: what the uncommitted change does),

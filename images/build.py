@@ -59,6 +59,10 @@ def wheels(target: pathlib.Path) -> pathlib.Path:
     """Both distributions' wheels and their dependencies' in ``target``."""
     target.mkdir(parents=True, exist_ok=True)
     distributions = [ROOT / name for name in IMAGES]
+    for distribution in distributions:
+        # setuptools builds in the folder's build/ and packs all it finds there: a module deleted
+        # since an earlier build would still be in the wheel
+        shutil.rmtree(distribution / "build", ignore_errors=True)
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", target, *distributions)
     return target
 

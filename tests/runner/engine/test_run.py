@@ -33,13 +33,13 @@ class Recorder:
 
 async def run_job(loaded: loader.LoadedJob, **options: object) -> tuple[Summary, Recorder]:
     recorder = Recorder()
-    async with ShellExecutor(workdir=loaded.workdir, kill_grace=1.0) as shell:
-        summary = await engine.run(
-            loaded,
-            dispatcher=Dispatcher(workdir=loaded.workdir, shell=shell),
-            emit=recorder,
-            **options,  # type: ignore[arg-type]
-        )
+    shell = ShellExecutor(workdir=loaded.workdir, kill_grace=1.0)
+    summary = await engine.run(
+        loaded,
+        dispatcher=Dispatcher(workdir=loaded.workdir, shell=shell),
+        emit=recorder,
+        **options,  # type: ignore[arg-type]
+    )
     return summary, recorder
 
 

@@ -1,10 +1,4 @@
-"""The shell executor runs real bash and leaves no process behind.
-
-Every test runs four ways, as the runner can start a command: by posix_spawn (the command
-runs in the runner's own directory), by Popen (it runs elsewhere), with its exit learned
-by a thread in waitpid instead of a pidfd (kernels without pidfds), and through the spawn
-helper (as when commands run side by side).
-"""
+"""The shell executor runs real bash and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -19,44 +13,17 @@ from collections.abc import AsyncIterator
 import psutil
 import pytest
 
-from pgquartz.runner.executors import descriptors, spawn
 from pgquartz.runner.executors import shell as shell_module
 from pgquartz.runner.executors.capture import Limits
-from pgquartz.runner.executors.shell import Delegation, ShellExecutor
+from pgquartz.runner.executors.shell import ShellExecutor
 from pgquartz.runner.model.results import CommandState
 from tests.conftest import processes_with_marker
 
 
-@pytest.fixture(autouse=True, params=["posix_spawn", "popen", "waitpid-thread", "delegated"])
-def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> str:
-    """How commands are started in this test; the other ways are made to fail, so they cannot be taken."""
-
-    def refused(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"{request.param}: the wrong way to start a command")
-
-    if request.param == "delegated":
-        monkeypatch.setattr(shell_module, "DEFAULT_DELEGATION", Delegation.ALWAYS)
-        monkeypatch.setattr(spawn, "_start", refused)  # the runner starting one itself
-        monkeypatch.chdir("/")  # the helper must put each command in its workdir
-        return str(request.param)
-    monkeypatch.setattr(shell_module, "DEFAULT_DELEGATION", Delegation.NEVER)
-    if request.param == "popen":
-        monkeypatch.chdir("/")
-        monkeypatch.setattr(os, "posix_spawn", refused)
-        monkeypatch.setattr(os, "posix_spawnp", refused)
-    else:
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setattr(spawn.subprocess, "Popen", refused)
-    if request.param == "waitpid-thread":
-        monkeypatch.setattr(spawn, "USE_PIDFD", False)
-        monkeypatch.setattr(os, "pidfd_open", refused)
-    return str(request.param)
-
-
 @pytest.fixture
-async def shell(tmp_path: pathlib.Path) -> AsyncIterator[ShellExecutor]:
-    async with ShellExecutor(workdir=tmp_path, kill_grace=1.0) as executor:
-        yield executor
+async def shell(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ShellExecutor]:
+    monkeypatch.chdir("/")  # the command must be put in its workdir, not inherit the runner's
+    yield ShellExecutor(workdir=tmp_path, kill_grace=1.0)
 
 
 async def test_inline_runs_in_workdir_with_instance_environment(
@@ -71,8 +38,8 @@ async def test_inline_runs_in_workdir_with_instance_environment(
 
 
 async def test_callers_environment_is_passed_on(tmp_path: pathlib.Path) -> None:
-    async with ShellExecutor(workdir=tmp_path, base_env={**os.environ, "FROM_CALLER": "yes"}) as shell:
-        result = await shell.run(name="t", inline="echo $FROM_CALLER")
+    shell = ShellExecutor(workdir=tmp_path, base_env={**os.environ, "FROM_CALLER": "yes"})
+    result = await shell.run(name="t", inline="echo $FROM_CALLER")
     assert result.stdout.text == "yes\n"
 
 
@@ -100,8 +67,8 @@ async def test_stdin_is_empty(shell: ShellExecutor) -> None:
 
 
 async def test_output_is_bounded(tmp_path: pathlib.Path) -> None:
-    async with ShellExecutor(workdir=tmp_path, limits=Limits(head=1000, tail=1000)) as shell:
-        result = await shell.run(name="t", inline="head -c 5000000 /dev/zero | tr '\\0' 'x'; echo; echo END")
+    shell = ShellExecutor(workdir=tmp_path, limits=Limits(head=1000, tail=1000))
+    result = await shell.run(name="t", inline="head -c 5000000 /dev/zero | tr '\\0' 'x'; echo; echo END")
     assert result.stdout.total_bytes == 5_000_005
     assert len(result.stdout.text) < 2100
     assert result.stdout.text.endswith("END\n")
@@ -129,12 +96,12 @@ async def test_cancellation_kills_the_whole_process_group(shell: ShellExecutor) 
 async def test_processes_ignoring_sigterm_are_killed_after_the_grace(tmp_path: pathlib.Path) -> None:
     marker = f"pgq-test-{uuid.uuid4().hex}"
     body = f"trap '' TERM; (trap '' TERM; exec -a {marker} sleep 300) & wait"
-    async with ShellExecutor(workdir=tmp_path, kill_grace=0.5) as shell:
-        task = asyncio.ensure_future(shell.run(name="t", inline=body))
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    shell = ShellExecutor(workdir=tmp_path, kill_grace=0.5)
+    task = asyncio.ensure_future(shell.run(name="t", inline=body))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert processes_with_marker(marker) == []
 
 
@@ -148,8 +115,8 @@ async def test_background_processes_do_not_outlive_their_command(shell: ShellExe
 
 
 async def test_missing_bash_is_a_failed_command_not_a_crash(tmp_path: pathlib.Path) -> None:
-    async with ShellExecutor(workdir=tmp_path, bash="/nonexistent/bash") as shell:
-        result = await shell.run(name="t", inline="true")
+    shell = ShellExecutor(workdir=tmp_path, bash="/nonexistent/bash")
+    result = await shell.run(name="t", inline="true")
     assert result.state is CommandState.FAILED and result.rc == 127
     assert result.error is not None and "cannot start /nonexistent/bash" in result.error
 
@@ -160,13 +127,9 @@ async def test_signals_python_ignores_are_back_at_their_defaults(shell: ShellExe
     assert result.stdout.text == "141\n" and result.stderr.text == ""
 
 
-@pytest.mark.parametrize("listed", [True, False], ids=["listed", "close_range"])
 async def test_a_command_inherits_only_stdin_stdout_and_stderr(
-    shell: ShellExecutor, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, listed: bool
+    shell: ShellExecutor, tmp_path: pathlib.Path
 ) -> None:
-    # The first commands of a run close what /proc/self/fd lists; later ones use close_range(2).
-    inheritance = descriptors.Inheritance(close_range_after=1000 if listed else 0)
-    monkeypatch.setattr(spawn, "INHERITANCE", inheritance)
     inheritable = os.open(tmp_path / "held", os.O_CREAT | os.O_WRONLY)
     os.set_inheritable(inheritable, True)  # as a C library may leave one
     try:
@@ -181,6 +144,34 @@ async def test_many_short_commands_leave_no_file_descriptor_or_zombie_behind(she
     before = set(os.listdir("/proc/self/fd"))
     results = await asyncio.gather(*(shell.run(name=f"t{i}", inline=f"echo {i}") for i in range(50)))
     assert [r.stdout.text for r in results] == [f"{i}\n" for i in range(50)]
+    assert set(os.listdir("/proc/self/fd")) <= before
+    zombies = [child for child in psutil.Process().children() if child.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []
+
+
+async def test_a_missing_workdir_is_a_failed_command_and_leaks_nothing(tmp_path: pathlib.Path) -> None:
+    await ShellExecutor(workdir=tmp_path).run(name="first", inline="true")  # what a process keeps
+    before = set(os.listdir("/proc/self/fd"))
+    result = await ShellExecutor(workdir=tmp_path / "gone").run(name="t", inline="true")
+    assert result.state is CommandState.FAILED and result.rc == 127
+    assert result.error is not None and f"cannot start bash in {tmp_path / 'gone'}" in result.error.replace(
+        shell_module.which("bash") or "bash", "bash"
+    )
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+@pytest.mark.parametrize("delay", [0, 0.0005, 0.002, 0.01, 0.05])
+async def test_a_command_cancelled_while_it_starts_leaves_no_process_behind(
+    shell: ShellExecutor, delay: float
+) -> None:
+    marker = f"pgq-test-{uuid.uuid4().hex}"
+    before = set(os.listdir("/proc/self/fd"))
+    task = asyncio.ensure_future(shell.run(name="t", inline=f"exec -a {marker} sleep 300"))
+    await asyncio.sleep(delay)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert processes_with_marker(marker) == []
     assert set(os.listdir("/proc/self/fd")) <= before
     zombies = [child for child in psutil.Process().children() if child.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []

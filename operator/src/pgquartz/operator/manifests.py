@@ -377,8 +377,8 @@ def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults
         "name": "runner",
         "image": spec.image or defaults.image,
         "args": ["run", job_path, "--log-format", "json", "--summary-file", "/dev/termination-log"],
-        # Commands start fastest (posix_spawn) in the runner's own directory: with scripts, that is
-        # their workdir; a job file's own directory is the mount's hidden timestamped one.
+        # The runner's directory: with scripts, their folder (the job's workdir); else the job file's
+        # mount (a job file's own directory is the mount's hidden timestamped one).
         "workingDir": SCRIPTS_DIR if spec.scripts is not None else JOB_DIR,
         "env": env,
         "volumeMounts": mounts,

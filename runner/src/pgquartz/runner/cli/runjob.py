@@ -196,7 +196,6 @@ async def _run(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        await shell.aclose()
 
 
 def _signal_outcome(received: list[signal.Signals]) -> Outcome:

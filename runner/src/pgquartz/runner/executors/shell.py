@@ -2,17 +2,17 @@
 
 A command runs as ``bash -c BODY`` (inline) or ``bash FILE`` (``file:``) in the
 workdir, with the runner's environment plus ``PGQ_INSTANCE_<ARG>`` for each
-matrix argument, and stdin from ``/dev/null`` (jobs are unattended).
+matrix argument, stdin from ``/dev/null`` (jobs are unattended) and no other
+descriptor of the runner's. It is started by asyncio's subprocess machinery
+(``loop.subprocess_exec``: ``subprocess.Popen`` underneath, which also puts the
+signals Python ignores back at their defaults), and its output is fed to the
+bounded captures as the pipes deliver it.
 
-Each command gets its own process group, which is the unit of cleanup: when a
-command is cancelled (timeout, SIGTERM, a lost lock) the whole group gets
+Each command gets its own session, whose process group is the unit of cleanup:
+when a command is cancelled (timeout, SIGTERM, a lost lock) the whole group gets
 SIGTERM, then SIGKILL after a grace period, and the cancellation returns only
 when the group is gone. Background processes a command leaves behind are
 stopped the same way when it exits, so nothing outlives its command.
-
-While commands run side by side, they are started by a spawn helper process
-(pgquartz.runner.executors.delegated) so that the runner's event loop is not
-held while each one execs; stopping their groups stays the runner's work.
 """
 
 from __future__ import annotations
@@ -20,43 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import enum
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-from pgquartz.runner.executors import spawn
 from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.model.results import CommandResult, CommandState
-
-if TYPE_CHECKING:
-    from pgquartz.runner.executors import delegated
 
 BASH = "bash"
 _INLINE_ARG_LIMIT = 100 * 1024  # Linux refuses one argv string over 128 KiB
 
 
-class Delegation(enum.Enum):
-    """Who starts the commands: the runner itself, or the spawn helper
-    (pgquartz.runner.executors.delegated) once commands keep running side by side (after
-    :data:`DELEGATE_AFTER` of them started while another ran), or always."""
-
-    NEVER = "never"
-    WHEN_CONCURRENT = "when-concurrent"
-    ALWAYS = "always"
-
-
-DEFAULT_DELEGATION = Delegation.WHEN_CONCURRENT
-DELEGATE_AFTER = 16
-"""Commands started while another runs before the helper is started: a few side by side are not
-worth a process of its own (its start costs as much CPU as some 50 commands' spawns)."""
-
-
 class ShellExecutor:
-    """Runs shell commands. One instance serves a whole run."""
+    """Runs shell commands. One instance serves a whole run; it holds nothing between commands."""
 
     def __init__(
         self,
@@ -66,59 +46,17 @@ class ShellExecutor:
         kill_grace: float = 5.0,
         bash: str = BASH,
         base_env: Mapping[str, str] | None = None,
-        delegation: Delegation | None = None,
     ) -> None:
         self._workdir = str(workdir)
         self._limits = limits
         self._kill_grace = kill_grace
-        # Resolved once: given a bare name, every spawn would try each PATH entry in turn.
+        # Resolved once: given a bare name, every start would try each PATH entry in turn.
         self._bash = which(bash) or bash
         # Encoded once: subprocess would otherwise encode the whole environment per command.
         self._base_env = {
             os.fsencode(key): os.fsencode(value)
             for key, value in (os.environ if base_env is None else base_env).items()
         }
-        self._delegation = DEFAULT_DELEGATION if delegation is None else delegation
-        self._running = 0
-        self._side_by_side = 0  # commands started while another ran
-        self._delegate: delegated.Delegate | None = None
-
-    async def __aenter__(self) -> ShellExecutor:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Stop the spawn helper, if one was started (what it still runs is stopped first)."""
-        if self._delegate is not None:
-            delegate, self._delegate = self._delegate, None
-            await delegate.close()
-
-    async def _spawner(self) -> delegated.Delegate | None:
-        """The spawn helper to start the next command with, if it is to be used and is ready."""
-        if self._delegation is Delegation.NEVER:
-            return None
-        delegate = self._delegate
-        if delegate is None:
-            if self._delegation is Delegation.WHEN_CONCURRENT:
-                if self._running < 2:
-                    return None
-                self._side_by_side += 1
-                if self._side_by_side < DELEGATE_AFTER:
-                    return None
-            from pgquartz.runner.executors import delegated  # only for runs of concurrent commands
-
-            try:
-                delegate = self._delegate = delegated.Delegate.start(
-                    asyncio.get_running_loop(), grace=self._kill_grace
-                )
-            except OSError:  # no interpreter to start it with: the runner starts commands itself
-                self._delegation = Delegation.NEVER
-                return None
-        if self._delegation is Delegation.ALWAYS:
-            await delegate.wait_ready()
-        return delegate if delegate.usable else None
 
     async def run(
         self,
@@ -143,82 +81,156 @@ class ShellExecutor:
             argv = [self._bash, str(script_file)]
         else:
             argv = [self._bash, "-c", inline or ""]
-        stdout, stderr = BoundedCapture(self._limits), BoundedCapture(self._limits)
-        self._running += 1
+        output = _Output(BoundedCapture(self._limits), BoundedCapture(self._limits))
         try:
             try:
-                delegate = await self._spawner()
-                child = spawn.spawn(
-                    argv,
-                    cwd=self._workdir,
-                    env=environment,
-                    stdout=stdout.feed,
-                    stderr=stderr.feed,
-                    delegate=delegate,
+                transport = await _start(
+                    argv, output, cwd=self._workdir, env=environment, grace=self._kill_grace
                 )
-                try:
-                    rc = await self._wait(child)
-                finally:
-                    child.close()
             except OSError as error:
-                if isinstance(error, _Lost):
-                    note = str(error)
-                    rc = 255
-                else:
-                    note = f"cannot start {self._bash}: {error}"
-                    rc = 127
                 return CommandResult(
                     name=name,
                     state=CommandState.FAILED,
-                    rc=rc,
-                    stdout=stdout.result(),
-                    stderr=stderr.result(),
+                    rc=127,
+                    stdout=output.stdout.result(),
+                    stderr=output.stderr.result(),
                     started=started,
                     duration=time.monotonic() - clock,
-                    error=note,
+                    error=f"cannot start {self._bash} in {self._workdir}: {error}",
                 )
+            try:
+                rc = await self._wait(transport, output)
+            finally:
+                transport.close()
         finally:
-            self._running -= 1
             if script_file is not None:
                 script_file.unlink(missing_ok=True)
         return CommandResult(
             name=name,
             state=CommandState.SUCCEEDED if rc == 0 else CommandState.FAILED,
             rc=rc,
-            stdout=stdout.result(),
-            stderr=stderr.result(),
+            stdout=output.stdout.result(),
+            stderr=output.stderr.result(),
             started=started,
             duration=time.monotonic() - clock,
             error=_signal_note(rc),
         )
 
-    async def _wait(self, child: spawn.Spawned) -> int:
+    async def _wait(self, transport: asyncio.SubprocessTransport, output: _Output) -> int:
+        pgid = transport.get_pid()
         try:
-            await child.wait_started()  # raises OSError if it could not start
+            await output.wait_exit()  # cancelled, the exit stays to be learned by the stopping
         except asyncio.CancelledError:
-            await _stop_group(child, self._kill_grace)
+            await _stop_group(pgid, output, self._kill_grace)
             raise
-        try:
-            returncode = await child.wait_exit()
-        except asyncio.CancelledError:
-            await _stop_group(child, self._kill_grace)
-            raise
-        except OSError as lost:  # started, but its exit cannot be learned: its group still can be stopped
-            await _stop_group(child, self._kill_grace)
-            raise _Lost(str(lost)) from lost
         # bash is gone; anything it left running in its group must not outlive it
         # (and would otherwise hold our pipes open).
-        if _group_alive(child.pid):
-            await _stop_group(child, self._kill_grace)
+        if _group_alive(pgid):
+            await _stop_group(pgid, output, self._kill_grace)
         # A process that left the group (setsid) may still hold the pipes: don't wait forever.
-        if not child.drained.done():
+        if not output.drained.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(child.drained), timeout=self._kill_grace)
+                await asyncio.wait_for(asyncio.shield(output.drained), timeout=self._kill_grace)
+        returncode = transport.get_returncode()
+        if returncode is None:  # cannot be: the exit was learned
+            return 255
         return 128 - returncode if returncode < 0 else returncode
 
 
-class _Lost(OSError):
-    """A command started, but its exit could not be learned."""
+class _Output(asyncio.SubprocessProtocol):
+    """A command's pipes fed into its captures; ``exited`` and ``drained`` resolve when it exited and
+    when both pipes reached their end."""
+
+    def __init__(self, stdout: BoundedCapture, stderr: BoundedCapture) -> None:
+        loop = asyncio.get_running_loop()
+        self.stdout, self.stderr = stdout, stderr
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.drained: asyncio.Future[None] = loop.create_future()
+        self._feeds = {1: stdout.feed, 2: stderr.feed}
+        self._exit_waiters: list[asyncio.Future[None]] = []
+
+    def wait_exit(self) -> asyncio.Future[None]:
+        """:attr:`exited`, for one waiter: cancelling it (with the task awaiting it) leaves ``exited``
+        to the others, and it resolves in the same turn of the loop (``asyncio.shield`` takes one more)."""
+        if self.exited.done():
+            return self.exited
+        waiter: asyncio.Future[None] = self.exited.get_loop().create_future()
+        self._exit_waiters.append(waiter)
+        return waiter
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self._feeds[fd](data if isinstance(data, bytes) else data.encode())
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._feeds.pop(fd, None)
+        if not self._feeds and not self.drained.done():
+            self.drained.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+        for waiter in self._exit_waiters:
+            if not waiter.done():  # else cancelled with its task
+                waiter.set_result(None)
+        self._exit_waiters.clear()
+
+
+def _pidfds_work() -> bool:
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return False  # 3.12 and later use pidfds by themselves where they work
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # Linux before 5.3, or a seccomp policy without pidfd_open
+        return False
+    return True
+
+
+_PIDFD_WATCHER = asyncio.PidfdChildWatcher() if _pidfds_work() else None
+
+
+def _learn_exits_from_pidfds(loop: asyncio.AbstractEventLoop) -> None:
+    """On Python 3.11, commands' exits are learned from pidfds on the running loop, as 3.12 and later
+    learn them by themselves, instead of from a thread per command waiting in ``waitpid`` (that
+    thread was a quarter of the runner's CPU per command). Elsewhere this does nothing."""
+    if _PIDFD_WATCHER is None:
+        return
+    policy = asyncio.get_event_loop_policy()
+    if policy.get_child_watcher() is not _PIDFD_WATCHER:
+        policy.set_child_watcher(_PIDFD_WATCHER)
+    if not _PIDFD_WATCHER.is_active():  # a new loop (asyncio.run makes one a run)
+        _PIDFD_WATCHER.attach_loop(loop)
+
+
+async def _start(
+    argv: list[str], output: _Output, *, cwd: str, env: Mapping[bytes, bytes], grace: float
+) -> asyncio.SubprocessTransport:
+    """``argv`` started in a session of its own, its pipes read into ``output``. Cancelled while it
+    starts, it stops what it started before it gives way: no process is left behind."""
+    loop = asyncio.get_running_loop()
+    _learn_exits_from_pidfds(loop)
+    starting = asyncio.ensure_future(
+        loop.subprocess_exec(
+            lambda: output,
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    )
+    try:
+        transport, _ = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            transport, _ = await starting
+            try:
+                await _stop_group(transport.get_pid(), output, grace)
+            finally:
+                transport.close()
+        raise
+    return transport
 
 
 def _group_alive(pgid: int) -> bool:
@@ -251,18 +263,13 @@ def _has_live_member(pgid: int) -> bool:
     return False
 
 
-async def _stop_group(child: spawn.Spawned, grace: float) -> None:
+async def _stop_group(pgid: int, output: _Output, grace: float) -> None:
     """SIGTERM the command's process group, SIGKILL it after ``grace``, wait until it is gone.
 
     Shielded from further cancellation: a second Ctrl-C must not leave processes behind.
     """
 
     async def stop() -> None:
-        try:
-            await child.started
-        except OSError:  # nothing was started
-            return
-        pgid = child.pid
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         # Polling is the only way to learn that a process group is empty.
@@ -270,8 +277,8 @@ async def _stop_group(child: spawn.Spawned, grace: float) -> None:
             await asyncio.sleep(0.01)
         if _group_alive(pgid):
             _signal_group(pgid, signal.SIGKILL)
-        with contextlib.suppress(OSError):  # lost track of its exit: the group is what counts
-            await child.exited
+        with contextlib.suppress(TimeoutError):  # the group is what counts
+            await asyncio.wait_for(output.wait_exit(), timeout=1.0)
         deadline = time.monotonic() + 1.0
         while _group_alive(pgid) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
