@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -192,3 +195,129 @@ async def test_copy_to_the_client_is_refused_and_the_next_command_gets_a_working
     )
     after = await run(primary, "select 42 as n")
     assert after.state is CommandState.SUCCEEDED and after.stdout.text == "{n}={42}\n"
+
+
+async def test_arguments_are_text_of_a_type_the_server_infers(primary: PostgresExecutor) -> None:
+    await run(primary, "create table typed (id int, day date, note text)")
+    inserted = await run(
+        primary,
+        "insert into typed values (:id, :day, :note)",
+        {"id": "7", "day": "2026-12-07", "note": "50%"},
+    )
+    assert inserted.rc == 0, inserted.stderr.text
+    rows = await run(primary, "select id + 1 as next, day, note from typed where note like '%\\%'")
+    assert rows.stdout.text == "{next}={8} {day}={2026-12-07} {note}={50%}\n"
+
+
+async def test_a_server_error_is_shown_with_its_sqlstate_hint_and_position_once(
+    primary: PostgresExecutor,
+) -> None:
+    divided = await run(primary, "select 1/0")
+    assert divided.error == "ERROR 22012: division by zero"
+    missing = await run(primary, "select * from no_such_table")
+    assert missing.stderr.text.startswith('ERROR 42P01: relation "no_such_table" does not exist\nLINE 1:')
+
+
+async def test_notices_are_not_written_to_the_runners_stderr(
+    primary: PostgresExecutor, capfd: pytest.CaptureFixture[str]
+) -> None:
+    result = await run(primary, "do $$ begin raise notice 'a notice nobody asked for'; end $$")
+    assert result.rc == 0 and result.stdout.text == result.stderr.text == ""
+    assert "a notice nobody asked for" not in capfd.readouterr().err
+
+
+async def test_a_nul_character_is_refused_not_cut_off(primary: PostgresExecutor) -> None:
+    # libpq takes C strings: "select 1\0; create …" would have run as "select 1", silently
+    body = "select 1 as one;\0 create table after_nul (id int)"
+    refused = await run(primary, body)
+    assert refused.state is CommandState.FAILED and "NUL" in (refused.error or "")
+    in_argument = await run(primary, "select :a as a", {"a": "x\0y"})
+    assert in_argument.state is CommandState.FAILED and "NUL" in (in_argument.error or "")
+    check = await run(primary, "select to_regclass('after_nul') is null as absent")
+    assert check.stdout.text == "{absent}={t}\n"
+
+
+async def test_a_query_larger_than_the_sockets_buffer_runs(primary: PostgresExecutor) -> None:
+    size = 32 * 1024 * 1024
+    result = await run(primary, f"select length('{'x' * size}') as n")
+    assert result.stdout.text == f"{{n}}={{{size}}}\n"
+
+
+async def test_a_session_the_server_ends_fails_its_command_and_the_next_gets_a_new_one(
+    pg_cluster: PgCluster, database: str
+) -> None:
+    executor = executor_for({**pg_cluster.primary.params, "dbname": database})
+    marker = f"ended-{uuid.uuid4().hex}"
+    try:
+        task = asyncio.ensure_future(run(executor, f'select pg_sleep(30) as "{marker}"'))
+        await asyncio.sleep(0.5)
+        terminate = (
+            "select pg_terminate_backend(pid) from pg_stat_activity"
+            " where query like :pattern and pid <> pg_backend_pid()"
+        )
+        other = executor_for({**pg_cluster.primary.params, "dbname": database})
+        await run(other, terminate, {"pattern": f"%{marker}%"})
+        await other.aclose()
+        ended = await asyncio.wait_for(task, 10)
+        assert ended.state is CommandState.FAILED and "57P01" in ended.stderr.text + (ended.error or "")
+        after = await run(executor, "select 2 as n")
+        assert after.stdout.text == "{n}={2}\n"
+    finally:
+        await executor.aclose()
+
+
+async def test_a_refused_connection_says_where(tmp_path: pathlib.Path) -> None:
+    executor = executor_for({"host": str(tmp_path), "port": "5999", "user": "postgres"})
+    result = await run(executor, "select 1")
+    assert result.state is CommandState.FAILED
+    assert str(tmp_path) in (result.error or "") and "failed" in (result.error or "")
+
+
+async def test_a_name_that_cannot_be_resolved_says_so() -> None:
+    executor = executor_for({"host": "no-such-host.invalid", "connect_timeout": "2"})
+    result = await run(executor, "select 1")
+    assert result.state is CommandState.FAILED and "no-such-host.invalid" in (result.error or "")
+
+
+async def test_a_server_that_never_answers_is_given_up_after_connect_timeout_and_the_loop_runs_on() -> None:
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never says a word
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.ensure_future(tick())
+    port = str(silent.getsockname()[1])
+    executor = executor_for({"host": "127.0.0.1", "port": port, "connect_timeout": "2", "user": "x"})
+    try:
+        started = time.monotonic()
+        result = await run(executor, "select 1")
+        waited = time.monotonic() - started
+    finally:
+        ticker.cancel()
+        silent.close()
+    assert result.state is CommandState.FAILED and "timeout" in (result.error or "")
+    assert 1.5 < waited < 10
+    assert ticks > 50  # the loop was never held while connecting
+
+
+async def test_each_host_of_a_list_gets_its_own_connect_timeout(pg_cluster: PgCluster) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    params = pg_cluster.primary.params
+    hosts = {"host": f"127.0.0.1,{params['host']}", "port": f"{silent.getsockname()[1]},{params['port']}"}
+    executor = executor_for({**params, **hosts, "connect_timeout": "2"})
+    try:
+        started = time.monotonic()
+        result = await run(executor, "select 1 as one")
+        assert time.monotonic() - started > 1.5  # the first host was given its timeout, then the next
+        assert result.stdout.text == "{one}={1}\n"
+    finally:
+        silent.close()
+        await executor.aclose()

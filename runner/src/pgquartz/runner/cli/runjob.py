@@ -151,7 +151,7 @@ async def _run(
         dispatcher.report_failover(seen)  # the dispatcher is made after its executors
 
     if loaded.job.connections:
-        from pgquartz.runner.executors import postgres  # libpq is loaded only for jobs that use it
+        from pgquartz.runner.executors import postgres  # psycopg is imported only for jobs that use it
 
         connections = {
             name: postgres.PostgresExecutor(

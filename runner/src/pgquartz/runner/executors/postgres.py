@@ -20,6 +20,8 @@ errors it lists, on a new session if the old one was lost; in ``batchMode`` the
 statements that already committed are not run again: it resumes at the failed
 statement, or at the one that opened the transaction block it failed in.
 
+Sessions are psycopg's (:mod:`~pgquartz.runner.executors.pgsession`).
+
 ``:name`` arguments become server-side parameters (``$n``, sent as text of
 unknown type so the server infers or casts them); a value never becomes SQL
 text. Rows are rendered as PgQuartz's manual describes, one line per row of
@@ -44,10 +46,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pgquartz.runner import libpq, secrets
-from pgquartz.runner.executors import identity, libpqwait, sqltext
+from pgquartz.runner import secrets
+from pgquartz.runner.executors import identity, pgsession, sqltext
 from pgquartz.runner.executors.capture import DEFAULT_LIMITS, BoundedCapture, Limits
 from pgquartz.runner.executors.identity import FailoverDetected, FailoverSeen, Identity, OnFailoverSeen
+from pgquartz.runner.executors.pgsession import Session, SessionError
 from pgquartz.runner.model import records
 from pgquartz.runner.model.job import Command, Connection, OnFailover, Role
 from pgquartz.runner.model.results import CommandResult, CommandState, OnRetry, RetryAttempt
@@ -108,8 +111,8 @@ class PostgresExecutor:
         self._limits = limits
         self._on_failover = on_failover
         self._slots = asyncio.Semaphore(max(1, max_sessions))
-        self._idle: list[libpq.Connection] = []
-        self._open: set[libpq.Connection] = set()
+        self._idle: list[Session] = []
+        self._open: set[Session] = set()
         self._states: dict[int, _SessionState] = {}
         self._reference: Identity | None = None
         self._watch_each_command = (
@@ -141,29 +144,29 @@ class PostgresExecutor:
         except secrets.SecretUnavailable as error:
             raise ConnectionFailed(str(error)) from None
 
-    async def _session(self) -> libpq.Connection:
+    async def _session(self) -> Session:
         while self._idle:
             session = self._idle.pop()
             if session.usable:
                 return session
             await self._discard(session)
         try:
-            session = await libpq.connect(self._params())
-        except libpq.Error as error:
+            session = await pgsession.connect(self._params())
+        except SessionError as error:
             raise ConnectionFailed(
                 self._scrub(f"cannot connect to {self.name!r}: {_message(error)}")
             ) from None
         self._open.add(session)
         try:
             found = await _identify(session)
-        except libpq.Error as error:
+        except SessionError as error:
             await self._discard(session)
             raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
         self._states[id(session)] = _SessionState(found, time.monotonic())
         self._compare(found)
         return session
 
-    async def _checked_session(self) -> libpq.Connection:
+    async def _checked_session(self) -> Session:
         """A session for a command; on a watched connection, one whose server was checked just now.
 
         A session found dead while checking (its server restarted while it sat idle) is replaced:
@@ -174,7 +177,7 @@ class PostgresExecutor:
             return session
         try:
             await self._recheck(session)
-        except libpq.Error as error:
+        except SessionError as error:
             if session.usable:
                 await self._discard(session)
                 raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
@@ -182,7 +185,7 @@ class PostgresExecutor:
             session = await self._session()
         return session
 
-    def _known(self, session: libpq.Connection) -> bool:
+    def _known(self, session: Session) -> bool:
         """Whether the session's server need not be asked again: asked lately, and reporting the same role.
 
         Read from what the server last reported (``in_hot_standby``, which libpq keeps), before
@@ -191,11 +194,10 @@ class PostgresExecutor:
         state = self._states[id(session)]
         if time.monotonic() - state.checked >= identity.RECHECK_SECONDS:
             return False
-        in_hot_standby = session.parameter_status(b"in_hot_standby")
-        reported = identity.reported_role(None if in_hot_standby is None else in_hot_standby.decode())
+        reported = identity.reported_role(session.parameter_status("in_hot_standby"))
         return reported == state.identity.role
 
-    async def _recheck(self, session: libpq.Connection) -> None:
+    async def _recheck(self, session: Session) -> None:
         """Before a command on a session already open: has its server changed since it was asked?"""
         if self._known(session):
             return
@@ -219,10 +221,11 @@ class PostgresExecutor:
             raise FailoverDetected(self.name, before, found, changed)
         self._reference = found
 
-    async def _discard(self, session: libpq.Connection) -> None:
+    async def _discard(self, session: Session) -> None:
         self._open.discard(session)
         self._states.pop(id(session), None)
-        session.finish()
+        with contextlib.suppress(Exception):  # closing a lost session can fail: it is gone either way
+            await session.close()
 
     async def role(self) -> str:
         """The role of the server this connection reaches now: ``primary`` or ``standby``."""
@@ -238,8 +241,8 @@ class PostgresExecutor:
         async with self._slots:
             session = await self._checked_session()
             try:
-                row = await _first_row(session, sql, params)
-            except libpq.Error as error:
+                row = await session.first_row(sql, params)
+            except SessionError as error:
                 await self._discard(session)
                 raise ConnectionFailed(self._scrub(f"connection {self.name!r}: {_message(error)}")) from None
             self._idle.append(session)
@@ -352,9 +355,9 @@ class PostgresExecutor:
             except FailoverDetected:
                 keep = False
                 raise
-            except libpq.Error as error:
+            except SessionError as error:
                 keep = session.usable
-                if keep and session.transaction_status == libpq.TRANS_INERROR:
+                if keep and session.in_failed_transaction:
                     keep = await _rollback(session) if command.retry or self._connection.retry else True
                 message = self._scrub(_message(error))
                 stderr.feed(f"{message}\n".encode())
@@ -369,7 +372,7 @@ class PostgresExecutor:
     async def _execute(
         self,
         *,
-        session: libpq.Connection,
+        session: Session,
         command: Command,
         body: str,
         args: Mapping[str, str],
@@ -380,16 +383,16 @@ class PostgresExecutor:
         if command.batch_mode:
             opened = progress.resume_at
             for index in range(progress.resume_at, len(statements)):
-                if session.transaction_status == libpq.TRANS_IDLE:
+                if session.idle:
                     opened = index  # a block this statement opens would be rolled back with it
                 progress.resume_at = opened
                 await self._run_statement(session, statements[index], args, out)
-                if session.transaction_status == libpq.TRANS_IDLE:
+                if session.idle:
                     progress.resume_at = index + 1
         elif len(statements) > 1:
             query, params = _bind(body, args)
             if params:
-                raise libpq.Error(
+                raise SessionError(
                     "a body with several statements cannot take :arguments; set batchMode: true to run them"
                     " one at a time, or give each statement its own command"
                 )
@@ -399,7 +402,7 @@ class PostgresExecutor:
 
     async def _run_statement(
         self,
-        session: libpq.Connection,
+        session: Session,
         statement: str,
         args: Mapping[str, str],
         out: BoundedCapture,
@@ -408,105 +411,37 @@ class PostgresExecutor:
         await _send(session, query, params, out)
 
 
-async def _identify(session: libpq.Connection) -> Identity:
+async def _identify(session: Session) -> Identity:
     """The session's server: role, cluster and timeline (the role alone for a user who may not ask)."""
     try:
-        row = await _first_row(session, identity.QUERY, None)
-    except libpq.Error as error:
+        row = await session.first_row(identity.QUERY)
+    except SessionError as error:
         if error.sqlstate != _INSUFFICIENT_PRIVILEGE:
             raise
-        row = await _first_row(session, identity.FALLBACK_QUERY, None)
+        row = await session.first_row(identity.FALLBACK_QUERY)
     if row is None:
-        raise libpq.Error("the server's identity query returned no row")
+        raise SessionError("the server's identity query returned no row")
     return identity.from_row(row)
 
 
-async def _rollback(session: libpq.Connection) -> bool:
+async def _rollback(session: Session) -> bool:
     """End a failed transaction block before a retry; False if the session is no use any more."""
     try:
-        await _first_row(session, "rollback", None)
-    except libpq.Error:
+        await session.execute("rollback")
+    except SessionError:
         return False
     return True
 
 
-async def _results(
-    session: libpq.Connection, query: str, params: list[str] | tuple[str, ...] | None
-) -> list[libpq.Result]:
-    """Every result of one query; the server's error raised (the results cleared), COPY refused.
-
-    Without parameters the query goes by the simple protocol (several statements run as one
-    implicit transaction, as psql does); with them, by the extended protocol as ``$n``
-    parameters of unknown type, sent as text.
-    """
-    if params:
-        session.send_query_params(query.encode(), [param.encode() for param in params])
-    else:
-        session.send_query(query.encode())
-    results = await libpqwait.execute(session)
-    failure: libpq.Error | None = None
-    for result in results:
-        status = result.status
-        if status == _TUPLES_OK or failure is not None:
-            continue
-        if status == _FATAL_ERROR:
-            failure = result.error()
-        elif status in libpq.COPY_STATES:
-            session.finish()  # the server waits for COPY data this session will never send
-            failure = libpq.Error(
-                "COPY to or from the client is not supported in a command: use COPY to or from a file,"
-                " or psql in a shell command"
-            )
-    if failure is not None:
-        for result in results:
-            result.clear()
-        raise failure
-    return results
+async def _send(session: Session, query: str, params: list[str], out: BoundedCapture) -> None:
+    """Run one query of a command and render every row set it returns (values in PostgreSQL's text)."""
+    for result in await session.execute(query, params):
+        names = pgsession.columns(result)
+        for values in pgsession.rows(result):
+            out.feed(_render(names, values))
 
 
-async def _first_row(
-    session: libpq.Connection, query: str, params: tuple[str, ...] | None
-) -> tuple[str | None, ...] | None:
-    """The first row of a query of the runner's own, as text (None: no row)."""
-    results = await _results(session, query, params)
-    try:
-        for result in results:
-            if result.status == _TUPLES_OK:
-                for values in result.rows():
-                    return tuple(values)
-        return None
-    finally:
-        for result in results:
-            result.clear()
-
-
-async def _send(session: libpq.Connection, query: str, params: list[str], out: BoundedCapture) -> None:
-    """Run one query of a command and render every result set it returns.
-
-    Results are read as libpq holds them, values in PostgreSQL's own text: no column
-    descriptions, row objects or type loaders, which is what makes a run of short SQL commands
-    cheap.
-    """
-    results = await _results(session, query, params)
-    try:
-        for result in results:
-            if result.status == _TUPLES_OK:
-                _render_result(result, out)
-    finally:
-        for result in results:
-            result.clear()
-
-
-_TUPLES_OK = libpq.TUPLES_OK
-_FATAL_ERROR = libpq.FATAL_ERROR
 _INSUFFICIENT_PRIVILEGE = "42501"
-
-
-def _render_result(result: libpq.Result, out: BoundedCapture) -> None:
-    """Rows as PgQuartz's manual shows them: ``{column}={value}`` pairs, a line per row."""
-    names = result.columns()
-    for values in result.rows():
-        out.feed(_render(names, values))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -535,16 +470,18 @@ def _render(names: list[str], row: Any) -> bytes:
     return (" ".join(parts) + "\n").encode()
 
 
-def _message(error: libpq.Error) -> str:
+def _message(error: SessionError) -> str:
     text = str(error).strip() or type(error).__name__
     return f"ERROR {error.sqlstate}: {text}" if error.sqlstate else text
 
 
-async def _cancel(session: libpq.Connection) -> None:
-    """Cancel the running query on the server; shielded, so a second cancellation cannot skip it."""
+async def _cancel(session: Session) -> None:
+    """Make sure the query a cancelled command ran is cancelled on the server (psycopg asks, as the
+    cancellation passes it; a second one can cut that short); shielded, so a further cancellation
+    cannot skip it."""
 
     async def cancel() -> None:
-        if not session.usable or session.transaction_status == libpq.TRANS_IDLE:
+        if not session.usable or not session.running:
             return  # nothing runs
         with contextlib.suppress(Exception):
             await session.cancel(give_up_after=5.0)

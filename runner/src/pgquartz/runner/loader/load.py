@@ -182,12 +182,12 @@ def _connection_problems(job: Job) -> list[Problem]:
         return []
     import difflib
 
-    from pgquartz.runner import libpq  # only jobs with connections load libpq
+    try:  # psycopg only for jobs with connections
+        from psycopg import pq
 
-    try:
-        keywords = sorted(libpq.keywords())
-    except libpq.LibraryMissing as error:
-        return [Problem(("connections",), str(error))]
+        keywords = sorted(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+    except ImportError as error:  # psycopg without a libpq it can load
+        return [Problem(("connections",), f"cannot check the connections' keywords: {error}")]
     problems = []
     for name, connection in job.connections.items():
         for key in connection.conn_params:
