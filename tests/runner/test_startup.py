@@ -1,9 +1,11 @@
-"""The runner starts fast: it never loads the operator, kopf or a Kubernetes client."""
+"""The runner loads what a job needs: never the operator, kopf or a Kubernetes client; psycopg
+only for a job with connections, aetcd and grpc only for a job that locks."""
 
 import pathlib
 import subprocess
 import sys
 
+from tests.support.etcdcluster import EtcdCluster
 from tests.support.pgcluster import PgCluster
 
 PROBE = """
@@ -30,22 +32,22 @@ def test_version_and_help_need_no_heavy_imports() -> None:
     assert result.stdout.strip() == "False False False"
 
 
-LOCK_PROBE = """
-import sys
-import pgquartz.runner.model.job  # the job model every run loads anyway
-before = set(sys.modules)
-from pgquartz.runner.lock import guard, status
-new = sorted(m.split(".")[0] for m in set(sys.modules) - before if not m.startswith("pgquartz"))
-print(",".join(sorted(set(new))))
-"""
-
-
-def test_the_etcd_lock_loads_nothing_beyond_the_standard_library_and_the_job_model() -> None:
-    result = subprocess.run([sys.executable, "-c", LOCK_PROBE], capture_output=True, text=True, check=True)
-    third_party = [
-        name for name in result.stdout.strip().split(",") if name and name not in sys.stdlib_module_names
-    ]
-    assert third_party == []
+def test_only_a_job_that_locks_imports_aetcd_and_grpc(etcd: EtcdCluster, tmp_path: pathlib.Path) -> None:
+    locked, plain = tmp_path / "locked.yml", tmp_path / "plain.yml"
+    steps = "steps:\n  s:\n    commands: [{inline: 'true'}]\n"
+    locked.write_text(
+        f"git: {{disable: true}}\netcdConfig: {{endpoints: {etcd.endpoints}, lockKey: imports}}\n" + steps
+    )
+    plain.write_text("git: {disable: true}\n" + steps)
+    probe = (
+        "import sys; from pgquartz.runner.cli import main; code = main.main(['-c', sys.argv[1]]);"
+        "print(code, sorted({'aetcd', 'grpc', 'kopf', 'kubernetes'} & set(sys.modules)))"
+    )
+    for job, imported in ((plain, "[]"), (locked, "['aetcd', 'grpc']")):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip().splitlines()[-1] == f"0 {imported}", result.stdout + result.stderr
 
 
 def test_validating_a_job_with_rules_loads_neither_inspect_nor_dataclasses(tmp_path: pathlib.Path) -> None:

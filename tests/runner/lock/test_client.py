@@ -1,10 +1,10 @@
-"""The etcd client over etcd's JSON gateway: its calls against a real etcd, and how errors map.
+"""The lock's etcd client on etcd's gRPC API: its calls against a real etcd, and how errors map.
 
 The lock's own tests (test_lock.py, test_faults.py, test_member_loss.py) drive it
 through the runner; these pin the client's contract where the runner cannot see it:
 what each call returns, a Go runner's empty value, a watch that sees a deletion,
-members that refuse, pause or drop a kept-alive connection, and which of etcd's
-errors are worth retrying.
+members that refuse, pause or restart, what a cancelled call leaves on etcd, and
+which of etcd's errors are worth retrying.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
-import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
+import grpc.aio
 import pytest
 
 from pgquartz.runner.lock import client as etcd
@@ -48,45 +50,61 @@ def test_prefix_end_is_the_first_key_after_the_prefix() -> None:
 @pytest.mark.parametrize(
     ("endpoint", "parsed"),
     [
-        ("10.0.0.1:2379", ("10.0.0.1", 2379, False)),
-        ("etcd", ("etcd", 2379, False)),
-        ("http://etcd:12379", ("etcd", 12379, False)),
-        ("https://[::1]:2379", ("::1", 2379, True)),
+        ("10.0.0.1:2379", ("10.0.0.1", 2379, False, "10.0.0.1:2379")),
+        ("etcd", ("etcd", 2379, False, "etcd:2379")),
+        ("http://etcd:12379", ("etcd", 12379, False, "etcd:12379")),
+        ("https://[::1]:2379", ("::1", 2379, True, "[::1]:2379")),
     ],
 )
-def test_endpoints_are_read_as_pgquartz_writes_them(endpoint: str, parsed: tuple[str, int, bool]) -> None:
-    assert etcd.parse_endpoint(endpoint) == parsed
+def test_endpoints_are_read_as_pgquartz_writes_them(
+    endpoint: str, parsed: tuple[str, int, bool, str]
+) -> None:
+    found = etcd.parse_endpoint(endpoint)
+    assert (found.host, found.port, found.tls, str(found)) == parsed
+
+
+@pytest.mark.parametrize("endpoint", ["", "http://", "etcd:http", "etcd:99999"])
+def test_an_endpoint_that_names_no_member_is_refused_at_once(endpoint: str) -> None:
+    with pytest.raises(EtcdRefused, match="not an etcd endpoint"):
+        etcd.Client(config([endpoint]))
 
 
 @pytest.mark.parametrize(
-    ("message", "status", "kind"),
+    ("code", "details", "kind"),
     [
+        (grpc.StatusCode.UNAVAILABLE, "etcdserver: leader changed", "next member"),
+        (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader", "next member"),
         (
-            {"error": "etcdserver: leader changed", "code": 14, "message": "etcdserver: leader changed"},
-            503,
-            "retry",
+            grpc.StatusCode.UNAVAILABLE,
+            "failed to connect to all addresses; Connection refused",
+            "next member",
         ),
-        ({"error": "etcdserver: request timed out", "code": 4}, 504, "retry"),
-        ({"error": "etcdserver: too many requests", "code": 8}, 429, "retry"),
-        (None, 502, "retry"),  # a proxy's HTML page
-        ({"error": {"grpc_code": 14, "http_code": 503, "message": "no leader"}}, 200, "retry"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", "retry"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests", "retry"),
         (
-            {"code": 3, "message": "etcdserver: authentication failed, invalid user ID or password"},
-            400,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: authentication failed, invalid user ID or password",
             "refused",
         ),
-        ({"code": 7, "message": "etcdserver: permission denied"}, 403, "refused"),
-        ({"code": 16, "message": "etcdserver: invalid auth token"}, 401, "token"),
+        (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", "refused"),
+        (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token", "token"),
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            "Ssl handshake failed: SSL_ERROR_SSL: CERTIFICATE_VERIFY_FAILED: self-signed certificate",
+            "refused",
+        ),
     ],
 )
 def test_etcds_errors_are_retried_only_when_another_attempt_can_succeed(
-    message: object, status: int, kind: str
+    code: grpc.StatusCode, details: str, kind: str
 ) -> None:
-    error = etcd._error(message, status=status, member=etcd.Member("10.0.0.1", 2379, "10.0.0.1"))
+    status = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    error = etcd._error(status, etcd.Endpoint("10.0.0.1", 2379), within=5)
     assert isinstance(error, EtcdUnavailable)
     assert retrying.is_transient(error) == (kind != "refused")
     assert isinstance(error, EtcdRefused) == (kind == "refused")
     assert isinstance(error, etcd.TokenRejected) == (kind == "token")
+    assert isinstance(error, etcd.Unreachable) == (kind == "next member")
     assert "10.0.0.1:2379" in str(error)
 
 
@@ -163,7 +181,8 @@ class SilentMember:
     async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open += 1
         try:
-            await reader.read()  # until the client closes its end
+            with contextlib.suppress(asyncio.CancelledError):  # the test's loop ends with it open
+                await reader.read()  # until the client closes its end
         finally:
             self.open -= 1
             writer.close()
@@ -186,32 +205,72 @@ async def test_a_silent_member_costs_one_timeout_and_the_retry_reaches_another(e
                 await client.range_prefix(b"/nothing/")
             assert time.monotonic() - started < 3  # two of the four reach the silent one first
         async with connected([silent], timeout=0.3) as client:
-            with pytest.raises(EtcdUnavailable, match=f"no answer within 0.3s from {silent}"):
+            started = time.monotonic()
+            with pytest.raises(EtcdUnavailable, match=f"no answer within 0.3s from {silent}") as raised:
                 await client.grant(5)
+            assert time.monotonic() - started < 1.5
+        assert not isinstance(raised.value, EtcdRefused)
 
 
-async def test_a_kept_alive_connection_the_member_closed_is_replaced(etcd: EtcdCluster) -> None:
-    async with connected(etcd.endpoints) as client:
-        await client.range_prefix(b"/nothing/")
-        [[idle]] = client._idle.values()
-        idle._writer.transport.abort()  # as a member restarted meanwhile would leave it
-        await client.range_prefix(b"/nothing/")
+async def test_a_member_that_restarted_between_calls_is_used_again() -> None:
+    with running_etcd(1) as cluster:
+        budget = retrying.Budget(deadline=time.monotonic() + 20)
+        async with connected(cluster.endpoints, timeout=1, budget=budget) as client:
+            lease = await client.grant(30)
+            cluster.restart(cluster.members[0])
+            await asyncio.to_thread(cluster.wait_healthy)
+            restarted = time.monotonic()
+            assert 25 <= await client.keep_alive_once(lease.id, within=5) <= 30  # the lease outlived it
+            found, _ = await client.range_prefix(b"/nothing/")
+            assert found == []
+            assert time.monotonic() - restarted < 3  # reconnected at once, not after gRPC's back-off
 
 
-async def test_a_cancelled_call_leaves_no_connection_behind() -> None:
+def watchers(cluster: EtcdCluster) -> int:
+    """How many watches the member serves, from its Prometheus metrics."""
+    with urllib.request.urlopen(f"{cluster.members[0].client_url}/metrics", timeout=5) as reply:
+        metrics = reply.read().decode()
+    [line] = [line for line in metrics.splitlines() if line.startswith("etcd_debugging_mvcc_watcher_total ")]
+    return int(float(line.split()[1]))
+
+
+async def test_a_cancelled_watch_leaves_no_watcher_on_etcd() -> None:
+    with running_etcd(1) as cluster:
+        async with connected(cluster.endpoints) as client:
+            before = watchers(cluster)
+            waits = [asyncio.create_task(client.wait_deleted(f"/w{n}".encode(), after=0)) for n in range(3)]
+            await asyncio.sleep(0.5)
+            assert watchers(cluster) == before + 3
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+            for _ in range(50):
+                if watchers(cluster) == before:
+                    break
+                await asyncio.sleep(0.05)
+            assert watchers(cluster) == before
+
+
+async def test_a_cancelled_call_leaves_no_connection_behind_once_closed() -> None:
+    """gRPC lets a connection that is still shaking hands run to its timeout, after the channel is
+    closed too: the client bounds that (what a silent member costs a runner that goes on)."""
     member = SilentMember()
-    async with member as silent, connected([silent]) as client:
+    async with member as silent:
+        client = etcd.Client(config([silent]))
         call = asyncio.create_task(client.grant(5))
         await asyncio.sleep(0.2)
         assert member.open == 1
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        for _ in range(50):
+        await client.close()
+        closed = time.monotonic()
+        for _ in range(500):
             if member.open == 0:
                 break
             await asyncio.sleep(0.02)
         assert member.open == 0
+        assert time.monotonic() - closed < etcd.HANDSHAKE_TIMEOUT_MS / 1000 + 1
 
 
 async def test_a_token_etcd_has_let_expire_is_renewed_once(tmp_path: pathlib.Path) -> None:
@@ -242,37 +301,16 @@ async def test_a_token_etcd_has_let_expire_is_renewed_once(tmp_path: pathlib.Pat
             await client.close()
 
 
-async def test_an_etcd_without_its_json_gateway_is_refused_saying_so() -> None:
+async def test_an_etcd_without_its_json_gateway_serves_the_lock() -> None:
+    """The lock speaks etcd's gRPC API: its JSON gateway (which the earlier client needed) may be off."""
     with running_etcd(1, options={"--enable-grpc-gateway=false": ""}) as cluster:
         async with connected(cluster.endpoints) as client:
-            with pytest.raises(EtcdRefused, match="--enable-grpc-gateway=false"):
-                await client.grant(5)
-
-
-async def test_every_address_of_a_name_is_a_member_of_its_own(etcd: EtcdCluster) -> None:
-    """A headless Service's name: one address paused, another answering; calls go to each in turn,
-    so the paused one costs a retry, not every call."""
-    port = int(etcd.endpoints[0].rsplit(":", 1)[1])
-    async with SilentMember("127.0.0.2", port):  # the same port as the live member, another address
-
-        async def two_pods(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
-            assert host == "etcd.db.svc"
-            return [
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in ("127.0.0.2", "127.0.0.1")
-            ]
-
-        budget = retrying.Budget(deadline=time.monotonic() + 10)
-        async with connected([f"etcd.db.svc:{port}"], timeout=0.5, budget=budget) as client:
-            client._getaddrinfo = two_pods
-            started = time.monotonic()
-            for _ in range(4):
-                await client.range_prefix(b"/nothing/")
-            assert time.monotonic() - started < 3
-            assert [member.address for member in client._members] == ["127.0.0.2", "127.0.0.1"]
+            lease = await client.grant(5)
+            assert await client.create(b"/gw/key", b"v", lease=lease.id) > 0
 
 
 async def test_a_name_that_does_not_resolve_is_unavailable_not_refused() -> None:
     async with connected(["no-such-etcd.invalid:2379"]) as client:
-        with pytest.raises(EtcdUnavailable, match="cannot resolve the etcd endpoints") as raised:
+        with pytest.raises(EtcdUnavailable, match=r"no-such-etcd\.invalid:2379.*resolving") as raised:
             await client.grant(5)
     assert not isinstance(raised.value, EtcdRefused)  # DNS may come up: retried within the budget

@@ -388,3 +388,47 @@ steps:
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 5, stderr
     assert p.backends_running(marker) == 0
+
+
+def test_etcdctl_lock_and_pgquartz_exclude_each_other(tmp_path: pathlib.Path, etcd: EtcdCluster) -> None:
+    """Go's mutex (``etcdctl lock``, as PgQuartz takes it) and pgquartz share one line of waiters."""
+    key = f"k{uuid.uuid4().hex[:8]}"
+    etcdctl = str(pathlib.Path(PGQUARTZ[0]).with_name("etcdctl"))
+    go_lock = [etcdctl, "--endpoints", ",".join(etcd.endpoints), "lock", f"/pgquartz/{key}/", "--"]
+    log = tmp_path / "log"
+    [job] = nodes(
+        tmp_path,
+        ("node",),
+        lock_yaml(etcd.endpoints, key, "10s")
+        + f"steps:\n  s:\n    commands:\n      - inline: 'echo pgquartz start >> {log}; sleep 1;"
+        f" echo pgquartz end >> {log}'\n",
+    )
+    go = subprocess.Popen(
+        [*go_lock, "sh", "-c", f"echo go start >> {log}; sleep 1.5; echo go end >> {log}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while not log.exists():
+        assert time.monotonic() < deadline and go.poll() is None, go.communicate()
+        time.sleep(0.02)
+    runner = start(job)
+    time.sleep(0.5)  # pgquartz is in line behind the Go holder: a Go waiter joins behind it
+    go_waiter = subprocess.Popen(
+        [*go_lock, "sh", "-c", f"echo go2 start >> {log}; echo go2 end >> {log}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 0, stdout + stderr
+    assert go.wait(timeout=30) == 0 and go_waiter.wait(timeout=30) == 0
+    assert log.read_text().split("\n") == [
+        "go start",
+        "go end",
+        "pgquartz start",
+        "pgquartz end",
+        "go2 start",
+        "go2 end",
+        "",
+    ]
+    assert "waiting for the etcd lock" in stdout

@@ -11,7 +11,10 @@ import pytest
 from tests.conftest import run_pgquartz
 from tests.support.etcdcluster import EtcdCluster, running_etcd
 
-JOB = "steps:\n  s:\n    commands:\n      - inline: 'echo \"$PGQ_LOCK_REVISION\" > revision'\n"
+JOB = (
+    "steps:\n  s:\n    commands:\n      - inline: 'echo \"$PGQ_LOCK_REVISION\" > revision'\n"
+    "      - inline: 'echo \"${GRPC_VERBOSITY-unset}\" > verbosity'\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,7 @@ def test_tls_with_a_client_certificate(
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert int((tmp_path / "revision").read_text()) > 0
+    assert (tmp_path / "verbosity").read_text() == "unset\n"  # the runner's gRPC setting is its own
 
 
 def test_tls_without_the_ca_is_refused(tmp_path: pathlib.Path, tls_etcd: EtcdCluster) -> None:
@@ -50,6 +54,8 @@ def test_tls_without_the_ca_is_refused(tmp_path: pathlib.Path, tls_etcd: EtcdClu
     )
     result = run_pgquartz("-c", "job.yml", cwd=tmp_path)
     assert result.returncode == 4
+    assert "its TLS certificate does not verify" in result.stderr  # refused at once, not retried
+    assert "ssl_transport_security" not in result.stderr  # gRPC's own log lines stay quiet
     assert not (tmp_path / "revision").exists()
 
 

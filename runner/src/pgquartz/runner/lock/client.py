@@ -1,14 +1,24 @@
-"""An etcd v3 client over etcd's JSON gateway: several endpoints, TLS and user/password.
+"""The etcd v3 calls the lock makes, on etcd's gRPC API: aetcd's messages and stubs over grpcio.
 
 The lock needs a few of etcd's calls: a lease granted, kept alive and revoked;
 a range, a put, a create-if-absent transaction and a delete; a watch for a
-key's deletion. They go as JSON over HTTP/1.1 (:mod:`.wire`) on the client port
-every etcd serves it on, to the members in turn: each call to the next one
-(round robin, so that a paused member which keeps its connections open fails
-one call, not every call), a member that refuses the connection skipped at
-once, each call bounded by the client's timeout. With a :class:`Budget` set,
-the calls the lock makes while getting in line are retried through a member's
-failure (:mod:`pgquartz.runner.lock.retrying`). Jobs name endpoints as
+key's deletion. They are etcd's own gRPC API, as aetcd generates it
+(:mod:`aetcd.rpc`: the protobuf messages and the service stubs), on grpcio's
+asyncio channels. aetcd's ``Client`` itself is not used: in 1.0 it takes one
+``host:port``, opens only insecure channels (TLS is an open pull request) and
+puts one timeout on every call, where the lock needs every member, TLS with
+client certificates, and a deadline of its own for each call (a keep-alive
+must give up long before a watch does).
+
+So each endpoint of the job gets a channel of its own (``dns:///host:port``,
+``round_robin`` over every address the name has: a headless Service's pods,
+keep-alive pings on open streams, reconnection within a second), and each call
+goes to the next endpoint in turn, so that a paused member which keeps its
+connections open fails one call, not every call. An endpoint that refuses the
+connection (or has no leader) is skipped at once, within the call's deadline;
+one whose connection has already failed is tried last. With a :class:`Budget`
+set, the calls the lock makes while getting in line are retried through a
+member's failure (:mod:`pgquartz.runner.lock.retrying`). Jobs name endpoints as
 ``host:port`` or URLs, as PgQuartz writes them. Secrets come from files or the
 environment and are never shown.
 """
@@ -16,47 +26,87 @@ environment and are never shown.
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import dataclasses
-import json
+import os
 import pathlib
-import socket
-import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from pgquartz.runner import secrets
 from pgquartz.runner.lock import retrying
 from pgquartz.runner.lock.errors import EtcdRefused, EtcdUnavailable
-from pgquartz.runner.lock.wire import Connection, ProtocolError
 from pgquartz.runner.model.job import EtcdConfig
 
-DEFAULT_PORT = 2379
-IDLE_PER_MEMBER = 2
 
-# gRPC status codes etcd answers with that a later attempt (or another member) can get past:
-# UNKNOWN, DEADLINE_EXCEEDED ("request timed out"), RESOURCE_EXHAUSTED ("too many requests"),
-# INTERNAL, UNAVAILABLE ("leader changed", "no leader").
-TRANSIENT_CODES = frozenset({2, 4, 8, 13, 14})
-UNAUTHENTICATED = 16
+@contextlib.contextmanager
+def _unless_set(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in the environment for the block, unless the user has set it already; the
+    commands the runner starts later do not inherit it."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+# gRPC's core writes its own lines to stderr (a failed TLS handshake, a refused connection), beside
+# the runner's report, which says the same; it reads its verbosity once, when it is imported.
+with _unless_set("GRPC_VERBOSITY", "NONE"):
+    import grpc
+    import grpc.aio
+    from aetcd import rpc
+
+DEFAULT_PORT = 2379
+HANDSHAKE_TIMEOUT_MS = 5_000
+
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    # every address of a name (a headless Service: one per member), each call to the next ready one
+    ("grpc.lb_policy_name", "round_robin"),
+    # pings while a stream (a watch) is open: a member gone silently is noticed within 15 s; etcd
+    # refuses pings more often than every 5 s (--grpc-keepalive-min-time) and those without a stream
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # a member that restarts is used again within a second, not after gRPC's default of up to 2 min
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    # what gRPC takes for the handshake's timeout (20 s by default), which also bounds how long a
+    # connection to a silent member outlives a closed channel; no call of the lock waits longer
+    ("grpc.min_reconnect_backoff_ms", HANDSHAKE_TIMEOUT_MS),
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
+)
+
+# gRPC status codes etcd answers with that a later attempt (or another member) can get past.
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,  # "request timed out"
+        grpc.StatusCode.RESOURCE_EXHAUSTED,  # "too many requests"
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,  # "leader changed", "no leader", a connection refused
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+    }
+)
 
 T = TypeVar("T")
 
 
-class Member(NamedTuple):
-    """One address of an endpoint: a name with several addresses (a headless Service) is several
-    members, each called in turn."""
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One endpoint as the job names it: what TLS verifies and gRPC resolves."""
 
     host: str
-    """As the job names it: what TLS verifies and the Host header says."""
     port: int
-    address: str
-    """What is connected to."""
+    tls: bool = False
 
     def __str__(self) -> str:
-        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        return where if self.address == self.host else f"{where} ({self.address})"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,19 +124,27 @@ class KeyValue:
 
 
 class TokenRejected(EtcdUnavailable):
-    """etcd no longer knows our auth token (a member restarted): authenticate again."""
+    """etcd no longer knows our auth token (a member restarted, the token expired): authenticate again."""
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int, bool]:
-    """``host:port``, ``host``, ``http://host:port`` or ``https://…`` → (host, port, tls)."""
+class Unreachable(EtcdUnavailable):
+    """The member did not take the call at all (refused, unresolvable, no leader): try the next one."""
+
+
+def parse_endpoint(endpoint: str) -> Endpoint:
+    """``host:port``, ``host``, ``http://host:port`` or ``https://…``."""
     text = endpoint.strip()
     tls = text.startswith("https://")
     if "://" not in text:
         text = "//" + text
     parsed = urllib.parse.urlsplit(text)
-    if not parsed.hostname:
+    try:
+        port = parsed.port or DEFAULT_PORT
+    except ValueError:
+        port = 0
+    if not parsed.hostname or not port:
         raise ValueError(f"not an etcd endpoint: {endpoint!r} (use host:port)")
-    return parsed.hostname, parsed.port or DEFAULT_PORT, tls
+    return Endpoint(parsed.hostname, port, tls)
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -95,22 +153,30 @@ def prefix_end(prefix: bytes) -> bytes:
     return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else b"\0"
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _key_value(entry: dict[str, Any]) -> KeyValue:
-    """etcd's JSON leaves out zero values and writes 64-bit numbers as strings, bytes as base64."""
+def _key_value(message: Any) -> KeyValue:
     return KeyValue(
-        key=base64.b64decode(entry.get("key", "")),
-        value=base64.b64decode(entry.get("value", "")),
-        create_revision=int(entry.get("create_revision", 0)),
-        lease=int(entry.get("lease", 0)),
+        key=bytes(message.key),
+        value=bytes(message.value),
+        create_revision=int(message.create_revision),
+        lease=int(message.lease),
     )
 
 
-def _revision(reply: dict[str, Any]) -> int:
-    return int(reply.get("header", {}).get("revision", 0))
+@dataclasses.dataclass
+class _Member:
+    """An endpoint's channel and the stubs of etcd's services on it."""
+
+    endpoint: Endpoint
+    channel: grpc.aio.Channel
+    kv: Any
+    lease: Any
+    watch: Any
+    auth: Any
+
+    def failing(self) -> bool:
+        """Its connection failed and gRPC is waiting to reconnect: worth trying only last."""
+        state = self.channel.get_state(try_to_connect=False)
+        return state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 
 
 class Client:
@@ -120,24 +186,20 @@ class Client:
         self, config: EtcdConfig, *, timeout: float = 5.0, budget: retrying.Budget | None = None
     ) -> None:
         try:
-            parsed = [parse_endpoint(endpoint) for endpoint in config.endpoints]
+            self._endpoints = list(dict.fromkeys(parse_endpoint(endpoint) for endpoint in config.endpoints))
         except ValueError as error:
             raise EtcdRefused(str(error)) from None
-        if not parsed:
+        if not self._endpoints:
             raise EtcdRefused("etcdConfig names no endpoints")
-        self._endpoints = [(host, port) for host, port, _ in parsed]
-        self._members: list[Member] = []
-        """Every address of every endpoint, resolved at the first call and again once none answers."""
-        self._getaddrinfo: Callable[..., Awaitable[list[Any]]] | None = None
-        self._wants_tls = config.ca_file is not None or any(tls for _, _, tls in parsed)
         self._config = config
-        self._tls: ssl.SSLContext | None = None
+        self._wants_tls = config.ca_file is not None or any(endpoint.tls for endpoint in self._endpoints)
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._members: list[_Member] = []
+        """One per endpoint, made at the first call (a channel belongs to the running loop)."""
         self._username = config.username or None
         self._password = _password(config) if self._username else None
         self._token: str | None = None
         self._turn = 0
-        self._idle: dict[Member, list[Connection]] = {}
-        self._closed = False
         self.timeout = timeout
         self.budget = budget
         """Retry transient errors of the lock's calls until this is spent; None: fail at once."""
@@ -146,76 +208,88 @@ class Client:
     # -- the calls the lock makes --------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> Lease:
-        reply = await self._retrying(lambda: self._call("/v3/lease/grant", {"TTL": ttl}))
-        return Lease(id=int(reply["ID"]), ttl=int(reply.get("TTL", 0)))
+        request = rpc.LeaseGrantRequest(TTL=ttl, ID=0)
+        reply = await self._retrying(lambda: self._call(lambda m: m.lease.LeaseGrant, request))
+        return Lease(id=int(reply.ID), ttl=int(reply.TTL))
 
     async def revoke(self, lease_id: int) -> None:
-        await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
+        await self._call(lambda m: m.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
 
     async def keep_alive_once(self, lease_id: int, *, within: float) -> int:
         """One keep-alive of the lease, bounded by ``within``: the TTL it has again (0: it is gone)."""
-        reply = await self._call("/v3/lease/keepalive", {"ID": str(lease_id)}, within=within, stream=True)
-        return int(reply.get("TTL", 0))
+
+        async def refresh(member: _Member, seconds: float) -> int:
+            request = rpc.LeaseKeepAliveRequest(ID=lease_id)
+            call = member.lease.LeaseKeepAlive([request], timeout=seconds, metadata=self._metadata())
+            try:
+                reply = await call.read()
+            finally:
+                call.cancel()
+            if reply is grpc.aio.EOF:
+                raise EtcdUnavailable(f"etcd member {member.endpoint} ended the lease keep-alive")
+            return int(reply.TTL)
+
+        return await self._authorised(lambda: self._on_a_member(refresh, within=within))
 
     async def range_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix``, lowest create revision first, and the store's revision."""
-        request = {
-            "key": _b64(prefix),
-            "range_end": _b64(prefix_end(prefix)),
-            "sort_order": "ASCEND",
-            "sort_target": "CREATE",
-        }
-        reply = await self._retrying(lambda: self._call("/v3/kv/range", request))
-        return [_key_value(entry) for entry in reply.get("kvs", ())], _revision(reply)
+        request = rpc.RangeRequest(
+            key=prefix,
+            range_end=prefix_end(prefix),
+            sort_order=rpc.RangeRequest.ASCEND,
+            sort_target=rpc.RangeRequest.CREATE,
+        )
+        reply = await self._retrying(lambda: self._call(lambda m: m.kv.Range, request))
+        return [_key_value(kv) for kv in reply.kvs], int(reply.header.revision)
 
     async def create(self, key: bytes, value: bytes, *, lease: int) -> int:
         """Put ``key`` unless it exists; its create revision either way (ours, or the one found)."""
-        request = {
-            "compare": [{"target": "CREATE", "result": "EQUAL", "key": _b64(key), "create_revision": "0"}],
-            "success": [{"request_put": {"key": _b64(key), "value": _b64(value), "lease": str(lease)}}],
-            "failure": [{"request_range": {"key": _b64(key)}}],
-        }
-        reply = await self._retrying(lambda: self._call("/v3/kv/txn", request))
-        if reply.get("succeeded"):
-            return _revision(reply)
-        [found] = reply["responses"][0]["response_range"]["kvs"]
-        return int(found["create_revision"])
+        request = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=0)
+            ],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        )
+        reply = await self._retrying(lambda: self._call(lambda m: m.kv.Txn, request))
+        if reply.succeeded:
+            return int(reply.header.revision)
+        [found] = reply.responses[0].response_range.kvs
+        return int(found.create_revision)
 
     async def put(self, key: bytes, value: bytes, *, lease: int) -> None:
-        request = {"key": _b64(key), "value": _b64(value), "lease": str(lease)}
-        await self._retrying(lambda: self._call("/v3/kv/put", request))
+        request = rpc.PutRequest(key=key, value=value, lease=lease)
+        await self._retrying(lambda: self._call(lambda m: m.kv.Put, request))
 
     async def delete(self, key: bytes) -> None:
-        await self._call("/v3/kv/deleterange", {"key": _b64(key)})
+        await self._call(lambda m: m.kv.DeleteRange, rpc.DeleteRangeRequest(key=key))
 
     async def wait_deleted(self, key: bytes, *, after: int) -> None:
         """Return once ``key`` is deleted at a revision above ``after``, or etcd has compacted
         that history (the caller reads again); raise :class:`EtcdUnavailable` if the stream
-        breaks or etcd cancels the watch."""
-        connection, messages = await self._retrying(lambda: self._watch(key, after=after))
+        breaks or etcd cancels the watch. The watch is cancelled on the member when this returns."""
+        member, call = await self._retrying(lambda: self._authorised(lambda: self._watch(key, after=after)))
         try:
-            async for line in messages:
-                result = _stream_result(line)
-                if result.get("canceled"):
-                    if result.get("compact_revision"):
+            while True:
+                reply = await call.read()
+                if reply is grpc.aio.EOF:
+                    raise EtcdUnavailable(f"etcd member {member.endpoint} ended the watch stream")
+                if reply.canceled:
+                    if reply.compact_revision:
                         return  # compacted past ``after``: the caller reads the line again
-                    if self._username is not None:
-                        self._token = None  # "permission denied" is what an expired token gets
-                    raise EtcdUnavailable(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
-                if any(event.get("type") == "DELETE" for event in result.get("events", ())):
+                    raise self._watch_refused(reply)
+                if any(event.type == rpc.Event.DELETE for event in reply.events):
                     return
-            raise EtcdUnavailable("the etcd watch stream ended")
-        except OSError as error:  # ProtocolError included
-            raise EtcdUnavailable(f"the etcd watch broke: {error}") from None
+        except grpc.aio.AioRpcError as error:
+            raise EtcdUnavailable(f"the etcd watch on {member.endpoint} broke: {_details(error)}") from None
         finally:
-            connection.close()
+            call.cancel()
 
     async def close(self) -> None:
-        self._closed = True
-        for connections in self._idle.values():
-            for connection in connections:
-                connection.close()
-        self._idle.clear()
+        """Close every channel: calls still open on them (a watch, a keep-alive) end at once."""
+        members, self._members = self._members, []
+        for member in members:
+            await member.channel.close(grace=None)
 
     # -- how a call travels --------------------------------------------------------------------------
 
@@ -224,224 +298,165 @@ class Client:
             return await operation()
         return await retrying.call(operation, budget=self.budget, on_retry=self.on_retry)
 
-    async def _call(
-        self, path: str, payload: dict[str, Any], *, within: float | None = None, stream: bool = False
-    ) -> dict[str, Any]:
-        """One call on the next member that takes the connection; its reply (for a streaming call,
-        the first message). A token etcd has forgotten is renewed once."""
+    async def _call(self, method: Callable[[_Member], Any], request: Any) -> Any:
+        """One unary call of etcd's: ``method`` picks it from a member's stubs."""
+
+        async def once(member: _Member, seconds: float) -> Any:
+            return await method(member)(request, timeout=seconds, metadata=self._metadata())
+
+        return await self._authorised(lambda: self._on_a_member(once, within=self.timeout))
+
+    async def _authorised(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation`` with a token, when etcd wants one; a token etcd has forgotten renewed once."""
         for attempt in (1, 2):
-            await self._authenticated()
+            if self._username is not None and self._token is None:
+                await self._authenticate()
             try:
-                return await self._call_once(path, payload, within=within or self.timeout, stream=stream)
+                return await operation()
             except TokenRejected:
                 self._token = None
                 if attempt == 2 or self._username is None:
                     raise
         raise AssertionError("unreachable")
 
-    async def _call_once(
-        self, path: str, payload: dict[str, Any], *, within: float, stream: bool
-    ) -> dict[str, Any]:
-        body = json.dumps(payload).encode()
-        tried: list[Member] = []
-        try:
-            async with asyncio.timeout(within):
-                status, data = await self._send(path, body, tried)
-        except TimeoutError:
-            raise EtcdUnavailable(
-                f"etcd is unreachable (no answer within {within:.2g}s from {tried[-1] if tried else 'etcd'})"
-            ) from None
-        if stream and status == 200:
-            return _stream_result(data.split(b"\n", 1)[0])
-        return _reply(status, data, tried[-1])
-
-    async def _send(self, path: str, body: bytes, tried: list[Member]) -> tuple[int, bytes]:
-        member, connection = await self._first_connection(tried, pooled=True)
-        try:
+    async def _on_a_member(self, operation: Callable[[_Member, float], Awaitable[T]], *, within: float) -> T:
+        """``operation`` on the next member in turn, then on the others while each refuses, all
+        within one deadline; etcd's error as the lock's exception."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        refusals: list[str] = []
+        for member in self._in_turn():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
             try:
-                status, data = await connection.call(path, body, self._headers())
-            except OSError:  # ProtocolError included
-                if not connection.from_pool:
-                    raise
-                # an idle connection the member has closed meanwhile: once more on a new one
-                connection = await self._open(member)
-                status, data = await connection.call(path, body, self._headers())
-        except OSError as error:
-            raise EtcdUnavailable(f"etcd is unreachable ({member}: {error})") from None
-        self._put_back(member, connection)
-        return status, data
+                return await operation(member, left)
+            except grpc.aio.AioRpcError as error:
+                problem = _error(error, member.endpoint, within=within)
+                if not isinstance(problem, Unreachable):
+                    raise problem from None
+                refusals.append(str(problem))
+        raise EtcdUnavailable(
+            f"etcd is unreachable ({'; '.join(refusals) or f'nothing within {within:.2g}s'})"
+        )
 
-    async def _first_connection(self, tried: list[Member], *, pooled: bool) -> tuple[Member, Connection]:
-        """A connection to the next member that takes one (a kept-alive one if ``pooled``); a member
-        that refuses is skipped at once, a certificate that does not verify refused."""
-        failures: list[str] = []
-        for member in await self._members_in_turn():
-            tried.append(member)
+    async def _watch(self, key: bytes, *, after: int) -> tuple[_Member, Any]:
+        """A watch for ``key``'s deletion, created on the next member that takes it."""
+        request = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=key, start_revision=after + 1, filters=[rpc.WatchCreateRequest.NOPUT]
+            )
+        )
+
+        async def create(member: _Member, seconds: float) -> tuple[_Member, Any]:
+            # "hasleader": a member cut off from the others refuses the watch instead of keeping it
+            # quiet for ever (what etcd's Go client asks for too)
+            call = member.watch.Watch(metadata=(*self._metadata(), ("hasleader", "true")))
             try:
-                return member, await (self._connection(member) if pooled else self._open(member))
-            except ssl.SSLCertVerificationError as error:
-                raise EtcdRefused(
-                    f"etcd member {member}: its TLS certificate: {error.verify_message}"
+                await asyncio.wait_for(call.write(request), seconds)
+                created = await asyncio.wait_for(call.read(), seconds)
+            except TimeoutError:
+                call.cancel()
+                raise EtcdUnavailable(
+                    f"etcd is unreachable (no answer within {self.timeout:.2g}s from {member.endpoint})"
                 ) from None
-            except OSError as error:  # refused, unresolvable
-                failures.append(f"{member}: {error.strerror or error}")
-        self._members = []  # none took the connection: resolve the names again next time
-        raise EtcdUnavailable(f"etcd is unreachable ({'; '.join(failures)})")
-
-    async def _watch(self, key: bytes, *, after: int) -> tuple[Connection, AsyncIterator[bytes]]:
-        """Open a watch for ``key``'s deletion on the next member that takes the connection."""
-        await self._authenticated()
-        request = {
-            "create_request": {"key": _b64(key), "start_revision": str(after + 1), "filters": ["NOPUT"]}
-        }
-        body = json.dumps(request).encode()
-        async with asyncio.timeout(self.timeout):
-            member, connection = await self._first_connection([], pooled=False)
-            try:
-                status, messages = await connection.stream("/v3/watch", body, self._headers())
-                if status != 200:
-                    refusal = _error(
-                        _json(b"".join([line async for line in messages])), status=status, member=member
-                    )
-                    if isinstance(refusal, TokenRejected):
-                        self._token = None  # the retry authenticates again
-                    raise refusal
             except BaseException:
-                connection.close()
+                call.cancel()
                 raise
-            return connection, messages
+            if created is grpc.aio.EOF:
+                call.cancel()
+                raise EtcdUnavailable(f"etcd member {member.endpoint} ended the watch stream")
+            if created.canceled and not created.compact_revision:
+                call.cancel()
+                raise self._watch_refused(created)
+            return member, call
 
-    async def _authenticated(self) -> None:
-        """A token for the calls, when etcd wants one and we have none (yet, or any more)."""
-        if self._username is not None and self._token is None:
-            await self._authenticate()
+        return await self._on_a_member(create, within=self.timeout)
+
+    def _watch_refused(self, reply: Any) -> EtcdUnavailable:
+        if self._username is not None:
+            self._token = None  # "permission denied" is what an expired token gets
+        return EtcdUnavailable(f"etcd cancelled the watch: {reply.cancel_reason}")
 
     async def _authenticate(self) -> None:
         assert self._username is not None and self._password is not None
-        request = {"name": self._username, "password": self._password}
+        request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+
+        async def authenticate(member: _Member, seconds: float) -> Any:
+            return await member.auth.Authenticate(request, timeout=seconds)
+
         try:
-            reply = await self._call_once("/v3/auth/authenticate", request, within=self.timeout, stream=False)
+            reply = await self._on_a_member(authenticate, within=self.timeout)
         except EtcdRefused as error:
             raise EtcdRefused(f"etcd authentication as {self._username!r} failed: {error}") from None
         except EtcdUnavailable as error:
             raise EtcdUnavailable(f"etcd authentication as {self._username!r} failed: {error}") from None
-        self._token = str(reply.get("token", ""))
+        self._token = str(reply.token)
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": self._token} if self._token else {}
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("token", self._token),) if self._token else ()
 
-    async def _members_in_turn(self) -> list[Member]:
+    def _in_turn(self) -> list[_Member]:
+        """Every member, starting with the next one in turn; those whose connection failed last."""
         if not self._members:
-            self._members = await self._resolve()
+            self._members = [self._connect(endpoint) for endpoint in self._endpoints]
         start = self._turn % len(self._members)
         self._turn += 1
-        return self._members[start:] + self._members[:start]
+        in_turn = self._members[start:] + self._members[:start]
+        return sorted(in_turn, key=_Member.failing)
 
-    async def _resolve(self) -> list[Member]:
-        """Every address of every endpoint (names that do not resolve yet are left out)."""
-        getaddrinfo = self._getaddrinfo or asyncio.get_running_loop().getaddrinfo
-        members: list[Member] = []
-        failures: list[str] = []
-        for host, port in self._endpoints:
-            try:
-                infos = await getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as error:
-                failures.append(f"{host}: {error.strerror or error}")
-                continue
-            members += [Member(host, port, str(info[4][0])) for info in infos]
-        if not members:
-            raise EtcdUnavailable(f"cannot resolve the etcd endpoints ({'; '.join(failures)})")
-        return list(dict.fromkeys(members))
-
-    async def _connection(self, member: Member) -> Connection:
-        idle = self._idle.get(member)
-        while idle:
-            connection = idle.pop()
-            if connection.reusable:
-                connection.from_pool = True
-                return connection
-        return await self._open(member)
-
-    async def _open(self, member: Member) -> Connection:
-        return await Connection.open(member.host, member.port, address=member.address, tls=self._context())
-
-    def _put_back(self, member: Member, connection: Connection) -> None:
-        idle = self._idle.setdefault(member, [])
-        if connection.reusable and not self._closed and len(idle) < IDLE_PER_MEMBER:
-            idle.append(connection)
+    def _connect(self, endpoint: Endpoint) -> _Member:
+        target = f"dns:///{endpoint}"
+        if self._wants_tls:
+            channel = grpc.aio.secure_channel(target, self._tls(), options=CHANNEL_OPTIONS)
         else:
-            connection.close()
+            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return _Member(
+            endpoint,
+            channel,
+            kv=rpc.KVStub(channel),
+            lease=rpc.LeaseStub(channel),
+            watch=rpc.WatchStub(channel),
+            auth=rpc.AuthStub(channel),
+        )
 
-    def _context(self) -> ssl.SSLContext | None:
-        if not self._wants_tls:
-            return None
-        if self._tls is None:
+    def _tls(self) -> grpc.ChannelCredentials:
+        if self._credentials is None:
             config = self._config
             try:
-                context = ssl.create_default_context(cafile=_path(config.ca_file) if config.ca_file else None)
-                if config.cert_file:
-                    context.load_cert_chain(
-                        _path(config.cert_file), _path(config.key_file) if config.key_file else None
-                    )
+                self._credentials = grpc.ssl_channel_credentials(
+                    root_certificates=_read(config.ca_file) if config.ca_file else None,
+                    private_key=_read(config.key_file) if config.key_file else None,
+                    certificate_chain=_read(config.cert_file) if config.cert_file else None,
+                )
             except OSError as error:
                 raise EtcdRefused(f"cannot read the etcd TLS files: {error}") from None
-            self._tls = context
-        return self._tls
+        return self._credentials
 
 
-def _path(name: str) -> str:
-    return str(pathlib.Path(name).expanduser())
+def _read(name: str) -> bytes:
+    return pathlib.Path(name).expanduser().read_bytes()
 
 
-def _reply(status: int, data: bytes, member: Member) -> dict[str, Any]:
-    """A unary call's reply; the error it carries raised."""
-    message = _json(data)
-    if status == 200 and isinstance(message, dict):
-        return message
-    raise _error(message, status=status, member=member)
+def _details(error: grpc.aio.AioRpcError) -> str:
+    return str(error.details() or error.code().name)
 
 
-def _json(data: bytes) -> Any:
-    try:
-        return json.loads(data) if data.strip() else {}
-    except ValueError:
-        return None
-
-
-def _error(message: Any, *, status: int, member: Member | None = None) -> EtcdUnavailable:
-    """etcd's error (gRPC code and text, as its gateway writes it) as the lock's exception."""
-    code, text = None, f"HTTP status {status}"
-    if isinstance(message, dict):
-        detail = message.get("error", message)
-        if isinstance(detail, dict):  # a streaming call's error
-            code, text = detail.get("grpc_code", detail.get("code")), detail.get("message", text)
-        else:
-            code, text = message.get("code"), message.get("message") or str(detail or text)
-    where = f"etcd member {member}" if member else "etcd"
-    if code is None and status == 404:
-        return EtcdRefused(
-            f"{where} does not serve etcd's v3 API as JSON (HTTP 404): pgquartz needs etcd 3.4 or later"
-            " with its gRPC gateway on (the default; --enable-grpc-gateway=false turns it off)"
-        )
-    if code == UNAUTHENTICATED and "token" in str(text):
+def _error(error: grpc.aio.AioRpcError, endpoint: Endpoint, *, within: float) -> EtcdUnavailable:
+    """etcd's error (a gRPC status and etcd's text) as the lock's exception."""
+    code, text = error.code(), _details(error)
+    where = f"etcd member {endpoint}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return EtcdUnavailable(f"etcd is unreachable (no answer within {within:.2g}s from {endpoint})")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return EtcdRefused(f"{where}: its TLS certificate does not verify ({text})")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unreachable(f"{endpoint}: {text}")
+    if code == grpc.StatusCode.UNAUTHENTICATED and "token" in text:
         return TokenRejected(f"{where}: {text}")
-    if code in TRANSIENT_CODES or (code is None and status >= 500):
+    if code in TRANSIENT_CODES:
         return EtcdUnavailable(f"{where}: {text}")
     return EtcdRefused(f"{where} refused the request: {text}")
-
-
-def _stream_result(line: bytes) -> dict[str, Any]:
-    """One message of a streaming reply: its result, or the error it carries raised."""
-    try:
-        message = json.loads(line)
-    except ValueError:
-        raise ProtocolError(f"not a JSON message from etcd: {line[:80]!r}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError(f"not a JSON message from etcd: {line[:80]!r}")
-    if "error" in message:
-        raise _error(message, status=200)
-    result = message.get("result", {})
-    return result if isinstance(result, dict) else {}
 
 
 def _password(config: EtcdConfig) -> str:

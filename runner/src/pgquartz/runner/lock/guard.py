@@ -11,7 +11,8 @@ before etcd can hand the lock to the next runner. A lease that etcd reports as
 gone (revoked, expired) stops the steps at once. Losing the lock raises
 :class:`~pgquartz.runner.lock.errors.LockLost` out of the steps;
 leaving the guard in any way (end of steps, error, SIGTERM) releases the lock,
-shielded from a second cancellation.
+shielded from a second cancellation; once the lease is lost there is nothing to
+release, and the runner exits at once.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ async def hold(
         raise LockNotAcquired(f"cannot take the etcd lock {key!r}: {error}") from None
     client.on_retry = _retry_notice(on_waiting)
     held: mutex.Mutex | None = None
+    lost: list[str] = []
     try:
         try:
             held, sent = await _acquire(client, key=key, ttl=ttl, job_name=job_name, on_waiting=on_waiting)
@@ -66,7 +68,6 @@ async def hold(
         client.budget = None  # from here on, the lease's TTL is the bound (the watchdog's rule)
         task = asyncio.current_task()
         assert task is not None
-        lost: list[str] = []
 
         def stop(reason: str) -> None:
             if not lost:
@@ -93,7 +94,9 @@ async def hold(
             if not watchdog.done():
                 watchdog.cancel()
     finally:
-        await asyncio.shield(_release(client, held))
+        # A lost lease has taken our key with it, or will within the stop budget (etcd unreachable):
+        # nothing is left to release, and retrying it would only hold up the exit.
+        await asyncio.shield(_release(client, None if lost else held))
 
 
 def _retry_notice(on_waiting: Callable[[str], None]) -> Callable[[BaseException, int], None]:
