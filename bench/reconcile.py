@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import aiohttp
-import kopf
+import kubernetes.client
 import psutil
 
 from pgquartz.operator import kubeapi, manifests, status
@@ -97,7 +97,7 @@ def baseline(count: int) -> float:
     """Seconds for a plain loop to render and create every resource's ConfigMap and CronJob."""
     with emulator_process() as (_, url):
         asyncio.run(_create_resources(url, count))
-        store = kubeapi.KubernetesStore(kopf.ConnectionInfo(server=url))
+        store = kubeapi.KubernetesStore(kubernetes.client.Configuration(host=url))
         started = time.perf_counter()
         for index in range(count):
             obj = body(index)

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+import kubernetes.client
 import pytest
 import yaml
 
@@ -93,7 +94,7 @@ async def cluster() -> AsyncIterator[Cluster]:
     registry = kopf.OperatorRegistry()
     async with running_emulator() as (emulator, url):
         register_pgquartz(emulator)
-        shared = kubeapi.KubernetesStore(kopf.ConnectionInfo(server=url))  # one per process, as main has
+        shared = kubeapi.KubernetesStore(kubernetes.client.Configuration(host=url))  # one per process
         metrics = operator_metrics.create()
         handlers.register(
             registry,
@@ -591,7 +592,7 @@ async def test_a_child_name_taken_by_another_object_is_a_name_conflict_never_a_t
     rendered = manifests.render(
         {**attacker, "metadata": {"name": "attacker", "namespace": "db", "uid": "x"}}, defaults=DEFAULTS
     )
-    store = kubeapi.KubernetesStore(kopf.ConnectionInfo(server=cluster.url))
+    store = kubeapi.KubernetesStore(kubernetes.client.Configuration(host=cluster.url))
     owner = await cluster.get(f"{JOBS}/attacker")
     renamed = rendered.cron_job | {"metadata": {**rendered.cron_job["metadata"], "name": "pgqj-victim"}}
     with pytest.raises(children.NameConflict, match="controlled by PgQuartzJob 'victim'"):

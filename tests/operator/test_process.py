@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import pathlib
 import signal
+import stat
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +23,7 @@ from tests.support.kube import OperatorCluster, operator_cluster, secret_manifes
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-never-logged"
+EXEC_TOKEN = "token-from-the-exec-plugin"
 
 
 @pytest.fixture
@@ -90,3 +94,55 @@ def test_a_bad_manifest_is_reported_by_kubectl_get_not_by_a_crash(
     assert "hour field: '25' is above 23" in ready["message"]
     assert cluster.get("cronjob", "pgqj-nightly-vacuum") is None
     assert cluster.operator.poll() is None  # still running
+
+
+def test_a_kubeconfig_with_an_exec_plugin_logs_the_operator_in(tmp_path: pathlib.Path) -> None:
+    """As from a laptop against EKS (``aws eks get-token``), GKE or AKS: the kubeconfig runs a
+    program for a token. The API serves only that token (over TLS, with the kubeconfig's CA), so
+    every request of kopf's and of the handlers' (and kubectl's) carried it."""
+    plugin = tmp_path / "get-token"
+    credential = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "kind": "ExecCredential",
+        "status": {"token": EXEC_TOKEN, "expirationTimestamp": "2999-01-01T00:00:00Z"},
+    }
+    plugin.write_text(f"#!{sys.executable}\nimport json\nprint(json.dumps({credential!r}))\n")
+    plugin.chmod(plugin.stat().st_mode | stat.S_IXUSR)
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": str(plugin),
+            "interactiveMode": "Never",  # what client.authentication.k8s.io/v1 asks for
+        }
+    }
+    environment = {"PGQUARTZ_RUNNER_IMAGE": "registry.example/pgquartz/runner:test"}
+    with operator_cluster(
+        tmp_path, namespace="databases", environment=environment, user=user, tokens=[EXEC_TOKEN], tls=True
+    ) as cluster:
+        cluster.kubectl(
+            "apply", "--validate=false", "-f", "-", stdin=secret_manifest("pg-maint", {"password": PASSWORD})
+        )
+        cluster.kubectl("apply", "--validate=false", "-f", str(ROOT / "examples/04-kubernetes/one-node.yaml"))
+        assert cluster.eventually(lambda: _ready(cluster.get("pgqj", "nightly-vacuum")) == "True")
+        assert cluster.get("cronjob", "pgqj-nightly-vacuum") is not None  # the handlers' apply
+        cluster.kubectl("annotate", "pgqj", "nightly-vacuum", "pgquartz.io/run-now=first")
+        assert cluster.eventually(lambda: (cluster.get("jobs") or {}).get("items"))
+    assert EXEC_TOKEN not in (tmp_path / "operator.log").read_text()
+
+
+def test_an_unknown_token_is_refused_and_the_operator_says_so(tmp_path: pathlib.Path) -> None:
+    """The emulator asks for a token the kubeconfig does not have: nothing is reconciled."""
+    environment = {"PGQUARTZ_RUNNER_IMAGE": "registry.example/pgquartz/runner:test"}
+    with operator_cluster(
+        tmp_path,
+        namespace="databases",
+        environment=environment,
+        user={"token": "wrong"},
+        tokens=[EXEC_TOKEN],
+        tls=True,
+    ) as cluster:
+        refused = cluster.kubectl("get", "pgqj", check=False)
+        assert refused.returncode != 0 and "You must be logged in to the server" in refused.stderr
+        time.sleep(3)
+        assert cluster.operator.poll() is None  # kopf keeps trying to log in, it does not crash
+    assert "wrong" not in (tmp_path / "operator.log").read_text()

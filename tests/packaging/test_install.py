@@ -96,7 +96,7 @@ def test_the_operator_installs_with_the_runner_it_pins_and_starts_its_command(tm
         done = outside_the_checkout(bin_dir, *env_argv, cwd=tmp_path)
         assert done.returncode == 2 and "PGQUARTZ_LOG_FORMAT must be text or json" in done.stderr, done.stderr
     probe = outside_the_checkout(bin_dir, bin_dir / "python", "-c", PROBE, cwd=tmp_path)
-    assert '"missing": ["kubernetes"], "installed": ["pgquartz", "pgquartz-operator"]' in probe.stdout
+    assert '"missing": [], "installed": ["pgquartz", "pgquartz-operator"]' in probe.stdout
 
 
 def test_an_editable_install_is_a_plain_path_entry_to_each_src_folder(tmp_path: pathlib.Path) -> None:

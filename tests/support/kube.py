@@ -46,11 +46,12 @@ import os
 import pathlib
 import random
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp.test_utils
@@ -66,6 +67,7 @@ from kmock._internal import enums, k8s, parsing
 
 from pgquartz.operator import bookkeeping, watching
 from tests.support.apiserver import defaulting, schemas, selectors, validation, writes
+from tests.support.etcdcluster import make_certificates
 from tests.support.processes import free_port, stop
 
 VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
@@ -174,6 +176,9 @@ class Emulator(kmock.KubernetesEmulator):
     admission: Callable[[dict[str, Any]], str | None] | None = None
     #: Writes of these kinds answer 503 (etcd timing out), this many times each, before they work.
     unavailable: dict[str, int] = attrs.field(factory=dict)
+    #: When set, only requests with one of these bearer tokens are served; the others get 401, as a
+    #: server answers a client whose credentials it does not know.
+    tokens: frozenset[str] = attrs.field(factory=frozenset)
 
     def register(
         self,
@@ -300,6 +305,8 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: Any) -> Any:
         try:
+            if self.tokens and request.headers.get("Authorization", "") not in self._credentials():
+                raise ApiError(401, "Unauthorized", "Unauthorized")
             if self._is_write(request):
                 return await self._write(request)
             return await super()._handle(request)
@@ -308,6 +315,9 @@ class Emulator(kmock.KubernetesEmulator):
             # run quadratic (100 resources took 90 s): keep only those in flight there.
             self._requests[:] = [other for other in self._requests if other is not request]
             self.history.append(request)
+
+    def _credentials(self) -> set[str]:
+        return {f"{scheme} {token}" for token in self.tokens for scheme in ("Bearer", "bearer")}
 
     def _is_write(self, request: Any) -> bool:
         if request.resource is None or request.resource not in self.resources:
@@ -594,14 +604,24 @@ class _Server(aiohttp.web_server.Server):  # type: ignore[misc]
 
 
 class _TestServer(aiohttp.test_utils.RawTestServer):
+    tls: ssl.SSLContext | None = None
+    """Serve HTTPS with this (kmock starts its servers with no arguments): a subclass sets it."""
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.tls is not None:
+            kwargs.setdefault("ssl", self.tls)
+        await super().start_server(loop=loop, **kwargs)
+
     async def _make_runner(self, debug: bool = True, **kwargs: Any) -> aiohttp.web.ServerRunner:
         server = _Server(self._handler, loop=self._loop, debug=debug, **kwargs)
         return aiohttp.web.ServerRunner(server, debug=debug, **kwargs)
 
 
 @contextlib.asynccontextmanager
-async def running_emulator() -> AsyncIterator[tuple[Emulator, str]]:
-    async with Emulator() as emulator, kmock.Server(emulator, server_cls=_TestServer) as server:
+async def running_emulator(tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[Emulator, str]]:
+    """The emulator on a free port of 127.0.0.1; over HTTPS with ``tls``. Yields it and its URL."""
+    server_cls = type("_TLSTestServer", (_TestServer,), {"tls": tls}) if tls is not None else _TestServer
+    async with Emulator() as emulator, kmock.Server(emulator, server_cls=server_cls) as server:
         emulator.register("v1/namespaces", kind="Namespace", namespaced=False)
         emulator.register("v1/events", kind="Event")
         yield emulator, str(server.url).rstrip("/")
@@ -656,44 +676,71 @@ async def _serve() -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    async with running_emulator() as (emulator, url):
+    certificates = os.environ.get(CERTIFICATES)
+    tls = None
+    if certificates:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(f"{certificates}/server.crt", f"{certificates}/server.key")
+    async with running_emulator(tls) as (emulator, url):
         register_pgquartz(emulator)
         register_chart(emulator)
+        emulator.tokens = frozenset(filter(None, os.environ.get(TOKENS, "").split(",")))
         print(url, flush=True)
         await stop.wait()
 
 
+TOKENS = "PGQUARTZ_TEST_API_TOKENS"
+"""The bearer tokens an emulator process accepts (comma-separated); unset: it asks for none."""
+CERTIFICATES = "PGQUARTZ_TEST_API_CERTIFICATES"
+"""A folder with ``server.crt`` and ``server.key`` (tests.support.etcdcluster.make_certificates):
+the emulator process serves HTTPS with them."""
+
+
 @contextlib.contextmanager
-def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """The emulator (with the PgQuartz resources) in a child process; yields it and its URL."""
+def emulator_process(
+    tokens: Iterable[str] = (), certificates: pathlib.Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The emulator (with the PgQuartz resources) in a child process; yields it and its URL. With
+    ``tokens``, it serves only requests that carry one of them; with ``certificates``, HTTPS."""
     root = pathlib.Path(__file__).resolve().parents[2]
+    environment = {**os.environ, "PYTHONPATH": str(root), TOKENS: ",".join(tokens)}
+    if certificates is not None:
+        environment[CERTIFICATES] = str(certificates)
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.support.kube"],
         cwd=root,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env=environment,
     )
     try:
         assert process.stdout is not None
         url = process.stdout.readline().strip()
-        if not url.startswith("http://"):
+        if not url.startswith(("http://", "https://")):
             raise RuntimeError(f"the emulator did not start (exit {process.wait()})")
         yield process, url
     finally:
         stop(process, grace=10)
 
 
-def write_kubeconfig(url: str, path: pathlib.Path, namespace: str = "default") -> pathlib.Path:
-    """A kubeconfig for the emulator (plain HTTP, no credentials) as kubectl and kopf read it."""
+def write_kubeconfig(
+    url: str,
+    path: pathlib.Path,
+    namespace: str = "default",
+    user: Mapping[str, Any] | None = None,
+    ca: pathlib.Path | None = None,
+) -> pathlib.Path:
+    """A kubeconfig for the emulator (``user``'s credentials, by default none; ``ca`` for HTTPS) as
+    kubectl and kopf read it."""
     context = {"cluster": "emulator", "user": "tester", "namespace": namespace}
+    cluster = {"server": url} if ca is None else {"server": url, "certificate-authority": str(ca)}
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "clusters": [{"name": "emulator", "cluster": cluster}],
         "contexts": [{"name": "emulator", "context": context}],
         "current-context": "emulator",
-        "users": [{"name": "tester", "user": {}}],
+        "users": [{"name": "tester", "user": dict(user or {})}],
     }
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
@@ -756,11 +803,24 @@ def secret_manifest(name: str, values: Mapping[str, str]) -> str:
 
 @contextlib.contextmanager
 def operator_cluster(
-    scratch: pathlib.Path, *, namespace: str, environment: Mapping[str, str] | None = None
+    scratch: pathlib.Path,
+    *,
+    namespace: str,
+    environment: Mapping[str, str] | None = None,
+    user: Mapping[str, Any] | None = None,
+    tokens: Iterable[str] = (),
+    tls: bool = False,
 ) -> Iterator[OperatorCluster]:
-    """Start the emulator and ``pgquartz-operator`` (its log in ``scratch/operator.log``); stop both."""
-    with emulator_process() as (_, url):
-        kubeconfig = write_kubeconfig(url, scratch / "kubeconfig", namespace=namespace)
+    """Start the emulator and ``pgquartz-operator`` (its log in ``scratch/operator.log``); stop both.
+    ``user``: the kubeconfig's credentials; ``tokens``: the only ones the emulator accepts; ``tls``:
+    HTTPS (kubectl sends credentials only over TLS: client-go reads them for TLS servers alone)."""
+    certificates = None
+    if tls:
+        certificates = scratch / "tls"
+        make_certificates(certificates)
+    with emulator_process(tokens, certificates) as (_, url):
+        ca = certificates / "ca.crt" if certificates is not None else None
+        kubeconfig = write_kubeconfig(url, scratch / "kubeconfig", namespace=namespace, user=user, ca=ca)
         ports = {"liveness": free_port(), "metrics": free_port()}
         settings = {
             **os.environ,

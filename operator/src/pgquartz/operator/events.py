@@ -2,8 +2,8 @@
 
 kopf can post events too, from its own loop through aiohttp: for a new resource
 that one request cost more of the operator's CPU than the handler's own four.
-The handlers post them on the API connection their thread already holds
-(pgquartz.operator.kubeapi), so this module only builds the object: a core/v1
+The handlers post them with the requests they already make (through the
+official client, pgquartz.operator.kubeapi), so this module only builds the object: a core/v1
 Event about the resource, named after it, from the ``pgquartz-operator``
 component, its message cut in the middle to the 1024 characters the API server
 keeps. Posting one is never a reason for a reconciliation to fail: one the API

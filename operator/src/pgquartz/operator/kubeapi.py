@@ -1,4 +1,4 @@
-"""The Kubernetes API calls the handlers make, with the credentials kopf logged in with.
+"""The Kubernetes API calls the handlers make, through the official client, as kopf's login left it.
 
 kopf runs synchronous handlers in a thread pool, so these blocking calls never
 stall its event loop. Only what reconciliation needs: read ConfigMaps and
@@ -8,14 +8,17 @@ no longer renders is dropped by the server), create Jobs for manual runs and
 Events, and read the key names of referenced Secrets (RBAC ``get`` on secrets,
 never list or watch; values are dropped as soon as they arrive).
 
-Requests are built here from paths and sent over pgquartz.operator.transport,
-with the server, CA, client certificate and token of kopf's login (the pod's
-service account, else the kubeconfig): the same identity as kopf's own
-requests. The official client is not used: its generated API classes validated
-every argument with pydantic and walked every body through a serialiser, its
-urllib3 and http.client cost more CPU per request than the handlers' own work,
-and importing it took 0.3 s and 20 MB of every operator's start. A service
-account's token is read again whenever the kubelet has rotated its file.
+The requests go through the official client's ``ApiClient`` (its urllib3 pool,
+TLS, client certificates, proxy and authentication), configured the way kopf's
+``login_via_client`` configured it: in the cluster the pod's service account,
+else the kubeconfig with whatever it names (an exec plugin such as ``aws eks
+get-token`` or ``kubelogin``, an auth provider, client certificates, a
+``proxy-url``), so the handlers act with kopf's identity. A token the client
+renews (a rotated service-account token, an exec credential that expired)
+reaches the next request. The bodies are the handlers' own dicts, sent as they
+are to the paths below through ``ApiClient.param_serialize`` and ``call_api``:
+the generated per-kind methods would first convert each one into the client's
+models, and a read back out of them.
 
 Failures come out as two kinds: :class:`Refused` (the server judged the request
 and will judge it the same way again: 400, 403, 404 (:class:`Missing`, which reads
@@ -25,15 +28,16 @@ answer with None), 415, 422) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
+import kubernetes.client
+import urllib3
 
-from pgquartz.operator import resource, transport
+from pgquartz.operator import resource
 
 FIELD_MANAGER = "pgquartz-operator"
 JSON = "application/json"
@@ -41,9 +45,9 @@ MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 APPLY_QUERY = (("fieldManager", FIELD_MANAGER), ("force", "true"))
 RETRIED = {409, 429}
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-"""Where kopf's service-account login reads the pod's token (and the kubelet rotates it)."""
 USER_AGENT = "pgquartz-operator"
+AUTH_SETTINGS = ["BearerToken"]
+"""The client's name for a token (a service account's, an exec plugin's, a kubeconfig's)."""
 TIMEOUT = (10.0, 60.0)
 """Seconds to connect and to wait for an answer: a silent API server fails the call (a retry), never
 holds one of kopf's handler threads for good."""
@@ -75,11 +79,12 @@ class Transient(Exception):
     """A request that failed for now: a conflict, throttling, a server error or no connection."""
 
 
-def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-    """The API path of ``kind`` objects in ``namespace`` (of one object, of its subresource)."""
-    text = PATHS[kind].format(namespace=urllib.parse.quote(namespace, safe=""))
-    if name is not None:
-        text += "/" + urllib.parse.quote(name, safe="")
+def path(kind: str, *, name: bool = False, subresource: str | None = None) -> str:
+    """The API path of ``kind`` objects (of one object, of its subresource), with ``{namespace}`` and
+    ``{name}`` for the client to fill in, quoted."""
+    text = PATHS[kind]
+    if name:
+        text += "/{name}"
     if subresource is not None:
         text += "/" + subresource
     return text
@@ -101,97 +106,79 @@ def failure(status: int, reason: str, data: bytes) -> Exception:
     return Transient(f"{status} {reason}")
 
 
-class LoginError(kopf.LoginError):
-    """Credentials the handlers cannot use: kopf logs the reason and tries the login again later."""
-
-
-class _Session:
-    """A transport and the headers that authenticate on it; a rotated token file is read again."""
-
-    def __init__(self, info: kopf.ConnectionInfo, token_file: str | None) -> None:
-        if info.proxy_url:
-            proxy = urllib.parse.urlsplit(info.proxy_url)  # its user and password stay out of the log
-            where = f"{proxy.hostname}:{proxy.port}" if proxy.port else str(proxy.hostname)
-            raise LoginError(f"the kubeconfig names a proxy ({where}): pgquartz-operator connects directly")
-        server = str(info.server)
-        tls = info.as_ssl_context() if server.startswith("https:") else None
-        endpoint = transport.Endpoint.from_url(server, tls=tls)
-        self.transport = transport.Transport(endpoint, connect_timeout=TIMEOUT[0], read_timeout=TIMEOUT[1])
-        self._headers = {"Accept": JSON, "User-Agent": USER_AGENT, **info.as_http_headers()}
-        self._token_file = token_file
-        self._token_stamp = self._stamp()
-
-    def _stamp(self) -> tuple[int, int] | None:
-        if self._token_file is None:
-            return None
-        try:
-            status = os.stat(self._token_file)
-        except OSError:
-            return None
-        return status.st_mtime_ns, status.st_size
-
-    def headers(self) -> dict[str, str]:
-        stamp = self._stamp()
-        if stamp != self._token_stamp and self._token_file is not None:
-            self._token_stamp = stamp
-            try:
-                with open(self._token_file, encoding="utf-8") as file:
-                    token = file.read().strip()
-            except OSError:
-                token = ""
-            if token:
-                self._headers = {**self._headers, "Authorization": f"Bearer {token}"}
-        return dict(self._headers)
+def with_proxy(
+    info: kopf.ConnectionInfo | None, configuration: kubernetes.client.Configuration
+) -> kopf.ConnectionInfo | None:
+    """kopf's login through the client leaves out the kubeconfig's ``proxy-url``, which the client
+    reads: kopf's own requests (watches, its status writes) then go through it too."""
+    if info is None or info.proxy_url or not configuration.proxy:
+        return info
+    return dataclasses.replace(info, proxy_url=configuration.proxy)
 
 
 class KubernetesStore:
-    """The API as the handlers see it; one per process, shared by kopf's handler threads."""
+    """The API as the handlers see it; one per process, shared by kopf's handler threads (the
+    client's connection pool is theirs to share)."""
 
-    def __init__(self, info: kopf.ConnectionInfo | None = None, *, token_file: str | None = None) -> None:
-        self._session: _Session | None = None
-        if info is not None:
-            self.log_in(info, token_file=token_file)
+    def __init__(self, configuration: kubernetes.client.Configuration | None = None) -> None:
+        self._client: kubernetes.client.ApiClient | None = None
+        if configuration is not None:
+            self.log_in(configuration)
 
-    def log_in(self, info: kopf.ConnectionInfo, *, token_file: str | None = None) -> None:
-        """Use ``info`` from now on (kopf logs in at start and again when the API refuses its token);
-        ``token_file``: where the token is kept, to be read again when it changes."""
-        self._session = _Session(info, token_file)
+    def log_in(self, configuration: kubernetes.client.Configuration) -> None:
+        """Use ``configuration`` from now on (kopf logs in at start and again when the API refuses
+        its token); the earlier client's connections close once no thread uses them."""
+        client = kubernetes.client.ApiClient(configuration)
+        client.user_agent = USER_AGENT
+        self._client = client
 
     def close(self) -> None:
-        """Close the connections of every thread (they are opened again when needed)."""
-        if self._session is not None:
-            self._session.transport.close()
+        """Close the client's connections (they are opened again when needed)."""
+        if self._client is not None:
+            self._client.close()  # type: ignore[no-untyped-call]  # the client leaves it untyped
 
     def _call(
         self,
         method: str,
         url_path: str,
         *,
+        namespace: str,
+        name: str | None = None,
         query: Sequence[tuple[str, str]] = (),
         body: Mapping[str, Any] | None = None,
         content_type: str = JSON,
     ) -> bytes:
         """One request; the answer's body on success, else :class:`Refused` or :class:`Transient`."""
-        session = self._session
-        if session is None:
+        client = self._client
+        if client is None:
             raise Transient("not logged in to the API yet")
-        headers = session.headers()
+        headers = {"Accept": JSON}
         if body is not None:
             headers["Content-Type"] = content_type
-        if query:
-            url_path += "?" + urllib.parse.urlencode(query)
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        where = {"namespace": namespace} if name is None else {"namespace": namespace, "name": name}
         try:
-            answer = session.transport.request(method, url_path, headers, data)
-        except OSError as error:
+            request = client.param_serialize(
+                method,
+                url_path,
+                path_params=where,
+                query_params=list(query),
+                header_params=headers,
+                body=dict(body) if body is not None else None,
+                auth_settings=AUTH_SETTINGS,
+            )
+            answer = client.call_api(*request, _request_timeout=TIMEOUT)
+            data = answer.read()  # type: ignore[no-untyped-call]
+        except kubernetes.client.ApiException as error:  # what the client makes of a TLS failure
+            raise Transient(f"{error.reason or error}") from error
+        except (urllib3.exceptions.HTTPError, OSError) as error:
             raise Transient(f"{type(error).__name__}: {error}") from error
         if not 200 <= answer.status <= 299:
-            raise failure(answer.status, answer.reason, answer.body)
-        return answer.body
+            raise failure(answer.status, str(answer.reason or ""), data or b"")
+        return data or b""
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            data = self._call("GET", path(kind, namespace, name))
+            data = self._call("GET", path(kind, name=True), namespace=namespace, name=name)
         except Missing:
             return None
         found: dict[str, Any] = json.loads(data)
@@ -203,22 +190,31 @@ class KubernetesStore:
         return None if secret is None else set(secret.get("data") or {})
 
     def create(self, kind: str, namespace: str, body: Mapping[str, Any]) -> None:
-        self._call("POST", path(kind, namespace), body=body)
+        self._call("POST", path(kind), namespace=namespace, body=body)
 
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        data = self._call("GET", path(kind, namespace), query=(("labelSelector", selector),))
+        data = self._call("GET", path(kind), namespace=namespace, query=(("labelSelector", selector),))
         items: list[dict[str, Any]] = json.loads(data).get("items") or []
         return items
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self._call(
             "PATCH",
-            path(resource.KIND, namespace, name, "status"),
+            path(resource.KIND, name=True, subresource="status"),
+            namespace=namespace,
+            name=name,
             body={"status": dict(status)},
             content_type=MERGE_PATCH,
         )
 
     def apply(self, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """Server-side apply of the whole rendered object (creates it if it does not exist)."""
-        url_path = path(kind, namespace, name)
-        self._call("PATCH", url_path, query=APPLY_QUERY, body=body, content_type=APPLY_PATCH)
+        self._call(
+            "PATCH",
+            path(kind, name=True),
+            namespace=namespace,
+            name=name,
+            query=APPLY_QUERY,
+            body=body,
+            content_type=APPLY_PATCH,
+        )

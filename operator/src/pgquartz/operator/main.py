@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+import kubernetes.client
 import prometheus_client
 
 from pgquartz.operator import bookkeeping, events, handlers, kubeapi, settings, watching
@@ -43,18 +44,15 @@ def build_registry(
         def store() -> handlers.ObjectStore:
             return shared
 
-        # A registry of our own gets none of kopf's implicit logins: the pod's service account, else
-        # the kubeconfig, and the handlers use the same credentials (again after every new login).
+        # A registry of our own gets none of kopf's implicit logins. kopf's login through the
+        # official client loads the pod's service account, else the kubeconfig, into the client's
+        # default configuration; the handlers use a copy of it (again after every new login).
         @kopf.on.login(registry=registry)
-        def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-            info = kopf.login_with_service_account(settings=settings)
-            if info is not None:
-                shared.log_in(info, token_file=kubeapi.SERVICE_ACCOUNT_TOKEN)
-                return info
-            info = kopf.login_with_kubeconfig(settings=settings)
-            if info is not None:
-                shared.log_in(info)
-            return info
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            info = kopf.login_via_client(**kwargs)
+            configuration = kubernetes.client.Configuration.get_default_copy()
+            shared.log_in(configuration)
+            return kubeapi.with_proxy(info, configuration)
 
     handlers.register(
         registry,
