@@ -301,7 +301,7 @@ async def test_a_schedule_the_api_server_would_refuse_is_reported_as_invalid_sch
     spec["schedule"] = "61 23 * * *"
     condition = await refused(cluster, "late", spec)
     assert condition["reason"] == "InvalidSchedule"
-    assert condition["message"] == "schedule: Value error, minute field: '61' is above 59 (allowed 0-59)"
+    assert condition["message"] == "schedule: minute field: '61' is above 59 (allowed 0-59)"
 
 
 async def test_an_unknown_time_zone_is_reported_as_invalid_schedule(cluster: Cluster) -> None:

@@ -50,39 +50,6 @@ def test_only_a_job_that_locks_imports_aetcd_and_grpc(etcd: EtcdCluster, tmp_pat
         assert result.stdout.strip().splitlines()[-1] == f"0 {imported}", result.stdout + result.stderr
 
 
-def test_validating_a_job_with_rules_loads_neither_inspect_nor_dataclasses(tmp_path: pathlib.Path) -> None:
-    # inspect (with ast, dis and tokenize) and dataclasses were a third of validate's imports;
-    # shutil (with bz2 and lzma), which argparse imports for the terminal's width, 4-6 ms more.
-    job = tmp_path / "job.yml"
-    job.write_text(
-        "git: {disable: true}\nsteps:\n  s:\n    commands: [{inline: 'true'}]\n"
-        "    when: ['eq .Steps[\"t\"].Rc 0']\n  t: {commands: [{inline: 'true'}]}\n"
-    )
-    probe = (
-        "import sys; from pgquartz.runner.cli import main; code = main.main(['validate', '-c', sys.argv[1]]);"
-        "print(code, sorted({'inspect', 'dataclasses', 'ast', 'shutil', 'lzma'} & set(sys.modules)))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip().splitlines()[-1] == "0 []"
-
-
-def test_running_a_shell_job_loads_neither_dataclasses_nor_shutil(tmp_path: pathlib.Path) -> None:
-    # dataclasses costs its import and a compiled __init__, __repr__ and __eq__ for each class;
-    # shutil, for which() and the terminal's width, imports bz2, lzma and zlib.
-    job = tmp_path / "job.yml"
-    job.write_text("git: {disable: true}\nsteps:\n  s:\n    commands: [{inline: 'true'}]\n")
-    probe = (
-        "import sys; from pgquartz.runner.cli import main; code = main.main(['-c', sys.argv[1]]);"
-        "print(code, sorted({'dataclasses', 'shutil', 'lzma'} & set(sys.modules)))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe, str(job)], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip().splitlines()[-1] == "0 []"
-
-
 def test_only_a_job_with_connections_imports_psycopg(pg_cluster: PgCluster, tmp_path: pathlib.Path) -> None:
     params = pg_cluster.primary.params
     sql, shell = tmp_path / "sql.yml", tmp_path / "shell.yml"

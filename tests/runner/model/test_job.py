@@ -3,7 +3,7 @@ import datetime
 import pytest
 
 from pgquartz.runner.model import ExitCode, Job, Role, json_schema
-from pgquartz.runner.model.fields import ModelError
+from pgquartz.runner.model.base import ModelError
 
 
 def minimal(**extra: object) -> dict[str, object]:

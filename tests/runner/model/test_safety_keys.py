@@ -9,7 +9,7 @@ import re
 import pytest
 
 from pgquartz.runner.model import Job, sqlstates
-from pgquartz.runner.model.fields import ModelError
+from pgquartz.runner.model.base import ModelError
 from pgquartz.runner.model.gates import Lag, parse_lag
 from pgquartz.runner.model.job import OnFailover
 from pgquartz.runner.model.retry import Retry
@@ -55,7 +55,7 @@ def test_a_lost_session_counts_as_connection_failure_only() -> None:
 
 def test_a_misspelt_condition_is_refused_with_a_suggestion() -> None:
     with pytest.raises(ModelError, match="did you mean 'deadlock_detected'"):
-        Retry(on=["deadlock_detection"])
+        Retry.from_data({"on": ["deadlock_detection"]})
 
 
 @pytest.mark.parametrize(

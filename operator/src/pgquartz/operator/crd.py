@@ -1,7 +1,7 @@
 """The PgQuartzJob CustomResourceDefinition, generated from the runner's model.
 
 One source of truth: ``spec.job`` is the job file's own schema (the runner's
-model, see pgquartz.operator.runnermodel), turned into a *structural* OpenAPI v3 schema as Kubernetes
+model: pgquartz.runner.model), turned into a *structural* OpenAPI v3 schema as Kubernetes
 requires: references inlined, ``anyOf [X, null]`` turned into ``nullable``,
 ``additionalProperties: false`` left to the API server's pruning (it is not
 allowed in structural schemas), defaults and patterns kept so the API server

@@ -44,6 +44,7 @@ from pgquartz.operator import (
     watching,
 )
 from pgquartz.operator import metrics as operator_metrics
+from pgquartz.runner.model.base import problems_of
 
 ObjectStore = children.ObjectStore
 
@@ -71,11 +72,11 @@ MAX_BACKOFF = 300.0
 
 def spec_problem(error: pydantic.ValidationError) -> tuple[str, str]:
     """The ``Ready`` reason and message for a spec the resource model refuses."""
-    details = error.errors()
+    problems = problems_of(error, resource.PgQuartzJobSpec)  # in the runner's words, spec.job's too
     message = "; ".join(
-        f"{'.'.join(str(part) for part in detail['loc']) or 'spec'}: {detail['msg']}" for detail in details
+        f"{'.'.join(str(part) for part in problem.path) or 'spec'}: {problem.message}" for problem in problems
     )
-    schedule_only = all(detail["loc"][:1] in (("schedule",), ("timeZone",)) for detail in details)
+    schedule_only = all(problem.path[:1] in (("schedule",), ("timeZone",)) for problem in problems)
     return ("InvalidSchedule" if schedule_only else "InvalidSpec"), message[:1024]
 
 

@@ -11,16 +11,16 @@ job once per database target, one at a time under the lock.
 
 from __future__ import annotations
 
-import datetime
 import enum
 import re
 from typing import Annotated, Any, NamedTuple
 
 import pydantic
 
-from pgquartz.operator import names, runnermodel
+from pgquartz.operator import names
 from pgquartz.operator import schedule as schedules
-from pgquartz.runner.model import Job, Role, fields
+from pgquartz.runner.model import Job, Role, durations
+from pgquartz.runner.model.base import JobModel
 from pgquartz.runner.model.job import OnFailover
 from pgquartz.runner.model.retry import Retry, connection_retry
 
@@ -38,12 +38,13 @@ class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-JobBody = fields.subset(
-    Job,
-    JOB_BODY_KEYS,
-    name="JobBody",
-    doc="A PgQuartz job body: the keys of a job file that describe the work itself.",
+JobBody: type[JobModel] = pydantic.create_model(
+    "JobBody",
+    __base__=JobModel,
+    __doc__="A PgQuartz job body: the keys of a job file that describe the work itself.",
+    **{name: (Job.model_fields[name].annotation, Job.model_fields[name]) for name in JOB_BODY_KEYS},  # type: ignore[call-overload]
 )
+"""The job model's own fields (checks and all), so that ``spec.job`` and a job file read alike."""
 
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -136,7 +137,7 @@ class ConnectionSpec(_Strict):
             " stops with exit code 6 and its Job tries again; continue (the default for all) goes on."
         ),
     )
-    retry: Annotated[Retry, runnermodel.RunnerModel(Retry)] | None = pydantic.Field(
+    retry: Retry | None = pydantic.Field(
         default=None, description="The retry of this connection's SQL commands that have none ('on' only)."
     )
 
@@ -156,9 +157,7 @@ class LockSpec(_Strict):
 
     endpoints: list[str] | None = pydantic.Field(default=None, description="Default: the operator's setting.")
     key: str | None = pydantic.Field(default=None, description="Default: <namespace>/<name>.")
-    ttl: runnermodel.Duration = pydantic.Field(
-        default=datetime.timedelta(minutes=1), json_schema_extra={"default": "1m"}
-    )
+    ttl: durations.Duration = pydantic.Field(default=durations.Duration(minutes=1))
 
 
 class TargetSpec(_Strict):
@@ -315,7 +314,7 @@ class PgQuartzJobSpec(_Strict):
     )
     successful_jobs_history_limit: int = pydantic.Field(default=3, ge=0, alias="successfulJobsHistoryLimit")
     failed_jobs_history_limit: int = pydantic.Field(default=1, ge=0, alias="failedJobsHistoryLimit")
-    job: Annotated[fields.Model, runnermodel.RunnerModel(JobBody)]
+    job: JobBody
     connections: dict[str, ConnectionSpec] = pydantic.Field(
         default_factory=dict,
         json_schema_extra={"x-kubernetes-validations": [CONNECTION_NAMES]},

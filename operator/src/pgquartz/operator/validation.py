@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from pgquartz.runner.model import Job
-from pgquartz.runner.model.fields import ModelError
+from pgquartz.runner.model.base import ModelError
 from pgquartz.runner.plan import graph, matrix
 
 _TOP = {

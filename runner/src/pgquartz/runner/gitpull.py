@@ -63,7 +63,7 @@ def update(config: GitConfig | None, *, job_dir: pathlib.Path) -> PullResult | N
     top = _git(git, directory, ["rev-parse", "--show-toplevel"], env=None)
     if top.returncode != 0:
         return None
-    secrets = [config.http_password.reveal()] if config.http_password else []
+    secrets = [config.http_password.get_secret_value()] if config.http_password else []
     with tempfile.TemporaryDirectory(prefix="pgquartz-git-") as scratch:
         env = _environment(config, pathlib.Path(scratch))
         before = _head(git, directory)
@@ -125,7 +125,7 @@ def _environment(config: GitConfig, scratch: pathlib.Path) -> dict[str, str]:
         helper.chmod(0o700)
         env["GIT_ASKPASS"] = str(helper)
         env["PGQUARTZ_GIT_USER"] = config.http_user or ""
-        env["PGQUARTZ_GIT_PASSWORD"] = config.http_password.reveal() if config.http_password else ""
+        env["PGQUARTZ_GIT_PASSWORD"] = config.http_password.get_secret_value() if config.http_password else ""
         # A credential helper configured on the machine must not answer instead of us.
         env["GIT_CONFIG_COUNT"] = "1"
         env["GIT_CONFIG_KEY_0"] = "credential.helper"

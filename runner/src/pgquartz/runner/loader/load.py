@@ -21,7 +21,7 @@ from typing import Any
 
 from pgquartz.runner.loader import yamlmarks
 from pgquartz.runner.model import records
-from pgquartz.runner.model.fields import ModelError
+from pgquartz.runner.model.base import ModelError
 from pgquartz.runner.model.job import Command, Job
 from pgquartz.runner.model.problems import JobFileError, Problem
 from pgquartz.runner.plan import graph, matrix

@@ -3,17 +3,19 @@
 PgQuartz reads ``timeout`` and ``lockTimeout`` with Go's ``time.ParseDuration``,
 so job files hold strings like ``75s``, ``1m30s``, ``1h`` or ``250ms``. This
 module parses that syntax (and a bare number, read as seconds) into a
-:class:`datetime.timedelta`, and writes a timedelta back in the same syntax so a
-round-tripped job file stays readable.
+:class:`Duration` (a :class:`datetime.timedelta`), and writes one back in the same
+syntax so a round-tripped job file, and the defaults the JSON Schema shows, stay
+readable.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
-from typing import Annotated, Any
+from typing import Any
 
-from pgquartz.runner.model import kinds
+import pydantic
+from pydantic_core import core_schema
 
 _UNITS: dict[str, float] = {
     "ns": 1e-9,
@@ -29,7 +31,7 @@ _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)\s*$|^\s*((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+\s*$"
 
 
-def parse(value: Any) -> datetime.timedelta:
+def parse(value: Any) -> Duration:
     """Read a Go-style duration (``1h30m``) or a number of seconds.
 
     Raises :class:`ValueError` with a message fit to show a user.
@@ -52,7 +54,7 @@ def parse(value: Any) -> datetime.timedelta:
             seconds = _parse_units(text)
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
-    return datetime.timedelta(seconds=seconds)
+    return Duration(seconds=seconds)
 
 
 def _parse_units(text: str) -> float:
@@ -96,5 +98,24 @@ SCHEMA: dict[str, Any] = {
     "description": "A duration as Go writes it (75s, 1m30s, 1h, 250ms) or a number of seconds.",
 }
 
-Duration = Annotated[datetime.timedelta, kinds.Custom(parse, dump=format, schema=SCHEMA)]
-"""A model field type: a duration in PgQuartz's syntax, stored as a timedelta, written back as one."""
+
+class Duration(datetime.timedelta):
+    """A model field type: a duration in PgQuartz's syntax, a timedelta, written back in that syntax
+    (by pydantic too, defaults in a JSON Schema included: they are serialised by their own type)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: pydantic.GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            parse,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                format, return_schema=core_schema.str_schema()
+            ),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: pydantic.GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return dict(SCHEMA)

@@ -17,9 +17,12 @@ from __future__ import annotations
 import datetime
 import enum
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pgquartz.runner.model import durations, fields, kinds, records
+import pydantic
+
+from pgquartz.runner.model import durations, records
+from pgquartz.runner.model.base import JobModel, Whole
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?\s*$")
 _FACTORS = {
@@ -70,15 +73,14 @@ def parse_lag(value: Any) -> Lag:
 
 LagLimit = Annotated[
     Lag,
-    kinds.Custom(
-        parse_lag,
-        dump=str,
-        titled=False,
-        schema={
+    pydantic.PlainValidator(parse_lag),
+    pydantic.PlainSerializer(str, return_type=str),
+    pydantic.WithJsonSchema(
+        {
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": LAG_PATTERN}],
             "description": "WAL bytes (64MB, 16MiB, a number) or a duration (30s, 5m).",
-        },
+        }
     ),
 ]
 
@@ -97,15 +99,15 @@ def _only_true(value: bool | None) -> bool | None:
     return value
 
 
-class Gate(fields.Model):
+class Gate(JobModel):
     """One condition: a built-in one on a connection, or a command with an expectation."""
 
     name: str = ""
-    connection: str | None = fields.field(
+    connection: str | None = pydantic.Field(
         default=None,
         description="The connection a built-in gate reads; may be left out when the job has only one.",
     )
-    max_replication_lag: LagLimit | None = fields.field(
+    max_replication_lag: LagLimit | None = pydantic.Field(
         default=None,
         alias="maxReplicationLag",
         description=(
@@ -113,27 +115,31 @@ class Gate(fields.Model):
             " how far its replay is behind what it received, or behind in time."
         ),
     )
-    max_transaction_age: durations.Duration | None = fields.field(
+    max_transaction_age: durations.Duration | None = pydantic.Field(
         default=None,
         alias="maxTransactionAge",
         description="The oldest open transaction on the server (not the runner's own) may be this old.",
     )
-    no_backup_running: bool | None = fields.field(
+    no_backup_running: Annotated[bool | None, pydantic.AfterValidator(_only_true)] = pydantic.Field(
         default=None,
         alias="noBackupRunning",
-        check=_only_true,
         description="No base backup (pg_basebackup) or low-level backup (pg_backup_start) in progress.",
     )
-    type: str | None = fields.field(
+    type: str | None = pydantic.Field(
         default=None, description="A custom gate: 'shell' or a connection, as for a check."
     )
     inline: str | None = None
     file: str | None = None
-    rc: int | None = fields.field(default=None, description="A custom gate's expected exit code (0).")
+    rc: Whole | None = pydantic.Field(default=None, description="A custom gate's expected exit code (0).")
     expected: str | None = None
     unexpected: str | None = None
 
-    def _check(self) -> None:
+    @pydantic.model_validator(mode="after")
+    def _one_condition(self) -> Self:
+        self._check_condition()
+        return self
+
+    def _check_condition(self) -> None:
         built_in = [key for key in BUILT_IN if self._built_in(key) is not None]
         custom = [
             key
@@ -199,20 +205,19 @@ def _positive_interval(value: datetime.timedelta) -> datetime.timedelta:
     return value
 
 
-class Gates(fields.Model):
+class Gates(JobModel):
     """The gates of the job or of a step, and what to do while they are closed."""
 
-    require: list[Gate] = fields.field(min_length=1, description="Conditions that must all hold.")
-    wait: durations.Duration = fields.field(
-        default=datetime.timedelta(0),
+    require: list[Gate] = pydantic.Field(min_length=1, description="Conditions that must all hold.")
+    wait: durations.Duration = pydantic.Field(
+        default=durations.Duration(0),
         description="How long to wait for the gates to open (evaluated once when 0), inside the timeout.",
     )
-    interval: durations.Duration = fields.field(
-        default=datetime.timedelta(seconds=5),
-        check=_positive_interval,
+    interval: Annotated[durations.Duration, pydantic.AfterValidator(_positive_interval)] = pydantic.Field(
+        default=durations.Duration(seconds=5),
         description="How often closed gates are evaluated again while waiting.",
     )
-    on_timeout: OnTimeout = fields.field(
+    on_timeout: OnTimeout = pydantic.Field(
         default=OnTimeout.SKIP,
         alias="onTimeout",
         description=(

@@ -18,12 +18,14 @@ import datetime
 import enum
 import functools
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pgquartz.runner.model import durations, fields, kinds
+import pydantic
+
+from pgquartz.runner.model import durations
+from pgquartz.runner.model.base import JobModel, Whole
 from pgquartz.runner.model.gates import Gate, Gates
 from pgquartz.runner.model.retry import Retry, connection_retry
-from pgquartz.runner.model.secret import SecretText
 
 SHELL = "shell"
 """The command type that runs a body with bash; any other type names a connection."""
@@ -75,7 +77,9 @@ def _check_matrix(value: dict[str, list[str]]) -> dict[str, list[str]]:
     return value
 
 
-Matrix = Annotated[dict[str, list[str]], kinds.Hooks(before=_matrix_values, check=_check_matrix)]
+Matrix = Annotated[
+    dict[str, list[str]], pydantic.BeforeValidator(_matrix_values), pydantic.AfterValidator(_check_matrix)
+]
 """Argument name → values; the step runs once per combination (cartesian product)."""
 
 
@@ -83,27 +87,26 @@ def _empty_type_is_shell(value: Any) -> Any:
     return SHELL if value in (None, "") else value
 
 
-class Command(fields.Model):
+class Command(JobModel):
     """One command of a step: a shell body or a query, inline or from a file."""
 
     name: str = ""
-    type: str = fields.field(
+    type: Annotated[str, pydantic.BeforeValidator(_empty_type_is_shell)] = pydantic.Field(
         default=SHELL,
-        before=_empty_type_is_shell,
         description="'shell' (the default) runs the body with bash; any other value names a connection.",
     )
-    role: Role | None = fields.field(
+    role: Role | None = pydantic.Field(
         default=None,
         description="Run only when the connection's server has this role (overrides the connection's).",
     )
     inline: str | None = None
-    file: str | None = fields.field(default=None, description="A script or SQL file, relative to workdir.")
-    batch_mode: bool = fields.field(
+    file: str | None = pydantic.Field(default=None, description="A script or SQL file, relative to workdir.")
+    batch_mode: bool = pydantic.Field(
         default=False,
         alias="batchMode",
         description="Split a SQL body into statements and run them one at a time.",
     )
-    retry: Retry | None = fields.field(
+    retry: Retry | None = pydantic.Field(
         default=None,
         description=(
             "Run the command again after the errors listed (SQL conditions in 'on', shell exit codes in"
@@ -111,7 +114,12 @@ class Command(fields.Model):
         ),
     )
 
-    def _check(self) -> None:
+    @pydantic.model_validator(mode="after")
+    def _one_body_and_a_fitting_retry(self) -> Self:
+        self._check_command()
+        return self
+
+    def _check_command(self) -> None:
         if self.inline is not None and self.file is not None:
             raise ValueError("set either 'inline' or 'file', not both")
         if self.inline is None and self.file is None:
@@ -141,22 +149,22 @@ class Command(fields.Model):
         return text if len(text) <= 60 else text[:57] + "..."
 
 
-class Step(fields.Model):
+class Step(JobModel):
     """A unit of work: commands run in order (per matrix instance) until one fails."""
 
-    commands: list[Command] = fields.field(min_length=1)
-    depends: list[str] = fields.field(
+    commands: list[Command] = pydantic.Field(min_length=1)
+    depends: list[str] = pydantic.Field(
         default_factory=list, description="Steps that must be done (or skipped) before this one."
     )
-    when: list[str] = fields.field(
+    when: list[str] = pydantic.Field(
         default_factory=list,
         description=(
             "Rules that must all hold for the step to run (Go-template or Jinja2 expressions). Steps they"
             " read become dependencies automatically."
         ),
     )
-    matrix: Matrix = fields.field(default_factory=dict)
-    gates: Gates | None = fields.field(
+    matrix: Matrix = pydantic.Field(default_factory=dict)
+    gates: Gates | None = pydantic.Field(
         default=None, description="Conditions that must hold before the step's first instance runs."
     )
 
@@ -164,14 +172,14 @@ class Step(fields.Model):
 class Check(Command):
     """A command run after all steps, whose exit code and output decide the run's result."""
 
-    rc: int = fields.field(default=0, description="The exit code the check must end with, exactly.")
-    expected: str | None = fields.field(
+    rc: Whole = pydantic.Field(default=0, description="The exit code the check must end with, exactly.")
+    expected: str | None = pydantic.Field(
         default=None, description="Text that must appear in the check's stdout or stderr."
     )
-    unexpected: str | None = fields.field(
+    unexpected: str | None = pydantic.Field(
         default=None, description="Text that must not appear in the check's stdout or stderr."
     )
-    matrix: Matrix = fields.field(default_factory=dict)
+    matrix: Matrix = pydantic.Field(default_factory=dict)
 
 
 class OnFailover(enum.StrEnum):
@@ -187,29 +195,28 @@ def _params_as_text(value: Any) -> Any:
     return value
 
 
-class Connection(fields.Model):
+class Connection(JobModel):
     """A PostgreSQL endpoint that commands name in their ``type``."""
 
-    type: str = fields.field(default="postgresql", description="Informational, as in PgQuartz.")
-    role: Role = fields.field(
+    type: str = pydantic.Field(default="postgresql", description="Informational, as in PgQuartz.")
+    role: Role = pydantic.Field(
         default=Role.ALL, description="The role the server must have; 'all' accepts any."
     )
-    conn_params: dict[str, str] = fields.field(
+    conn_params: Annotated[dict[str, str], pydantic.BeforeValidator(_params_as_text)] = pydantic.Field(
         default_factory=dict,
-        before=_params_as_text,
         description="libpq connection keywords (host, port, dbname, user, …).",
     )
-    password_file: str | None = fields.field(
+    password_file: str | None = pydantic.Field(
         default=None,
         alias="passwordFile",
         description="Read the password from this file (e.g. a mounted Kubernetes Secret).",
     )
-    password_env: str | None = fields.field(
+    password_env: str | None = pydantic.Field(
         default=None,
         alias="passwordEnv",
         description="Read the password from this environment variable.",
     )
-    on_failover: OnFailover | None = fields.field(
+    on_failover: OnFailover | None = pydantic.Field(
         default=None,
         alias="onFailover",
         description=(
@@ -218,9 +225,8 @@ class Connection(fields.Model):
             " role primary or standby, continue for all."
         ),
     )
-    retry: Retry | None = fields.field(
+    retry: Annotated[Retry | None, pydantic.AfterValidator(connection_retry)] = pydantic.Field(
         default=None,
-        check=connection_retry,
         description="The retry of every SQL command on this connection that has none of its own (only 'on').",
     )
 
@@ -230,7 +236,8 @@ class Connection(fields.Model):
             return self.on_failover
         return OnFailover.CONTINUE if self.role is Role.ALL else OnFailover.ABORT
 
-    def _check(self) -> None:
+    @pydantic.model_validator(mode="after")
+    def _one_password_source(self) -> Self:
         sources = [
             key
             for key, present in (
@@ -242,6 +249,7 @@ class Connection(fields.Model):
         ]
         if len(sources) > 1:
             raise ValueError(f"give the password one way, not {' and '.join(sources)}")
+        return self
 
 
 def _positive_ttl(value: datetime.timedelta) -> datetime.timedelta:
@@ -250,41 +258,41 @@ def _positive_ttl(value: datetime.timedelta) -> datetime.timedelta:
     return value
 
 
-class EtcdConfig(fields.Model):
+class EtcdConfig(JobModel):
     """The etcd lock that serialises runs of one job across nodes or pods."""
 
-    endpoints: list[str] = fields.field(default_factory=lambda: ["localhost:2379"], min_length=1)
-    lock_key: str | None = fields.field(
+    endpoints: list[str] = pydantic.Field(default_factory=lambda: ["localhost:2379"], min_length=1)
+    lock_key: str | None = pydantic.Field(
         default=None, alias="lockKey", description="Defaults to the job name (the job file's base name)."
     )
-    lock_timeout: durations.Duration = fields.field(
-        default=datetime.timedelta(minutes=1),
+    lock_timeout: Annotated[durations.Duration, pydantic.AfterValidator(_positive_ttl)] = pydantic.Field(
+        default=durations.Duration(minutes=1),
         alias="lockTimeout",
-        check=_positive_ttl,
         description=(
             "The lease TTL: how long a crashed holder keeps the lock. PgQuartz defaults to 100h; pgquartz"
             " to 1m."
         ),
     )
 
-    username: str | None = fields.field(default=None, description="etcd user (with a password).")
-    password_file: str | None = fields.field(
+    username: str | None = pydantic.Field(default=None, description="etcd user (with a password).")
+    password_file: str | None = pydantic.Field(
         default=None, alias="passwordFile", description="Read the etcd user's password from this file."
     )
-    password_env: str | None = fields.field(
+    password_env: str | None = pydantic.Field(
         default=None, alias="passwordEnv", description="Read the etcd user's password from this variable."
     )
-    ca_file: str | None = fields.field(
+    ca_file: str | None = pydantic.Field(
         default=None, alias="caFile", description="CA bundle to verify etcd's TLS certificate (enables TLS)."
     )
-    cert_file: str | None = fields.field(
+    cert_file: str | None = pydantic.Field(
         default=None, alias="certFile", description="Client certificate for TLS client authentication."
     )
-    key_file: str | None = fields.field(
+    key_file: str | None = pydantic.Field(
         default=None, alias="keyFile", description="Private key of the client certificate."
     )
 
-    def _check(self) -> None:
+    @pydantic.model_validator(mode="after")
+    def _credentials_that_go_together(self) -> Self:
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give the etcd password one way: passwordFile or passwordEnv")
         if (self.password_file or self.password_env) and not self.username:
@@ -293,21 +301,24 @@ class EtcdConfig(fields.Model):
             raise ValueError("an etcd username needs passwordFile or passwordEnv")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("certFile and keyFile go together")
+        return self
 
 
-class GitConfig(fields.Model):
+class GitConfig(JobModel):
     """Update the job's directory from its git remote before running, as PgQuartz does."""
 
-    dir: str | None = fields.field(
+    dir: str | None = pydantic.Field(
         default=None, description="The repository's directory; defaults to the job file's directory."
     )
     remote: str = "origin"
-    revision: str | None = fields.field(
+    revision: str | None = pydantic.Field(
         default=None, description="A branch, tag or commit to run; defaults to the current branch."
     )
-    rsa_path: str | None = fields.field(default=None, alias="rsaPath")
-    http_user: str | None = fields.field(default=None, alias="httpUser")
-    http_password: SecretText | None = fields.field(default=None, alias="httpPassword")
+    rsa_path: str | None = pydantic.Field(default=None, alias="rsaPath")
+    http_user: str | None = pydantic.Field(default=None, alias="httpUser")
+    http_password: pydantic.SecretStr | None = pydantic.Field(
+        default=None, alias="httpPassword", description="Never shown: a mask in reprs and written-back files."
+    )
     disable: bool = False
 
 
@@ -331,15 +342,17 @@ def _positive_timeout(value: datetime.timedelta | None) -> datetime.timedelta | 
     return value
 
 
-class Job(fields.Model):
+class Job(JobModel):
     """A PgQuartz job: steps, then checks, optionally under an etcd lock."""
 
-    steps: dict[str, Step] = fields.field(min_length=1)
-    checks: list[Check] = fields.field(default_factory=list)
-    connections: dict[str, Connection] = fields.field(default_factory=dict, check=_no_connection_named_shell)
-    etcd_config: EtcdConfig | None = fields.field(default=None, alias="etcdConfig")
+    steps: dict[str, Step] = pydantic.Field(min_length=1)
+    checks: list[Check] = pydantic.Field(default_factory=list)
+    connections: Annotated[dict[str, Connection], pydantic.AfterValidator(_no_connection_named_shell)] = (
+        pydantic.Field(default_factory=dict)
+    )
+    etcd_config: EtcdConfig | None = pydantic.Field(default=None, alias="etcdConfig")
     git: GitConfig | None = None
-    parallel: int = fields.field(
+    parallel: Whole = pydantic.Field(
         default=1,
         ge=1,
         description=(
@@ -347,26 +360,27 @@ class Job(fields.Model):
             " refuses it)."
         ),
     )
-    timeout: durations.Duration | None = fields.field(
-        default=None,
-        check=_positive_timeout,
-        description="Ends the whole run (lock wait, steps and checks) with an error; default: none.",
+    timeout: Annotated[durations.Duration | None, pydantic.AfterValidator(_positive_timeout)] = (
+        pydantic.Field(
+            default=None,
+            description="Ends the whole run (lock wait, steps and checks) with an error; default: none.",
+        )
     )
-    workdir: str | None = fields.field(
+    workdir: str | None = pydantic.Field(
         default=None, description="Where scripts are found and run; defaults to the job file's directory."
     )
-    log_file: str | None = fields.field(
+    log_file: str | None = pydantic.Field(
         default=None,
         alias="logFile",
         description="Also write the log here; a directory gets one dated file per run of the job.",
     )
     debug: bool = False
-    run_on_role_error: bool = fields.field(
+    run_on_role_error: bool = pydantic.Field(
         default=False,
         alias="runOnRoleError",
         description="Skip commands against a connection with the wrong role instead of refusing to run.",
     )
-    gates: Gates | None = fields.field(
+    gates: Gates | None = pydantic.Field(
         default=None,
         description="Conditions that must hold, once the lock is held, before the first step runs.",
     )
@@ -414,7 +428,7 @@ def gate_check(gate: Gate) -> Check:
 
 def json_schema() -> dict[str, Any]:
     """The job file's JSON Schema (keys as written in job files)."""
-    schema = fields.json_schema(Job)
+    schema = Job.model_json_schema(by_alias=True, mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "PgQuartz job"
     return schema

@@ -18,12 +18,14 @@ not run again (see docs/job-file.md).
 
 from __future__ import annotations
 
-import datetime
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Self
 
-from pgquartz.runner.model import durations, fields, sqlstates
+import pydantic
+
+from pgquartz.runner.model import durations, sqlstates
+from pgquartz.runner.model.base import JobModel, Whole
 
 MAX_ATTEMPTS = 100
 
@@ -44,51 +46,52 @@ def _real_exit_codes(value: list[int]) -> list[int]:
     return value
 
 
-class Retry(fields.Model):
+class Retry(JobModel):
     """Which errors repeat a command, how often, and how long to wait in between."""
 
-    on: list[str] = fields.field(
+    on: Annotated[list[str], pydantic.AfterValidator(_known_conditions)] = pydantic.Field(
         default_factory=list,
-        check=_known_conditions,
         description=(
             "SQL errors worth repeating the command for: PostgreSQL condition names"
             " (serialization_failure, deadlock_detected, lock_not_available, admin_shutdown,"
             " connection_failure), SQLSTATEs (40001) or classes (40)."
         ),
     )
-    exit_codes: list[int] = fields.field(
+    exit_codes: Annotated[list[Whole], pydantic.AfterValidator(_real_exit_codes)] = pydantic.Field(
         default_factory=list,
         alias="exitCodes",
-        check=_real_exit_codes,
         description="Exit codes of a shell command worth repeating it for (e.g. 75, EX_TEMPFAIL).",
     )
-    attempts: int = fields.field(
-        3, ge=1, le=MAX_ATTEMPTS, description="How many times the command may run in all."
+    attempts: Whole = pydantic.Field(
+        default=3, ge=1, le=MAX_ATTEMPTS, description="How many times the command may run in all."
     )
-    backoff: durations.Duration = fields.field(
-        datetime.timedelta(seconds=1),
+    backoff: durations.Duration = pydantic.Field(
+        default=durations.Duration(seconds=1),
         description="The wait before the first retry; it doubles for each further one (with jitter).",
     )
-    max_backoff: durations.Duration = fields.field(
-        datetime.timedelta(minutes=1),
+    max_backoff: durations.Duration = pydantic.Field(
+        default=durations.Duration(minutes=1),
         alias="maxBackoff",
         description="The longest wait between two attempts.",
     )
 
+    @pydantic.model_validator(mode="before")
     @classmethod
-    def _prepare(cls, data: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    def _on_from_yaml_11(cls, data: Any) -> Any:
         # Job files come through our own loader (keys stay strings), but a PgQuartzJob
         # written with a YAML 1.1 tool may arrive with `on` turned into `true`.
-        if True in data and "on" not in data:
+        if isinstance(data, Mapping) and True in data and "on" not in data:
             return {("on" if key is True else key): item for key, item in data.items()}
         return data
 
-    def _check(self) -> None:
+    @pydantic.model_validator(mode="after")
+    def _says_which_errors(self) -> Self:
         if not self.on and not self.exit_codes:
             raise ValueError(
                 "say which errors to retry: 'on' (SQL conditions, e.g. [serialization_failure]) or"
                 " 'exitCodes' (shell, e.g. [75]); nothing is retried by default"
             )
+        return self
 
     def patterns(self) -> tuple[str, ...]:
         """The SQLSTATEs and classes ``on`` stands for."""
