@@ -58,6 +58,13 @@ def plan(path: str, *, as_json: bool) -> int:
     return ExitCode.SUCCESS
 
 
+def _budget_data(job: Job) -> dict[str, Any] | None:
+    budget = job.etcd_config.budget if job.etcd_config is not None else None
+    if budget is None:
+        return None
+    return {"slots": budget.slots, "key": budget.key, "clusterOf": job.budget_connection()}
+
+
 def plan_data(name: str, plan: Plan) -> dict[str, Any]:
     job = plan.job
     return {
@@ -70,6 +77,7 @@ def plan_data(name: str, plan: Plan) -> dict[str, Any]:
             "key": job.etcd_config.lock_key or name,
             "endpoints": job.etcd_config.endpoints,
             "ttl": job.etcd_config.lock_timeout.total_seconds(),
+            "budget": _budget_data(job),
         },
         "connections": {
             name: {
@@ -183,6 +191,14 @@ def describe(name: str, plan: Plan) -> list[str]:
             f"lock: etcd key {job.etcd_config.lock_key or name!r} on"
             f" {', '.join(job.etcd_config.endpoints)} (TTL {job.etcd_config.lock_timeout})"
         )
+        budget = job.etcd_config.budget
+        if budget is not None:
+            keyed = (
+                f"key {budget.key!r}"
+                if budget.key is not None
+                else f"keyed by the database cluster of connection {job.budget_connection()!r}"
+            )
+            lines.append(f"budget: {budget.slots} at once, {keyed}; a slot is taken once the lock is held")
     for connection_name, connection in job.connections.items():
         lines.append(
             f"connection {connection_name!r}: role {connection.role.value}, on failover:"

@@ -170,6 +170,7 @@ async def _run(
         from pgquartz.runner.lock import guard  # the etcd client only for jobs that lock
 
         timeout = loaded.job.timeout
+        identified_by = loaded.job.budget_connection()
         steps_guard = functools.partial(
             guard.hold,
             loaded.job.etcd_config,
@@ -178,6 +179,9 @@ async def _run(
             # a little before the engine's own timeout, so that giving up says why
             deadline=time.monotonic() + timeout.total_seconds() - 0.05 if timeout else None,
             on_waiting=lambda message: record(events.Notice(level="info", message=message)),
+            cluster_identity=(
+                functools.partial(_cluster_identity, connections[identified_by]) if identified_by else None
+            ),
         )
     try:
         return await engine.run(
@@ -214,3 +218,13 @@ def _write_summary(summary: Summary, path: pathlib.Path) -> None:
 
 def _write(stream: TextIO, text: str) -> None:
     stream.write(text + "\n")
+
+
+async def _cluster_identity(connection: ConnectionExecutor) -> str:
+    """The database cluster's ``system_identifier``, what a budget without a key is keyed by."""
+    from pgquartz.runner.lock import budget
+
+    row = await connection.fetch(budget.IDENTITY_QUERY)
+    if not row or not row[0]:
+        raise RuntimeError("the server did not say its system_identifier (pg_control_system())")
+    return row[0]

@@ -69,7 +69,7 @@ class Dispatcher:
         self.run_env: dict[str, str] = {}
         """Variables every shell command gets for the rest of the run (e.g. ``PGQ_LOCK_REVISION``)."""
         self.run_args: dict[str, str] = {}
-        """Named arguments every SQL command gets (``:lock_revision``)."""
+        """Named arguments every SQL command gets (``:lock_revision``, ``:budget_slot``)."""
         self._rng = random.Random()
         self.on_failover: OnFailoverSeen = lambda seen: None
         """Set by the engine: told of every failover an executor sees (executors call
@@ -81,8 +81,12 @@ class Dispatcher:
     def use_run_variables(self, variables: Mapping[str, str]) -> None:
         """Give commands run-wide variables: to shell as environment, the fencing token to SQL."""
         self.run_env.update(variables)
-        if "PGQ_LOCK_REVISION" in variables:
-            self.run_args["lock_revision"] = variables["PGQ_LOCK_REVISION"]
+        for variable, argument in (
+            ("PGQ_LOCK_REVISION", "lock_revision"),
+            ("PGQ_BUDGET_SLOT", "budget_slot"),
+        ):
+            if variable in variables:
+                self.run_args[argument] = variables[variable]
 
     @property
     def connections(self) -> Mapping[str, ConnectionExecutor]:

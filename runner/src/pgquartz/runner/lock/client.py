@@ -244,6 +244,14 @@ class Client:
 
     async def create(self, key: bytes, value: bytes, *, lease: int) -> int:
         """Put ``key`` unless it exists; its create revision either way (ours, or the one found)."""
+        return (await self._create(key, value, lease=lease)).create_revision
+
+    async def claim(self, key: bytes, value: bytes, *, lease: int) -> bool:
+        """Put ``key`` unless it exists; whether it is ours now (made, or found with our lease: a
+        retry of a claim whose answer was lost)."""
+        return (await self._create(key, value, lease=lease)).lease == lease
+
+    async def _create(self, key: bytes, value: bytes, *, lease: int) -> KeyValue:
         request = rpc.TxnRequest(
             compare=[
                 rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=0)
@@ -253,9 +261,9 @@ class Client:
         )
         reply = await self._retrying(lambda: self._call(lambda m: m.kv.Txn, request))
         if reply.succeeded:
-            return int(reply.header.revision)
+            return KeyValue(key=key, value=value, create_revision=int(reply.header.revision), lease=lease)
         [found] = reply.responses[0].response_range.kvs
-        return int(found.create_revision)
+        return _key_value(found)
 
     async def put(self, key: bytes, value: bytes, *, lease: int) -> None:
         request = rpc.PutRequest(key=key, value=value, lease=lease)
@@ -264,11 +272,15 @@ class Client:
     async def delete(self, key: bytes) -> None:
         await self._call(lambda m: m.kv.DeleteRange, rpc.DeleteRangeRequest(key=key))
 
-    async def wait_deleted(self, key: bytes, *, after: int) -> None:
-        """Return once ``key`` is deleted at a revision above ``after``, or etcd has compacted
-        that history (the caller reads again); raise :class:`EtcdUnavailable` if the stream
-        breaks or etcd cancels the watch. The watch is cancelled on the member when this returns."""
-        member, call = await self._retrying(lambda: self._authorised(lambda: self._watch(key, after=after)))
+    async def wait_deleted(self, key: bytes, *, after: int, prefix: bool = False) -> None:
+        """Return once ``key`` (with ``prefix``: any key under it) is deleted at a revision above
+        ``after``, or etcd has compacted that history (the caller reads again); raise
+        :class:`EtcdUnavailable` if the stream breaks or etcd cancels the watch. The watch is
+        cancelled on the member when this returns."""
+        range_end = prefix_end(key) if prefix else b""
+        member, call = await self._retrying(
+            lambda: self._authorised(lambda: self._watch(key, after=after, range_end=range_end))
+        )
         try:
             while True:
                 reply = await call.read()
@@ -340,11 +352,15 @@ class Client:
             f"etcd is unreachable ({'; '.join(refusals) or f'nothing within {within:.2g}s'})"
         )
 
-    async def _watch(self, key: bytes, *, after: int) -> tuple[_Member, Any]:
-        """A watch for ``key``'s deletion, created on the next member that takes it."""
+    async def _watch(self, key: bytes, *, after: int, range_end: bytes) -> tuple[_Member, Any]:
+        """A watch for the deletion of ``key`` (up to ``range_end``), created on the next member that
+        takes it."""
         request = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
-                key=key, start_revision=after + 1, filters=[rpc.WatchCreateRequest.NOPUT]
+                key=key,
+                range_end=range_end,
+                start_revision=after + 1,
+                filters=[rpc.WatchCreateRequest.NOPUT],
             )
         )
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-from pgquartz.runner.lock import mutex, retrying
+from pgquartz.runner.lock import budget, mutex, retrying
 from pgquartz.runner.lock.client import Client, Lease
 from pgquartz.runner.lock.errors import EtcdUnavailable, LockLost, LockNotAcquired
-from pgquartz.runner.model.job import EtcdConfig
+from pgquartz.runner.model.job import BudgetConfig, EtcdConfig
 
 RELEASE_TIMEOUT = 5.0
 RETRY_DELAY = 0.25
@@ -43,12 +43,15 @@ async def hold(
     stop_budget: float,
     deadline: float | None = None,
     on_waiting: Callable[[str], None] = lambda message: None,
+    cluster_identity: Callable[[], Awaitable[str]] | None = None,
 ) -> AsyncIterator[Mapping[str, str]]:
-    """Hold the lock for the body; raise :class:`LockLost` out of it if the lease is lost.
+    """Hold the lock (and a slot of the job's budget, if it has one) for the body; raise
+    :class:`LockLost` out of it if the lease is lost.
 
     ``deadline`` (monotonic: the job's timeout) bounds retrying an etcd that is
     unusable while getting in line; without it, :data:`retrying.UNAVAILABLE_LIMIT`
-    seconds of failures in a row do.
+    seconds of failures in a row do. ``cluster_identity`` gives the database cluster's
+    identity, the key of a budget that names none.
     """
     ttl = max(1, round(config.lock_timeout.total_seconds()))
     key = lock_key(config, job_name)
@@ -74,15 +77,32 @@ async def hold(
                 lost.append(reason)
                 task.cancel()
 
-        budget = min(stop_budget, ttl / 2)
+        stop_within = min(stop_budget, ttl / 2)
         stopping = asyncio.Event()
         watchdog = asyncio.create_task(
             _keep_alive(
-                client, held.lease, ttl=ttl, budget=budget, sent_ok=sent, stop=stop, stopping=stopping
+                client, held.lease, ttl=ttl, budget=stop_within, sent_ok=sent, stop=stop, stopping=stopping
             )
         )
         try:
-            yield {"PGQ_LOCK_REVISION": str(held.revision)}
+            variables = {"PGQ_LOCK_REVISION": str(held.revision)}
+            if config.budget is not None:
+                client.budget = (
+                    retry  # waiting for a slot rides out etcd's failures like waiting for the lock
+                )
+                variables |= await _take_slot(
+                    client,
+                    held,
+                    config.budget,
+                    job_name=job_name,
+                    ttl=ttl,
+                    identity=cluster_identity,
+                    on_waiting=on_waiting,
+                )
+                client.budget = None
+            yield variables
+        except mutex.LeaseLost as gone:  # our place in the budget's line went with the lease
+            raise LockLost(str(gone)) from None
         except asyncio.CancelledError:
             if lost and task.uncancel() == 0:
                 raise LockLost(lost[0]) from None
@@ -97,6 +117,44 @@ async def hold(
         # A lost lease has taken our key with it, or will within the stop budget (etcd unreachable):
         # nothing is left to release, and retrying it would only hold up the exit.
         await asyncio.shield(_release(client, None if lost else held))
+
+
+async def _take_slot(
+    client: Client,
+    held: mutex.Mutex,
+    config: BudgetConfig,
+    *,
+    job_name: str,
+    ttl: int,
+    identity: Callable[[], Awaitable[str]] | None,
+    on_waiting: Callable[[str], None],
+) -> dict[str, str]:
+    """A slot of the budget, on the lock's lease; the variables that tell the commands which."""
+    key = config.key
+    if key is None:
+        if identity is None:
+            raise LockNotAcquired("the budget has no key and the job no connection to learn its cluster from")
+        try:
+            key = f"cluster-{await identity()}"
+        except Exception as error:  # the connection's own error, already without secrets
+            raise LockNotAcquired(f"cannot learn the database cluster for the budget: {error}") from None
+    line = budget.Budget(
+        client, key=key, slots=config.slots, lease=held.lease, value=mutex.identity(job_name)
+    )
+    said: list[int] = []
+
+    def waiting(ahead: int) -> None:
+        if not said:
+            said.append(ahead)
+            on_waiting(f"waiting for a slot of budget {key!r} ({config.slots} at once; {ahead} ahead)")
+
+    try:
+        await line.enqueue()
+        await line.wait(recheck=max(0.5, ttl / 3), on_waiting=waiting)
+        slot = await line.claim(recheck=max(0.5, ttl / 3))
+    except (retrying.GaveUp, EtcdUnavailable, OSError) as error:
+        raise LockNotAcquired(f"cannot take a slot of budget {key!r}: {retrying.describe(error)}") from None
+    return {"PGQ_BUDGET_KEY": key, "PGQ_BUDGET_SLOT": str(slot)}
 
 
 def _retry_notice(on_waiting: Callable[[str], None]) -> Callable[[BaseException, int], None]:

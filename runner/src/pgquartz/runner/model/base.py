@@ -16,7 +16,7 @@ PgQuartzJob resource holds these same classes, so a job file and a resource's
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Self
 
 import pydantic
@@ -35,6 +35,24 @@ class ModelError(ValueError):
 
 def _described(problem: Problem) -> str:
     return f"{format_path(problem.path)}: {problem.message}" if problem.path else problem.message
+
+
+def refused(
+    model: type[pydantic.BaseModel], problems: Sequence[tuple[Path, str]]
+) -> pydantic.ValidationError:
+    """What a model's own check raises for problems at key paths below the model (pydantic puts
+    them under the model's own place)."""
+    return pydantic_core.ValidationError.from_exception_data(
+        model.__name__,
+        [
+            {
+                "type": pydantic_core.PydanticCustomError("refused", "{message}", {"message": message}),
+                "loc": path,
+                "input": None,
+            }
+            for path, message in problems
+        ],
+    )
 
 
 class JobModel(pydantic.BaseModel):
@@ -56,17 +74,12 @@ class JobModel(pydantic.BaseModel):
         if not isinstance(data, Mapping):
             return data
         twice = [
-            {
-                "type": pydantic_core.PydanticCustomError("given_twice", "{message}", {"message": message}),
-                "loc": (name,),
-                "input": data[name],
-            }
+            ((name,), f"{name!r} is {field.alias!r} again: give it once")
             for name, field in cls.model_fields.items()
             if field.alias and field.alias != name and field.alias in data and name in data
-            for message in (f"{name!r} is {field.alias!r} again: give it once",)
         ]
         if twice:
-            raise pydantic_core.ValidationError.from_exception_data(cls.__name__, twice)  # type: ignore[arg-type]
+            raise refused(cls, twice)
         return data
 
     @classmethod
@@ -146,7 +159,7 @@ def _message(detail: Any, model: type[pydantic.BaseModel]) -> str:
         return _unknown_key(path[-1], _keys_at(model, path[:-1]))
     if kind in ("value_error", "assertion_error"):
         return user_message(str(context.get("error", detail["msg"])))
-    if kind == "given_twice":
+    if kind == "refused":
         return str(context["message"])
     if kind in EXPECTED:
         return f"input should be {EXPECTED[kind]}, got {show(given)}"

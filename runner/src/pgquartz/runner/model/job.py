@@ -23,7 +23,7 @@ from typing import Annotated, Any, Self
 import pydantic
 
 from pgquartz.runner.model import durations
-from pgquartz.runner.model.base import JobModel, Whole
+from pgquartz.runner.model.base import JobModel, Whole, refused
 from pgquartz.runner.model.gates import Gate, Gates
 from pgquartz.runner.model.retry import Retry, connection_retry
 
@@ -258,6 +258,27 @@ def _positive_ttl(value: datetime.timedelta) -> datetime.timedelta:
     return value
 
 
+def _budget_key(value: str | None) -> str | None:
+    if value is not None and (not value.strip("/") or "//" in value or value != value.strip("/ ")):
+        raise ValueError("a budget key is a name (may hold single '/', not at its ends, and no '//')")
+    return value
+
+
+class BudgetConfig(JobModel):
+    """At most ``slots`` runs at once on one database cluster, across every job that names the budget."""
+
+    slots: Whole = pydantic.Field(ge=1, le=1000, description="How many runs may hold a slot at once.")
+    key: Annotated[str | None, pydantic.AfterValidator(_budget_key)] = pydantic.Field(
+        default=None,
+        max_length=200,
+        description=(
+            "Jobs that give the same key share a budget. Default: the database cluster's own identity"
+            " (the system_identifier of the job's first connection), so jobs reaching one cluster through"
+            " any name share it."
+        ),
+    )
+
+
 class EtcdConfig(JobModel):
     """The etcd lock that serialises runs of one job across nodes or pods."""
 
@@ -289,6 +310,13 @@ class EtcdConfig(JobModel):
     )
     key_file: str | None = pydantic.Field(
         default=None, alias="keyFile", description="Private key of the client certificate."
+    )
+    budget: BudgetConfig | None = pydantic.Field(
+        default=None,
+        description=(
+            "Once the lock is held and before the first step, also take a slot of this budget (and hold it"
+            " with the lock); PGQ_BUDGET_SLOT tells the commands which."
+        ),
     )
 
     @pydantic.model_validator(mode="after")
@@ -384,6 +412,24 @@ class Job(JobModel):
         default=None,
         description="Conditions that must hold, once the lock is held, before the first step runs.",
     )
+
+    @pydantic.model_validator(mode="after")
+    def _budget_has_a_cluster(self) -> Self:
+        budget = self.etcd_config.budget if self.etcd_config is not None else None
+        if budget is not None and budget.key is None and not self.connections:
+            message = (
+                "a budget without a key is keyed by the database cluster of the job's first connection,"
+                " and this job has none: give the budget a key"
+            )
+            raise refused(type(self), [(("etcdConfig", "budget"), message)])
+        return self
+
+    def budget_connection(self) -> str | None:
+        """The connection whose cluster keys the budget (None: no budget, or one with its own key)."""
+        budget = self.etcd_config.budget if self.etcd_config is not None else None
+        if budget is None or budget.key is not None:
+            return None
+        return next(iter(self.connections))
 
     def located_commands(self) -> list[tuple[tuple[str | int, ...], Command]]:
         """Every command of every step, then every check, with its key path in the job file."""
