@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pgquartz.operator import manifests
+from pgquartz.operator import manifests, policy
 from tests.conftest import run_pgquartz
 from tests.operator.test_crd import VALID_SPEC
 from tests.support.apiserver import schemas
@@ -59,6 +59,28 @@ def test_the_config_map_holds_a_job_file_the_runner_accepts(tmp_path: pathlib.Pa
     assert job["etcdConfig"] == {"endpoints": ["etcd.pgq:2379"], "lockKey": "db/nightly", "lockTimeout": "1m"}
     assert job["git"] == {"disable": True}
     assert "password" not in text.replace("passwordEnv", "")
+
+
+def test_a_budget_is_scoped_to_the_resources_namespace_unless_the_admin_allows_otherwise(
+    tmp_path: pathlib.Path,
+) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["lock"] = {"budget": {"slots": 2}}
+    text = next(iter(manifests.render(resource(spec), defaults=DEFAULTS).config_map["data"].values()))
+    assert yaml.safe_load(text)["etcdConfig"]["budget"] == {"slots": 2, "scope": "db"}
+    (tmp_path / "nightly.yml").write_text(text)
+    shown = run_pgquartz("plan", "nightly.yml", cwd=tmp_path)
+    assert "budget: 2 at once, keyed by the database cluster of connection 'primary'" in shown.stdout
+    spec["lock"] = {"budget": {"slots": 1, "key": "reindex"}}
+    relaxed = manifests.Defaults(
+        image=DEFAULTS.image,
+        etcd_endpoints=DEFAULTS.etcd_endpoints,
+        policy=policy.Policy(allow_cross_namespace_locks=True),
+    )
+    shared = yaml.safe_load(
+        next(iter(manifests.render(resource(spec), defaults=relaxed).config_map["data"].values()))
+    )
+    assert shared["etcdConfig"]["budget"] == {"slots": 1, "key": "reindex"}
 
 
 def test_lock_defaults_come_from_the_operator_and_the_resource_name() -> None:

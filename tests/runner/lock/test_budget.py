@@ -74,7 +74,7 @@ def test_six_jobs_on_one_cluster_share_two_slots_and_another_clusters_job_does_n
         budget_job(etcd, other_cluster.primary, f"b{tag}out", outsider_ledger, "{slots: 2}"),
     )
     started = time.monotonic()
-    processes = [start(job) for job in jobs]
+    processes = [start(job, "--summary-file", "summary.json") for job in jobs]
     time.sleep(0.5)  # the six are in line: two hold the slots
     outsider_process = start(outsider)
     outcomes = [process.communicate(timeout=60) for process in (*processes, outsider_process)]
@@ -93,6 +93,10 @@ def test_six_jobs_on_one_cluster_share_two_slots_and_another_clusters_job_does_n
         line.split()[3] for ledger in ledgers for line in ledger.read_text().splitlines() if "start" in line
     }
     assert keys == {f"cluster-{identifier}"}
+    held = [json.loads((job.parent / "summary.json").read_text())["budget"] for job in jobs]
+    assert {entry["key"] for entry in held} == {f"cluster-{identifier}"}
+    waits = sorted(entry["waited"] for entry in held)
+    assert waits[1] < WORK / 2 and waits[-1] > 1.5 * WORK  # the first two at once, the last two rounds later
     assert took < 3 * WORK + 8, took  # about three rounds, plus each runner's start
     assert sum("waiting for a slot of budget" in stdout for stdout, _ in outcomes[:6]) >= 3
     outsider_start, _, _ = most_at_once([outsider_ledger])[1][0]
@@ -147,3 +151,11 @@ def test_a_budget_is_shown_by_plan_and_needs_a_key_without_connections(tmp_path:
     )
     data = json.loads(run_pgquartz("plan", "--json", "by-cluster.yml", cwd=tmp_path).stdout)
     assert data["lock"]["budget"] == {"slots": 2, "key": None, "clusterOf": "pg"}
+
+
+def test_a_scope_keeps_budgets_with_the_same_key_or_cluster_apart() -> None:
+    from pgquartz.runner.model.job import BudgetConfig
+
+    assert BudgetConfig.from_data({"slots": 1}).etcd_key("7301") == "cluster-7301"
+    assert BudgetConfig.from_data({"slots": 1, "scope": "db"}).etcd_key("7301") == "db/cluster-7301"
+    assert BudgetConfig.from_data({"slots": 1, "key": "k", "scope": "db"}).etcd_key(None) == "db/k"

@@ -110,6 +110,10 @@ def job_file(
             ),
             "lockTimeout": durations.format(spec.lock.ttl),
         }
+        if spec.lock.budget is not None:
+            body["etcdConfig"]["budget"] = policies.budget(
+                spec.lock.budget.slots, spec.lock.budget.key, namespace=namespace, policy=defaults.policy
+            )
     return body
 
 

@@ -21,6 +21,7 @@ A refusal names the field and the setting, so a tenant knows what to ask the adm
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from pgquartz.operator import resource
 
@@ -118,3 +119,14 @@ def lock_key(key: str | None, *, namespace: str, name: str, policy: Policy) -> s
     if policy.allow_cross_namespace_locks or key.startswith(f"{namespace}/"):
         return key
     return f"{namespace}/{key}"
+
+
+def budget(slots: int, key: str | None, *, namespace: str, policy: Policy) -> dict[str, Any]:
+    """A resource's budget as its job file says it: scoped to its namespace (a key of another tenant's,
+    or a cluster they share, never takes this one's slots) unless the admin allows otherwise."""
+    rendered: dict[str, Any] = {"slots": slots}
+    if key is not None:
+        rendered["key"] = key
+    if not policy.allow_cross_namespace_locks:
+        rendered["scope"] = namespace
+    return rendered

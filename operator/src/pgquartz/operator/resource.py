@@ -152,12 +152,33 @@ class ConnectionSpec(_Strict):
         return _refuse_inline_password(value)
 
 
+class BudgetSpec(_Strict):
+    """At most ``slots`` runs at once on one database cluster, across the PgQuartzJobs that share it."""
+
+    slots: int = pydantic.Field(ge=1, le=1000, description="How many runs may hold a slot at once.")
+    key: str | None = pydantic.Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9]([-._A-Za-z0-9]*[A-Za-z0-9])?$",
+        description=(
+            "Resources that give the same key share a budget. Default: the database cluster's identity"
+            " (of the first connection), so every job on that cluster shares it. Within the resource's"
+            " namespace unless the operator allows cross-namespace locks."
+        ),
+    )
+
+
 class LockSpec(_Strict):
     """The etcd lock; defaults come from the operator's configuration and the resource's name."""
 
     endpoints: list[str] | None = pydantic.Field(default=None, description="Default: the operator's setting.")
     key: str | None = pydantic.Field(default=None, description="Default: <namespace>/<name>.")
     ttl: durations.Duration = pydantic.Field(default=durations.Duration(minutes=1))
+    budget: BudgetSpec | None = pydantic.Field(
+        default=None,
+        description="Also take a slot of this budget once the lock is held (PGQ_BUDGET_SLOT tells which).",
+    )
 
 
 class TargetSpec(_Strict):

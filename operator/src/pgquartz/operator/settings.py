@@ -17,7 +17,7 @@
 | ``PGQUARTZ_ALLOW_NODE_SELECTORS`` | may a spec set ``podTemplate.nodeSelector`` | ``false`` |
 | ``PGQUARTZ_DENIED_ANNOTATIONS`` | pod annotations a spec may not set: keys, or ``prefix/`` | see policy |
 | ``PGQUARTZ_ALLOW_LOCK_ENDPOINTS`` | may a spec name its own etcd endpoints | ``false`` |
-| ``PGQUARTZ_ALLOW_CROSS_NAMESPACE_LOCKS`` | may a lock key leave the resource's namespace | ``false`` |
+| ``PGQUARTZ_ALLOW_CROSS_NAMESPACE_LOCKS`` | may a lock key or budget leave the namespace | ``false`` |
 
 See pgquartz.operator.policy for why the defaults are what they are.
 """

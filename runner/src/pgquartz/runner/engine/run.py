@@ -123,6 +123,7 @@ async def run(
             try:
                 async with steps_guard() as guard_env:
                     guard_entered = True
+                    record.budget = _budget_held(guard_env)
                     # Roles are checked once the lock is held: a failover while waiting counts.
                     await _check_roles(job, dispatcher, emit)
                     await _wait_for_gates(job, dispatcher, emit, deadline, record)
@@ -192,11 +193,23 @@ async def run(
 class _Record:
     """What the summary reports beyond steps and checks."""
 
-    __slots__ = ("failover", "gated")
+    __slots__ = ("budget", "failover", "gated")
 
     def __init__(self) -> None:
         self.failover: dict[str, Any] | None = None
         self.gated: tuple[str, ...] = ()
+        self.budget: dict[str, Any] | None = None
+
+
+def _budget_held(guard_env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The budget slot the guard took, as the summary shows it (None: the job has no budget)."""
+    if "PGQ_BUDGET_KEY" not in guard_env:
+        return None
+    return {
+        "key": guard_env["PGQ_BUDGET_KEY"],
+        "slot": int(guard_env["PGQ_BUDGET_SLOT"]),
+        "waited": float(guard_env.get("PGQ_BUDGET_WAITED", "0")),
+    }
 
 
 def _failover_seen(emit: events.Emit, record: _Record, seen: FailoverSeen) -> None:
@@ -266,6 +279,7 @@ def _summary(
         check_retries=tuple(checks.retries.items()),
         failover=record.failover,
         gated=record.gated,
+        budget=record.budget,
     )
 
 

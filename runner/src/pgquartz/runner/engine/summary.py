@@ -74,6 +74,8 @@ class Summary(records.Record):
     """What changed when a failover was seen (connection, before, after, changes, action)."""
     gated: tuple[str, ...] = ()
     """Why the job's gates stayed closed (a gated or gate-failed run)."""
+    budget: dict[str, Any] | None = None
+    """The budget slot the run held: its ``key``, ``slot`` and the seconds ``waited`` for it."""
 
     @property
     def retries(self) -> int:
@@ -106,6 +108,8 @@ class Summary(records.Record):
             data["failover"] = self.failover
         if self.gated:
             data["gated"] = list(self.gated)
+        if self.budget is not None:
+            data["budget"] = self.budget
         return data
 
     def _core(self) -> dict[str, Any]:

@@ -130,14 +130,15 @@ async def _take_slot(
     on_waiting: Callable[[str], None],
 ) -> dict[str, str]:
     """A slot of the budget, on the lock's lease; the variables that tell the commands which."""
-    key = config.key
-    if key is None:
+    cluster = None
+    if config.key is None:
         if identity is None:
             raise LockNotAcquired("the budget has no key and the job no connection to learn its cluster from")
         try:
-            key = f"cluster-{await identity()}"
+            cluster = await identity()
         except Exception as error:  # the connection's own error, already without secrets
             raise LockNotAcquired(f"cannot learn the database cluster for the budget: {error}") from None
+    key = config.etcd_key(cluster)
     line = budget.Budget(
         client, key=key, slots=config.slots, lease=held.lease, value=mutex.identity(job_name)
     )
@@ -148,13 +149,17 @@ async def _take_slot(
             said.append(ahead)
             on_waiting(f"waiting for a slot of budget {key!r} ({config.slots} at once; {ahead} ahead)")
 
+    began = time.monotonic()
     try:
         await line.enqueue()
         await line.wait(recheck=max(0.5, ttl / 3), on_waiting=waiting)
         slot = await line.claim(recheck=max(0.5, ttl / 3))
     except (retrying.GaveUp, EtcdUnavailable, OSError) as error:
         raise LockNotAcquired(f"cannot take a slot of budget {key!r}: {retrying.describe(error)}") from None
-    return {"PGQ_BUDGET_KEY": key, "PGQ_BUDGET_SLOT": str(slot)}
+    waited = time.monotonic() - began
+    if said:
+        on_waiting(f"got slot {slot} of budget {key!r} after {waited:.1f}s")
+    return {"PGQ_BUDGET_KEY": key, "PGQ_BUDGET_SLOT": str(slot), "PGQ_BUDGET_WAITED": f"{waited:.3f}"}
 
 
 def _retry_notice(on_waiting: Callable[[str], None]) -> Callable[[BaseException, int], None]:

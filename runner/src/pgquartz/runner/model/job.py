@@ -277,6 +277,19 @@ class BudgetConfig(JobModel):
             " any name share it."
         ),
     )
+    scope: Annotated[str | None, pydantic.AfterValidator(_budget_key)] = pydantic.Field(
+        default=None,
+        max_length=200,
+        description=(
+            "Budgets of different scopes never share slots, whatever their keys (the operator puts a"
+            " PgQuartzJob's namespace here, so tenants cannot take each other's slots)."
+        ),
+    )
+
+    def etcd_key(self, cluster: str | None) -> str:
+        """Where the budget lives: its scope, then its key or ``cluster-<system_identifier>``."""
+        key = self.key if self.key is not None else f"cluster-{cluster}"
+        return f"{self.scope}/{key}" if self.scope else key
 
 
 class EtcdConfig(JobModel):
