@@ -151,6 +151,30 @@ def test_a_namespaced_install_gets_roles_in_those_namespaces_only(api: Api) -> N
     assert env_of(api.deployment())["PGQUARTZ_NAMESPACES"] == "team-a,team-b"
 
 
+def test_the_operator_reads_the_database_operators_clusters_unless_told_not_to(api: Api) -> None:
+    def cluster_kinds(objects: list[dict[str, Any]]) -> list[str]:
+        [role] = [
+            obj
+            for obj in objects
+            if obj["kind"] in ("ClusterRole", "Role") and obj["metadata"]["name"] == "pgquartz"
+        ]
+        return sorted(
+            f"{group}/{resource}"
+            for rule in role["rules"]
+            if rule["verbs"] == ["get", "list", "watch"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            if group.endswith((".cnpg.io", ".zalan.do", ".crunchydata.com"))
+        )
+
+    assert cluster_kinds(api.install()) == [
+        "acid.zalan.do/postgresqls",
+        "postgres-operator.crunchydata.com/postgresclusters",
+        "postgresql.cnpg.io/clusters",
+    ]
+    assert cluster_kinds(api.install({"clusterDiscovery": {"enabled": False}})) == []
+
+
 def test_values_become_the_operators_settings(api: Api) -> None:
     api.install(VALUES["open"])
     env = env_of(api.deployment())

@@ -345,6 +345,55 @@ def validation_problems(spec: dict[str, Any], defaults: manifests.Defaults) -> l
     return validation.job_file_problems(manifests.render(obj, defaults=defaults).config_map)
 
 
+async def test_a_connection_to_a_missing_cloudnativepg_cluster_is_reported_until_it_exists(
+    cluster: Cluster,
+) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"]["primary"] = {
+        "role": "primary",
+        "cluster": {"kind": "CloudNativePG", "name": "main"},
+        "params": {"dbname": "app"},
+    }
+    await cluster.post(JOBS, pgqj("on-main", spec))
+    obj = await cluster.eventually(f"{JOBS}/on-main", lambda o: ready(o) is not None)
+    condition = ready(obj)
+    assert condition is not None and (condition["status"], condition["reason"]) == (
+        "False",
+        "MissingReference",
+    )
+    assert "CloudNativePG cluster 'main' not found in namespace db" in condition["message"]
+    assert "Secret 'main-app' (key 'password') not found" in condition["message"]
+    config_map = await cluster.get("/api/v1/namespaces/db/configmaps/pgqj-on-main")
+    assert config_map is not None
+    job_file = yaml.safe_load(config_map["data"]["on-main.yml"])
+    assert job_file["connections"]["primary"]["conn_params"] == {
+        "dbname": "app",
+        "host": "main-rw.db.svc",
+        "port": "5432",
+        "user": "app",
+    }
+    await cluster.post(
+        "/apis/postgresql.cnpg.io/v1/namespaces/db/clusters",
+        {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "Cluster",
+            "metadata": {"name": "main", "namespace": "db"},
+            "spec": {"instances": 3, "storage": {"size": "1Gi"}},
+        },
+    )
+    app = copy.deepcopy(SECRET)
+    app["metadata"]["name"] = "main-app"
+    app["type"] = "kubernetes.io/basic-auth"
+    app["data"] = {"username": "YXBw", "password": "c2VjcmV0"}
+    await cluster.post(SECRETS, app)
+    await cluster.eventually(f"{JOBS}/on-main", lambda o: (ready(o) or {}).get("status") == "True")
+    cron_job = await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-on-main")
+    assert cron_job is not None
+    [container] = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    [password] = [env for env in container["env"] if env["name"] == "PGQ_PASSWORD_PRIMARY"]
+    assert password["valueFrom"] == {"secretKeyRef": {"name": "main-app", "key": "password"}}
+
+
 async def test_a_missing_secret_is_reported_until_it_exists(cluster: Cluster) -> None:
     spec = copy.deepcopy(VALID_SPEC)
     spec["connections"]["primary"]["passwordSecretRef"] = {"name": "pg-later", "key": "password"}

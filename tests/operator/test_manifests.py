@@ -258,3 +258,52 @@ def test_failover_policies_retries_and_gates_reach_the_job_file(tmp_path: pathli
         "on": ["admin_shutdown", "connection_failure"],
         "attempts": 5,
     }
+
+
+@pytest.mark.parametrize(
+    ("kind", "role", "user", "host", "secret"),
+    [
+        ("CloudNativePG", "primary", None, "main-rw.db.svc", "main-app"),
+        ("CloudNativePG", "standby", "postgres", "main-ro.db.svc", "main-superuser"),
+        ("CloudNativePG", "all", "app", "main-r.db.svc", "main-app"),
+        ("CloudNativePG", "primary", "reporting", "main-rw.db.svc", None),  # CNPG makes no Secret for it
+        (
+            "Zalando",
+            "primary",
+            "foo_user",
+            "main.db.svc",
+            "foo-user.main.credentials.postgresql.acid.zalan.do",
+        ),
+        (
+            "Zalando",
+            "standby",
+            None,
+            "main-repl.db.svc",
+            "postgres.main.credentials.postgresql.acid.zalan.do",
+        ),
+        ("Crunchy", "primary", None, "main-primary.db.svc", "main-pguser-main"),
+        ("Crunchy", "standby", "hippo", "main-replicas.db.svc", "main-pguser-hippo"),
+    ],
+)
+def test_a_connection_to_a_cluster_takes_its_service_and_its_operators_user_secret(
+    kind: str, role: str, user: str | None, host: str, secret: str | None, tmp_path: pathlib.Path
+) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    params = {"dbname": "app", **({"user": user} if user else {})}
+    spec["connections"] = {
+        "primary": {"role": role, "cluster": {"kind": kind, "name": "main"}, "params": params}
+    }
+    spec["job"] = {"steps": {"s": {"commands": [{"type": "primary", "inline": "select 1"}]}}}
+    rendered = manifests.render(resource(spec), defaults=DEFAULTS)
+    kubernetes_validate.validate(rendered.cron_job, "1.30.0", strict=True)
+    [(key, text)] = rendered.config_map["data"].items()
+    connection = yaml.safe_load(text)["connections"]["primary"]
+    assert connection["conn_params"]["host"] == host and connection["conn_params"]["port"] == "5432"
+    env = {entry["name"]: entry for entry in pod_of(rendered)["containers"][0]["env"]}
+    if secret is None:
+        assert "passwordEnv" not in connection and "PGQ_PASSWORD_PRIMARY" not in env
+    else:
+        assert connection["passwordEnv"] == "PGQ_PASSWORD_PRIMARY"
+        assert env["PGQ_PASSWORD_PRIMARY"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "password"}
+    (tmp_path / key).write_text(text)
+    assert run_pgquartz("validate", key, cwd=tmp_path).returncode == 0

@@ -91,3 +91,24 @@ def test_the_job_body_and_a_retry_are_the_runners_models_and_dump_as_job_files_w
         == (dumped["connections"]["primary"]["retry"])
     )
     assert resource.PgQuartzJobSpec.model_validate(dumped) == parsed
+
+
+def test_a_clusters_connection_takes_no_host_or_port_of_its_own() -> None:
+    connection = {"cluster": {"kind": "CloudNativePG", "name": "main"}, "params": {"host": "x", "port": "1"}}
+    with pytest.raises(pydantic.ValidationError) as caught:
+        resource.PgQuartzJobSpec.model_validate(spec_with(connections={"primary": connection}))
+    [problem] = problems_of(caught.value, resource.PgQuartzJobSpec)
+    assert problem.path == ("connections", "primary")
+    assert problem.message == "params: host, port are the cluster's: leave them out"
+    unknown = {"cluster": {"kind": "Percona", "name": "main"}}
+    with pytest.raises(pydantic.ValidationError, match="CloudNativePG"):
+        resource.PgQuartzJobSpec.model_validate(spec_with(connections={"primary": unknown}))
+
+
+def test_the_clusters_a_spec_names_are_references_it_waits_for() -> None:
+    connection = {"role": "primary", "cluster": {"kind": "Zalando", "name": "acid-main"}}
+    spec = resource.PgQuartzJobSpec.model_validate(spec_with(connections={"primary": connection}))
+    assert [reference.describe() for reference in spec.references()] == [
+        "Secret 'postgres.acid-main.credentials.postgresql.acid.zalan.do' (key 'password')",
+        "Zalando cluster 'acid-main'",
+    ]

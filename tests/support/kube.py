@@ -586,6 +586,10 @@ PGQUARTZ_RESOURCES = (
     ("batch/v1/cronjobs", "CronJob", True, ("cj",)),
     ("batch/v1/jobs", "Job", True, ()),
     ("v1/pods", "Pod", True, ("po",)),
+    # what the PostgreSQL operators a connection's `cluster` names keep their clusters as
+    ("postgresql.cnpg.io/v1/clusters", "Cluster", True, ()),
+    ("acid.zalan.do/v1/postgresqls", "postgresql", True, ("pg",)),
+    ("postgres-operator.crunchydata.com/v1beta1/postgresclusters", "PostgresCluster", True, ()),
 )
 
 

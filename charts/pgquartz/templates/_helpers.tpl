@@ -64,4 +64,15 @@ app.kubernetes.io/component: operator
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create]
+{{- if .Values.clusterDiscovery.enabled }}
+- apiGroups: [postgresql.cnpg.io]
+  resources: [clusters]
+  verbs: [get, list, watch]
+- apiGroups: [acid.zalan.do]
+  resources: [postgresqls]
+  verbs: [get, list, watch]
+- apiGroups: [postgres-operator.crunchydata.com]
+  resources: [postgresclusters]
+  verbs: [get, list, watch]
+{{- end }}
 {{- end -}}

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from pgquartz.operator import manifests, validation
+from pgquartz.operator import clusters, manifests, validation
 from pgquartz.operator import quantities as kubequantities
 
 
@@ -155,6 +155,10 @@ def missing_references(store: ObjectStore, namespace: str, rendered: manifests.R
         if reference.kind == "Secret":
             keys = store.secret_keys(namespace, reference.name)
             if keys is None or reference.key not in keys:
+                missing.append(f"{reference.describe()} not found in namespace {namespace}")
+            continue
+        if reference.kind in clusters.KINDS:
+            if store.read(reference.kind, namespace, reference.name) is None:
                 missing.append(f"{reference.describe()} not found in namespace {namespace}")
             continue
         scripts = store.read(reference.kind, namespace, reference.name)

@@ -37,7 +37,7 @@ import kopf
 import kubernetes.client
 import urllib3
 
-from pgquartz.operator import resource
+from pgquartz.operator import clusters, resource
 
 FIELD_MANAGER = "pgquartz-operator"
 JSON = "application/json"
@@ -60,6 +60,7 @@ PATHS = {
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
     "CronJob": "/apis/batch/v1/namespaces/{namespace}/cronjobs",
     resource.KIND: f"/apis/{resource.GROUP}/{resource.VERSION}/namespaces/{{namespace}}/{resource.PLURAL}",
+    **{kind.value: convention.path for kind, convention in clusters.CONVENTIONS.items()},
 }
 
 

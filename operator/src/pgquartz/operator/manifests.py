@@ -90,13 +90,13 @@ def job_file(
         body["workdir"] = SCRIPTS_DIR
     connections: dict[str, Any] = {}
     for connection_name, connection in spec.connections.items():
-        params = dict(connection.params)
+        params = {**connection.params, **connection.address(namespace)}
         entry: dict[str, Any] = {"role": connection.role.value, "conn_params": params}
         if connection.on_failover is not None:
             entry["onFailover"] = connection.on_failover.value
         if connection.retry is not None:
             entry["retry"] = connection.retry.to_data(exclude_defaults=True)
-        if connection.password_secret_ref is not None:
+        if connection.password_secret() is not None:
             entry["passwordEnv"] = names.password_variable(connection_name)
         connections[connection_name] = entry
     if connections:
@@ -352,16 +352,12 @@ def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults
         target_file = f"{JOB_DIR}/{_target_file(name, '$(JOB_COMPLETION_INDEX)')}"
         env.append({"name": "PGQUARTZ_CONNECTION_PARAMS", "value": target_file})
     for connection_name, connection in spec.connections.items():
-        if connection.password_secret_ref is not None:
+        secret = connection.password_secret()
+        if secret is not None:
             env.append(
                 {
                     "name": names.password_variable(connection_name),
-                    "valueFrom": {
-                        "secretKeyRef": {
-                            "name": connection.password_secret_ref.name,
-                            "key": connection.password_secret_ref.key,
-                        }
-                    },
+                    "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
                 }
             )
     mounts = [

@@ -17,7 +17,7 @@ from typing import Annotated, Any, NamedTuple
 
 import pydantic
 
-from pgquartz.operator import names
+from pgquartz.operator import clusters, names
 from pgquartz.operator import schedule as schedules
 from pgquartz.runner.model import Job, Role, durations
 from pgquartz.runner.model.base import JobModel
@@ -123,10 +123,33 @@ Params = Annotated[
 ]
 
 
+class ClusterRef(_Strict):
+    """A database cluster that CloudNativePG, Zalando's postgres-operator or Crunchy PGO runs, in the
+    resource's namespace."""
+
+    kind: clusters.ClusterKind
+    name: str = pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+    def describe(self) -> str:
+        return f"{self.kind.value} cluster {self.name!r}"
+
+
+CLUSTER_PARAMS = ("host", "hostaddr", "port")
+"""What a cluster's connection takes from the cluster, never from ``params``."""
+
+
 class ConnectionSpec(_Strict):
     """A PostgreSQL endpoint; the password only ever comes from a Secret."""
 
     role: Role = Role.ALL
+    cluster: ClusterRef | None = pydantic.Field(
+        default=None,
+        description=(
+            "Reach this cluster: host and port are its Service for the role (CloudNativePG <name>-rw,"
+            " -ro, -r; Zalando <name>, <name>-repl; Crunchy <name>-primary, <name>-replicas), and the"
+            " password, unless passwordSecretRef says otherwise, the Secret its operator made for the user."
+        ),
+    )
     params: Params = pydantic.Field(default_factory=dict)
     password_secret_ref: SecretKeyRef | None = pydantic.Field(default=None, alias="passwordSecretRef")
     on_failover: OnFailover | None = pydantic.Field(
@@ -150,6 +173,33 @@ class ConnectionSpec(_Strict):
     @classmethod
     def _no_inline_password(cls, value: dict[str, str]) -> dict[str, str]:
         return _refuse_inline_password(value)
+
+    @pydantic.model_validator(mode="after")
+    def _the_clusters_own_address(self) -> ConnectionSpec:
+        given = [key for key in CLUSTER_PARAMS if key in self.params]
+        if self.cluster is not None and given:
+            raise ValueError(f"params: {', '.join(given)} are the cluster's: leave them out")
+        return self
+
+    def password_secret(self) -> SecretKeyRef | None:
+        """Where the password is: the connection's own Secret, else the one its cluster's operator
+        makes for the user (None: no password from a Secret)."""
+        if self.password_secret_ref is not None or self.cluster is None:
+            return self.password_secret_ref
+        user = clusters.user_of(self.cluster.kind, self.cluster.name, self.params.get("user"))
+        found = clusters.password_secret(self.cluster.kind, self.cluster.name, user)
+        return SecretKeyRef(name=found[0], key=found[1]) if found is not None else None
+
+    def address(self, namespace: str) -> dict[str, str]:
+        """The libpq keywords a cluster gives the connection: host, port and user (none without one)."""
+        if self.cluster is None:
+            return {}
+        kind, name = self.cluster.kind, self.cluster.name
+        return {
+            "host": f"{clusters.service(kind, name, self.role.value)}.{namespace}.svc",
+            "port": clusters.PORT,
+            "user": clusters.user_of(kind, name, self.params.get("user")),
+        }
 
 
 class BudgetSpec(_Strict):
@@ -299,13 +349,16 @@ class PodTemplateSpec(_Strict):
 
 
 class Reference(NamedTuple):
-    """An object the job's pods need that the operator does not make: a Secret key or a ConfigMap."""
+    """An object the job's pods need that the operator does not make: a Secret key, a ConfigMap, or a
+    database cluster (its kind is then the cluster's operator: CloudNativePG, Zalando, Crunchy)."""
 
     kind: str
     name: str
     key: str | None = None
 
     def describe(self) -> str:
+        if self.kind in clusters.KINDS:
+            return f"{self.kind} cluster {self.name!r}"
         return f"{self.kind} {self.name!r}" + (f" (key {self.key!r})" if self.key else "")
 
 
@@ -379,7 +432,7 @@ class PgQuartzJobSpec(_Strict):
                 )
         shared: dict[str, list[str]] = {}
         for name, connection in value.items():
-            if connection.password_secret_ref is not None:
+            if connection.password_secret() is not None:
                 shared.setdefault(names.password_variable(name), []).append(name)
         for variable, users in shared.items():
             if len(users) > 1:
@@ -407,9 +460,15 @@ class PgQuartzJobSpec(_Strict):
     def references(self) -> list[Reference]:
         """The Secrets (with their keys) and ConfigMaps the pods read, in a stable order."""
         found = [
-            Reference("Secret", connection.password_secret_ref.name, connection.password_secret_ref.key)
+            Reference("Secret", secret.name, secret.key)
             for connection in self.connections.values()
-            if connection.password_secret_ref is not None
+            for secret in (connection.password_secret(),)
+            if secret is not None
+        ]
+        found += [
+            Reference(connection.cluster.kind.value, connection.cluster.name)
+            for connection in self.connections.values()
+            if connection.cluster is not None
         ]
         if self.scripts is not None:
             found.append(Reference("ConfigMap", self.scripts.config_map_ref.name))
