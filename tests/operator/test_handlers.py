@@ -394,6 +394,91 @@ async def test_a_connection_to_a_missing_cloudnativepg_cluster_is_reported_until
     assert password["valueFrom"] == {"secretKeyRef": {"name": "main-app", "key": "password"}}
 
 
+PODS = "/api/v1/namespaces/db/pods"
+
+
+async def start_instance(cluster: Cluster, name: str, role: str, ip: str) -> None:
+    """An instance pod as CloudNativePG labels it, with the address the kubelet reports."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "db",
+            "labels": {"cnpg.io/cluster": "main", "cnpg.io/instanceRole": role},
+        },
+        "spec": {"containers": [{"name": "postgres", "image": "ghcr.io/cloudnative-pg/postgresql:17"}]},
+    }
+    await cluster.post(PODS, pod)
+    await cluster.patch(f"{PODS}/{name}/status", {"status": {"phase": "Running", "podIP": ip}})
+
+
+async def delete(cluster: Cluster, path: str) -> None:
+    async with cluster.session.delete(cluster.url + path) as response:
+        assert response.status < 300, await response.text()
+
+
+def target_hosts(config_map: dict[str, Any]) -> list[str]:
+    files = sorted(key for key in config_map["data"] if key.endswith(".conn"))
+    return [yaml.safe_load(config_map["data"][key])["primary"]["host"] for key in files]
+
+
+async def test_targets_from_a_cluster_follow_its_instances_as_they_come_and_go(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"] = {
+        "primary": {
+            "role": "all",
+            "cluster": {"kind": "CloudNativePG", "name": "main"},
+            "params": {"dbname": "app"},
+        }
+    }
+    spec["targetsFrom"] = {"cluster": {"kind": "CloudNativePG", "name": "main"}}
+    spec["lock"] = {}
+    config_maps = "/api/v1/namespaces/db/configmaps/pgqj-instances"
+    await cluster.post(JOBS, pgqj("instances", spec))
+    waiting = await cluster.eventually(f"{JOBS}/instances", lambda o: ready(o) is not None)
+    assert (ready(waiting) or {}).get("reason") == "MissingReference"
+    assert "no all instances of CloudNativePG cluster 'main'" in (ready(waiting) or {})["message"]
+    assert await cluster.get(config_maps) is None  # nothing to run against yet
+    await start_instance(cluster, "main-2", "replica", "10.0.0.12")
+    await start_instance(cluster, "main-1", "primary", "10.0.0.11")
+    app = copy.deepcopy(SECRET)
+    app["metadata"]["name"] = "main-app"
+    app["data"] = {"password": "c2VjcmV0"}
+    await cluster.post(SECRETS, app)
+    await cluster.post(
+        "/apis/postgresql.cnpg.io/v1/namespaces/db/clusters",
+        {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "Cluster",
+            "metadata": {"name": "main", "namespace": "db"},
+        },
+    )
+    obj = await cluster.eventually(f"{JOBS}/instances", lambda o: (ready(o) or {}).get("status") == "True")
+    assert obj["status"]["targets"] == ["main-1", "main-2"]  # by name, whatever order they came in
+    config_map = await cluster.eventually(config_maps, lambda o: len(target_hosts(o)) == 2)
+    assert target_hosts(config_map) == ["10.0.0.11", "10.0.0.12"]
+    cron_job = await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-instances")
+    assert cron_job is not None and cron_job["spec"]["jobTemplate"]["spec"]["completions"] == 2
+
+    await start_instance(cluster, "main-3", "replica", "10.0.0.13")  # scale out
+    config_map = await cluster.eventually(config_maps, lambda o: len(target_hosts(o)) == 3)
+    assert target_hosts(config_map) == ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
+    await delete(cluster, f"{PODS}/main-2")  # replaced: the same name, another address
+    await start_instance(cluster, "main-2", "replica", "10.0.0.22")
+    config_map = await cluster.eventually(config_maps, lambda o: "10.0.0.22" in target_hosts(o))
+    await delete(cluster, f"{PODS}/main-3")  # scale in
+    config_map = await cluster.eventually(config_maps, lambda o: len(target_hosts(o)) == 2)
+    assert target_hosts(config_map) == ["10.0.0.11", "10.0.0.22"]
+    await cluster.eventually(
+        f"{JOBS}/instances", lambda o: o["status"].get("targets") == ["main-1", "main-2"]
+    )
+    await asyncio.sleep(1.0)
+    before = len(cluster.operator_writes())
+    await asyncio.sleep(2.0)  # four rechecks of an unchanged cluster
+    assert cluster.operator_writes()[before:] == []
+
+
 async def test_a_missing_secret_is_reported_until_it_exists(cluster: Cluster) -> None:
     spec = copy.deepcopy(VALID_SPEC)
     spec["connections"]["primary"]["passwordSecretRef"] = {"name": "pg-later", "key": "password"}

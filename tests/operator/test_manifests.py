@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pgquartz.operator import manifests, policy
+from pgquartz.operator import clusters, manifests, policy
 from tests.conftest import run_pgquartz
 from tests.operator.test_crd import VALID_SPEC
 from tests.support.apiserver import schemas
@@ -307,3 +307,36 @@ def test_a_connection_to_a_cluster_takes_its_service_and_its_operators_user_secr
         assert env["PGQ_PASSWORD_PRIMARY"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "password"}
     (tmp_path / key).write_text(text)
     assert run_pgquartz("validate", key, cwd=tmp_path).returncode == 0
+
+
+def test_targets_from_a_cluster_are_one_per_instance_in_name_order(tmp_path: pathlib.Path) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"] = {
+        "primary": {
+            "role": "all",
+            "cluster": {"kind": "Crunchy", "name": "hippo"},
+            "params": {"dbname": "app"},
+        }
+    }
+    spec["targetsFrom"] = {"cluster": {"kind": "Crunchy", "name": "hippo"}, "instances": "replicas"}
+    assert clusters.selector(clusters.ClusterKind.CRUNCHY, "hippo", "replicas") == (
+        "postgres-operator.crunchydata.com/cluster=hippo,postgres-operator.crunchydata.com/role=replica"
+    )
+    pods = [
+        {"metadata": {"name": "hippo-b"}, "status": {"podIP": "10.1.0.2"}},
+        {"metadata": {"name": "hippo-a"}, "status": {"podIP": "10.1.0.1"}},
+        {"metadata": {"name": "hippo-c"}, "status": {}},  # not scheduled yet: no address
+        {
+            "metadata": {"name": "hippo-d", "deletionTimestamp": "2026-12-08T00:00:00Z"},
+            "status": {"podIP": "10.1.0.4"},
+        },
+    ]
+    rendered = manifests.render(resource(spec), defaults=DEFAULTS, instances=clusters.instances_of(pods))
+    files = rendered.config_map["data"]
+    assert yaml.safe_load(files["nightly.t0.conn"]) == {"primary": {"host": "10.1.0.1"}}
+    assert yaml.safe_load(files["nightly.t1.conn"]) == {"primary": {"host": "10.1.0.2"}}
+    assert "nightly.t2.conn" not in files
+    assert rendered.cron_job["spec"]["jobTemplate"]["spec"]["completions"] == 2
+    kubernetes_validate.validate(rendered.cron_job, "1.30.0", strict=True)
+    with pytest.raises(ValueError, match="instances"):
+        manifests.render(resource(spec), defaults=DEFAULTS)

@@ -112,3 +112,16 @@ def test_the_clusters_a_spec_names_are_references_it_waits_for() -> None:
         "Secret 'postgres.acid-main.credentials.postgresql.acid.zalan.do' (key 'password')",
         "Zalando cluster 'acid-main'",
     ]
+
+
+def test_targets_from_needs_a_connection_on_that_cluster_and_no_targets_list() -> None:
+    elsewhere = {"primary": {"params": {"host": "db"}}}
+    cluster = {"kind": "CloudNativePG", "name": "main"}
+    with pytest.raises(pydantic.ValidationError, match="no connection names CloudNativePG cluster 'main'"):
+        resource.PgQuartzJobSpec.model_validate(
+            spec_with(connections=elsewhere, targetsFrom={"cluster": cluster})
+        )
+    on_it = {"primary": {"cluster": cluster}}
+    both = spec_with(connections=on_it, targetsFrom={"cluster": cluster}, targets=[{"name": "a"}])
+    with pytest.raises(pydantic.ValidationError, match="targets or targetsFrom, not both"):
+        resource.PgQuartzJobSpec.model_validate(both)

@@ -33,7 +33,7 @@ All three listen on 5432.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 PORT = "5432"
 
@@ -63,6 +63,7 @@ class Convention(NamedTuple):
     cluster_label: str
     role_label: str
     primary_role: str
+    replica_role: str
     default_user: str | None
     """The user a connection without one connects as (None: the cluster's own name, Crunchy's)."""
 
@@ -77,6 +78,7 @@ CONVENTIONS = {
         cluster_label="cnpg.io/cluster",
         role_label="cnpg.io/instanceRole",
         primary_role="primary",
+        replica_role="replica",
         default_user="app",
     ),
     ClusterKind.ZALANDO: Convention(
@@ -88,6 +90,7 @@ CONVENTIONS = {
         cluster_label="cluster-name",
         role_label="spilo-role",
         primary_role="master",
+        replica_role="replica",
         default_user="postgres",
     ),
     ClusterKind.CRUNCHY: Convention(
@@ -99,6 +102,7 @@ CONVENTIONS = {
         cluster_label="postgres-operator.crunchydata.com/cluster",
         role_label="postgres-operator.crunchydata.com/role",
         primary_role="master",
+        replica_role="replica",
         default_user=None,
     ),
 }
@@ -131,3 +135,31 @@ def password_secret(kind: ClusterKind, cluster: str, user: str) -> tuple[str, st
     else:
         name = f"{cluster}-pguser-{user}"
     return (name, "password") if name is not None else None
+
+
+class Instance(NamedTuple):
+    """One instance pod of a cluster: its name (a target's) and the address it answers on."""
+
+    name: str
+    host: str
+
+
+def selector(kind: ClusterKind, cluster: str, instances: str) -> str:
+    """The label selector of a cluster's instance pods: all, the primary, or the replicas."""
+    convention = CONVENTIONS[kind]
+    found = f"{convention.cluster_label}={cluster}"
+    if instances == "primary":
+        found += f",{convention.role_label}={convention.primary_role}"
+    elif instances == "replicas":
+        found += f",{convention.role_label}={convention.replica_role}"
+    return found
+
+
+def instances_of(pods: list[dict[str, Any]]) -> list[Instance]:
+    """The pods that serve now (an address, not being deleted), by name: a stable order of targets."""
+    found = [
+        Instance(pod["metadata"]["name"], (pod.get("status") or {})["podIP"])
+        for pod in pods
+        if (pod.get("status") or {}).get("podIP") and not pod["metadata"].get("deletionTimestamp")
+    ]
+    return sorted(found)

@@ -121,6 +121,12 @@ def status_schema() -> dict[str, Any]:
             },
             "lastScheduleTime": time,
             "lastSuccessfulTime": time,
+            "targets": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": 50,
+                "description": "The targets of the last rendering (a targetsFrom cluster's instances).",
+            },
             "handledRunNow": {
                 "type": "string",
                 "description": "The last pgquartz.io/run-now value acted on.",
@@ -196,6 +202,7 @@ def definition() -> dict[str, Any]:
                     "additionalPrinterColumns": [
                         {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
                         {"name": "Suspended", "type": "boolean", "jsonPath": ".spec.suspend"},
+                        {"name": "Cluster", "type": "string", "jsonPath": ".spec.targetsFrom.cluster.name"},
                         {"name": "Last Schedule", "type": "date", "jsonPath": ".status.lastScheduleTime"},
                         {"name": "Last Result", "type": "string", "jsonPath": ".status.lastRun.result"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -33,6 +33,7 @@ import pydantic
 from pgquartz.operator import (
     bookkeeping,
     children,
+    clusters,
     events,
     kubeapi,
     manifests,
@@ -78,6 +79,33 @@ def spec_problem(error: pydantic.ValidationError) -> tuple[str, str]:
     )
     schedule_only = all(problem.path[:1] in (("schedule",), ("timeZone",)) for problem in problems)
     return ("InvalidSchedule" if schedule_only else "InvalidSpec"), message[:1024]
+
+
+MAX_TARGETS_SHOWN = 50
+"""Targets ``status.targets`` lists by name (a cluster's instances, for ``targetsFrom``)."""
+
+
+def current_instances(
+    store: ObjectStore, body: Mapping[str, Any]
+) -> tuple[list[clusters.Instance] | None, str]:
+    """The instance pods of the cluster a resource's ``targetsFrom`` names (None: it names none, or
+    the spec does not parse: the rendering says why), and why it must wait if there are none."""
+    try:
+        spec = resource.PgQuartzJobSpec.model_validate(dict(body.get("spec") or {}))
+    except pydantic.ValidationError:
+        return None, ""
+    if spec.targets_from is None:
+        return None, ""
+    namespace = body["metadata"]["namespace"]
+    cluster = spec.targets_from.cluster
+    selector = clusters.selector(cluster.kind, cluster.name, spec.targets_from.instances.value)
+    instances = clusters.instances_of(store.list("Pod", namespace, selector))
+    if instances:
+        return instances, ""
+    return None, (
+        f"no {spec.targets_from.instances.value} instances of {cluster.describe()} in namespace {namespace}"
+        f" (pods {selector}): runs wait until it has some"
+    )
 
 
 def backoff(retry: int) -> float:
@@ -165,10 +193,12 @@ def register(
             announce(body, logger, reason=reason, message=message, warning=True)
             logger.warning(f"not ready ({reason}): {message}")
 
-    def accepted(body: Mapping[str, Any]) -> tuple[manifests.Rendered | None, str, str]:
+    def accepted(
+        body: Mapping[str, Any], instances: list[clusters.Instance] | None = None
+    ) -> tuple[manifests.Rendered | None, str, str]:
         """The rendering of ``body`` if the operator accepts it, else None, the reason and message."""
         try:
-            rendered = manifests.render(body, defaults=defaults)
+            rendered = manifests.render(body, defaults=defaults, instances=instances)
         except pydantic.ValidationError as error:
             return None, *spec_problem(error)
         not_allowed = policy.problems(rendered.spec, defaults.policy) if rendered.spec is not None else []
@@ -195,11 +225,23 @@ def register(
     ) -> None:
         """Render, check, apply; nothing is written unless the whole rendering is valid. A write the
         API server refuses is a ``Rejected`` condition; only transient failures are retried."""
-        rendered, reason, message = accepted(body)
+        api = store()
+        try:
+            instances, waiting = current_instances(api, body)
+        except kubeapi.Transient as error:
+            count_error(meta)
+            raise kopf.TemporaryError(str(error), delay=backoff(retry)) from None
+        if waiting:
+            set_ready(body, patch, logger, ready=False, reason=MISSING_REFERENCE, message=waiting)
+            return
+        rendered, reason, message = accepted(body, instances)
         if rendered is None:
             set_ready(body, patch, logger, ready=False, reason=reason, message=message)
             return
-        api = store()
+        if instances is not None:
+            targets = [target.name for target in rendered.spec.targets] if rendered.spec else []
+            if (body.get("status") or {}).get("targets") != targets[:MAX_TARGETS_SHOWN]:
+                patch.status["targets"] = targets[:MAX_TARGETS_SHOWN]
         namespace, child = rendered.cron_job["metadata"]["namespace"], rendered.cron_job["metadata"]["name"]
         try:
             outcomes = children.apply_rendered(api, rendered, body)
@@ -268,6 +310,24 @@ def register(
     )
     def recheck(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         """A referenced Secret or ConfigMap was missing, or a child's name taken: that may be over."""
+        reconcile(body, meta, patch, logger)
+
+    def follows_a_cluster(body: kopf.Body, **_: Any) -> bool:
+        return bool((body.get("spec") or {}).get("targetsFrom")) and not waiting_for_others(body)
+
+    @kopf.timer(
+        *where,
+        interval=recheck_interval,
+        initial_delay=recheck_interval,
+        when=follows_a_cluster,
+        registry=registry,
+    )
+    def instances_rechecked(
+        body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+    ) -> None:
+        """A targetsFrom cluster's instances are listed again (a label selector for that cluster
+        alone, as the server filters it): one added, removed or replaced is rendered within an
+        interval, and nothing is written while they stay as they are."""
         reconcile(body, meta, patch, logger)
 
     def run_now_requested(body: kopf.Body, **_: Any) -> bool:
@@ -371,7 +431,12 @@ def register(
         current = owned_pgquartzjob(api, namespace, body)
         if current is None:
             return  # being deleted (its children go with it), or not ours
-        rendered = accepted(current)[0]
+        try:
+            instances, waiting = current_instances(api, current)
+        except kubeapi.Transient as error:
+            logger.warning(f"cannot list the instances of {current['metadata']['name']}'s cluster: {error}")
+            return
+        rendered = None if waiting else accepted(current, instances)[0]
         if rendered is None:
             return  # the resource's Ready condition already says why
         if kind != "DELETED" and not children.differs(body, rendered.cron_job):

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from pgquartz.operator import names, resource
+from pgquartz.operator import clusters, names, resource
 from pgquartz.operator import policy as policies
 from pgquartz.runner.model import ExitCode, durations
 from pgquartz.runner.plan import matrix
@@ -171,11 +171,18 @@ def _yaml(content: Any) -> str:
     return text
 
 
-def render(obj: Mapping[str, Any], *, defaults: Defaults) -> Rendered:
-    """A PgQuartzJob (as the API returns it) → its ConfigMap and CronJob."""
+def render(
+    obj: Mapping[str, Any], *, defaults: Defaults, instances: list[clusters.Instance] | None = None
+) -> Rendered:
+    """A PgQuartzJob (as the API returns it) → its ConfigMap and CronJob; ``instances``: the pods of its
+    ``targetsFrom`` cluster now, one target each."""
     metadata = obj["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     spec = resource.PgQuartzJobSpec.model_validate(obj["spec"])
+    if spec.targets_from is not None:
+        if not instances:  # the handlers list them first, and render nothing without any
+            raise ValueError("a spec with targetsFrom is rendered with its cluster's instances")
+        spec = spec.with_instances(instances)
     child = names.child_name(name)
     content = job_file(spec, namespace=namespace, name=name, defaults=defaults)
     files = {names.job_file_key(name): _yaml(content)}

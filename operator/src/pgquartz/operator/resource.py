@@ -247,6 +247,20 @@ class TargetSpec(_Strict):
         return value
 
 
+class Instances(enum.StrEnum):
+    ALL = "all"
+    PRIMARY = "primary"
+    REPLICAS = "replicas"
+
+
+class TargetsFromSpec(_Strict):
+    """One target per instance pod of a cluster, in the order of their names, as the cluster is at
+    each rendering (the operator watches its pods): every instance in turn under the lock."""
+
+    cluster: ClusterRef
+    instances: Instances = Instances.ALL
+
+
 class ConfigMapRef(_Strict):
     name: ObjectName
 
@@ -398,6 +412,14 @@ class PgQuartzJobSpec(_Strict):
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    targets_from: TargetsFromSpec | None = pydantic.Field(
+        default=None,
+        alias="targetsFrom",
+        description=(
+            "Instead of targets: one per instance pod of this cluster; the connections that name the"
+            " cluster reach each pod in turn (give them role all, or the role of the instances chosen)."
+        ),
+    )
     scripts: ScriptsSpec | None = None
     image: str | None = pydantic.Field(default=None, max_length=1024, pattern=r"^[^\s]+$")
     resources: ResourceRequirements | None = pydantic.Field(
@@ -456,6 +478,37 @@ class PgQuartzJobSpec(_Strict):
                     f" in spec.connections"
                 )
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _targets_from_a_named_cluster(self) -> PgQuartzJobSpec:
+        if self.targets_from is None:
+            return self
+        if self.targets:
+            raise ValueError("give targets or targetsFrom, not both")
+        if not self.connections_on(self.targets_from.cluster):
+            raise ValueError(
+                f"targetsFrom: no connection names {self.targets_from.cluster.describe()} (give one"
+                " connection cluster: the same kind and name)"
+            )
+        return self
+
+    def connections_on(self, cluster: ClusterRef) -> list[str]:
+        """The connections that reach ``cluster``."""
+        return [name for name, connection in self.connections.items() if connection.cluster == cluster]
+
+    def with_instances(self, instances: list[clusters.Instance]) -> PgQuartzJobSpec:
+        """This spec with one target per instance of its ``targetsFrom`` cluster (each connection on
+        that cluster reaching the instance's own address)."""
+        assert self.targets_from is not None
+        on_cluster = self.connections_on(self.targets_from.cluster)
+        targets = [
+            TargetSpec(
+                name=instance.name if len(instance.name) <= 63 else f"instance-{index}",
+                connections={name: {"host": instance.host} for name in on_cluster},
+            )
+            for index, instance in enumerate(instances)
+        ]
+        return self.model_copy(update={"targets": targets})
 
     def references(self) -> list[Reference]:
         """The Secrets (with their keys) and ConfigMaps the pods read, in a stable order."""
