@@ -10,6 +10,11 @@ def test_runs_are_counted_by_result_and_successes_timestamped() -> None:
     assert sample("pgquartz_runs_total", {"namespace": "db", "name": "nightly", "result": "Succeeded"}) == 1
     assert sample("pgquartz_runs_total", {"namespace": "db", "name": "nightly", "result": "Failed"}) == 2
     assert sample("pgquartz_last_success_timestamp_seconds", {"namespace": "db", "name": "nightly"}) == 1.8e9
+    assert sample("pgquartz_budget_wait_seconds", {"namespace": "db", "name": "nightly"}) is None
+    recorded.run_finished(
+        namespace="db", name="nightly", result="Succeeded", completed_at=None, budget_waited=4.5
+    )
+    assert sample("pgquartz_budget_wait_seconds", {"namespace": "db", "name": "nightly"}) == 4.5
 
 
 def test_registries_do_not_share_state() -> None:

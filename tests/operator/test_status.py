@@ -159,3 +159,18 @@ def test_hostile_summary_fields_are_bounded() -> None:
     run = status.last_run(job("n-1", "T", "Complete"), summary)
     assert len(run["outcome"]) == 64 and len(run["gated"]) == 5 and len(run["gated"][0]) == 300
     assert run["failover"]["changes"] == []
+
+
+def test_the_budget_slot_a_run_held_and_its_wait_reach_last_run_bounded() -> None:
+    jobs = [job("n-1", "2026-11-21T23:15:00Z", "Complete", completionTime="2026-11-21T23:16:00Z")]
+    summary = {
+        "exitCode": 0,
+        "result": "succeeded",
+        "message": "all checks passed",
+        "budget": {"key": "db/cluster-7301" + "x" * 500, "slot": 2, "waited": 12.34567},
+    }
+    run = status.runs_status(jobs, {"n-1": summary}, existing={}, generation=1, now="NOW")["lastRun"]
+    assert run["budget"] == {"key": ("db/cluster-7301" + "x" * 500)[:253], "slot": 2, "waited": 12.346}
+    summary["budget"] = {"key": "k", "slot": "two"}  # not what a runner writes: left out
+    run = status.runs_status(jobs, {"n-1": summary}, existing={}, generation=1, now="NOW")["lastRun"]
+    assert "budget" not in run

@@ -163,6 +163,15 @@ def status_schema() -> dict[str, Any]:
                             "changes": {"type": "array", "items": {"type": "string"}},
                         },
                     },
+                    "budget": {
+                        "type": "object",
+                        "description": "The budget slot the run held, and the seconds it waited for it.",
+                        "properties": {
+                            "key": {"type": "string"},
+                            "slot": {"type": "integer"},
+                            "waited": {"type": "number"},
+                        },
+                    },
                 },
             },
         },

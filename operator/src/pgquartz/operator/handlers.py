@@ -516,6 +516,7 @@ def register(
                     name=owner,
                     result=last["result"],
                     completed_at=_timestamp(last.get("completionTime")),
+                    budget_waited=(last.get("budget") or {}).get("waited"),
                 )
             announce(current, logger, reason=reason, message=text, warning=not normal)
         if any(existing.get(key) != value for key, value in patch.items()):

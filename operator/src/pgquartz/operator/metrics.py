@@ -1,4 +1,5 @@
-"""Prometheus metrics of the operator: runs by result, last success per job, reconcile errors.
+"""Prometheus metrics of the operator: runs by result, last success per job, reconcile errors, the
+time the last run waited for a budget slot.
 
 A registry of its own (not the process-global default), so tests and several
 operators in one process never collide; ``main`` serves it over HTTP.
@@ -17,11 +18,22 @@ class Metrics:
     runs: prometheus_client.Counter
     last_success: prometheus_client.Gauge
     reconcile_errors: prometheus_client.Counter
+    budget_wait: prometheus_client.Gauge
 
-    def run_finished(self, *, namespace: str, name: str, result: str, completed_at: float | None) -> None:
+    def run_finished(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        result: str,
+        completed_at: float | None,
+        budget_waited: float | None = None,
+    ) -> None:
         self.runs.labels(namespace=namespace, name=name, result=result).inc()
         if result == "Succeeded" and completed_at is not None:
             self.last_success.labels(namespace=namespace, name=name).set(completed_at)
+        if budget_waited is not None:
+            self.budget_wait.labels(namespace=namespace, name=name).set(budget_waited)
 
 
 def create() -> Metrics:
@@ -43,6 +55,12 @@ def create() -> Metrics:
         reconcile_errors=prometheus_client.Counter(
             "pgquartz_reconcile_errors",
             "Reconciliations that failed with an error.",
+            ["namespace", "name"],
+            registry=registry,
+        ),
+        budget_wait=prometheus_client.Gauge(
+            "pgquartz_budget_wait_seconds",
+            "How long a PgQuartzJob's last run waited for a slot of its budget.",
             ["namespace", "name"],
             registry=registry,
         ),

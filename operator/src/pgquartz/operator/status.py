@@ -98,6 +98,14 @@ def last_run(job: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[
                 "action": str(failover.get("action", ""))[:16],
                 "changes": [str(change)[:300] for change in changes[:5]] if isinstance(changes, list) else [],
             }
+        budget = summary.get("budget")
+        if isinstance(budget, dict) and isinstance(budget.get("slot"), int):
+            waited = budget.get("waited")
+            run["budget"] = {
+                "key": str(budget.get("key", ""))[:253],
+                "slot": budget["slot"],
+                "waited": round(float(waited), 3) if isinstance(waited, int | float) else 0.0,
+            }
         if summary.get("completionTime") and "completionTime" not in run:
             run["completionTime"] = summary["completionTime"]
     elif outcome == "Failed":
