@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pgquartz.operator import clusters, manifests, policy
+from pgquartz.operator import clusters, manifests, policy, validation
 from tests.conftest import run_pgquartz
 from tests.operator.test_crd import VALID_SPEC
 from tests.support.apiserver import schemas
@@ -340,3 +340,50 @@ def test_targets_from_a_cluster_are_one_per_instance_in_name_order(tmp_path: pat
     kubernetes_validate.validate(rendered.cron_job, "1.30.0", strict=True)
     with pytest.raises(ValueError, match="instances"):
         manifests.render(resource(spec), defaults=DEFAULTS)
+
+
+@pytest.mark.parametrize(("kind", "secret"), [("CloudNativePG", "main-ca"), ("Crunchy", "main-cluster-cert")])
+def test_verify_full_mounts_the_clusters_ca_and_points_sslrootcert_at_it(
+    kind: str, secret: str, tmp_path: pathlib.Path
+) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    params = {"dbname": "app", "sslmode": "verify-full"}
+    spec["connections"] = {
+        "primary": {"role": "primary", "cluster": {"kind": kind, "name": "main"}, "params": params}
+    }
+    spec["job"] = {"steps": {"s": {"commands": [{"type": "primary", "inline": "select 1"}]}}}
+    rendered = manifests.render(resource(spec), defaults=DEFAULTS)
+    for minor in schemas.SUPPORTED_MINORS:
+        kubernetes_validate.validate(rendered.cron_job, minor, strict=True)
+    [(key, text)] = rendered.config_map["data"].items()
+    assert yaml.safe_load(text)["connections"]["primary"]["conn_params"]["sslrootcert"] == (
+        "/etc/pgquartz/ca/primary/ca.crt"
+    )
+    pod = pod_of(rendered)
+    [volume] = [v for v in pod["volumes"] if v["name"].startswith("ca-")]
+    assert volume["secret"]["secretName"] == secret and volume["secret"]["items"] == [
+        {"key": "ca.crt", "path": "ca.crt"}
+    ]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/pgquartz/ca/primary"]["readOnly"] is True
+    assert (("Secret", secret, "ca.crt")) in [(r.kind, r.name, r.key) for r in rendered.references]
+    assert not validation.job_file_problems(rendered.config_map)
+    (tmp_path / key).write_text(text)
+    assert run_pgquartz("validate", key, cwd=tmp_path).returncode == 0
+    own = copy.deepcopy(spec)
+    own["connections"]["primary"]["params"]["sslrootcert"] = "/etc/ssl/mine.crt"  # the user's own: kept
+    assert not [
+        v
+        for v in pod_of(manifests.render(resource(own), defaults=DEFAULTS))["volumes"]
+        if v["name"].startswith("ca-")
+    ]
+
+
+def test_a_zalando_cluster_has_no_ca_of_its_operators_to_mount() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"] = {
+        "primary": {"cluster": {"kind": "Zalando", "name": "acid"}, "params": {"sslmode": "verify-full"}}
+    }
+    spec["job"] = {"steps": {"s": {"commands": [{"type": "primary", "inline": "select 1"}]}}}
+    rendered = manifests.render(resource(spec), defaults=DEFAULTS)
+    assert not [v for v in pod_of(rendered)["volumes"] if v["name"].startswith("ca-")]

@@ -27,7 +27,10 @@ states, and where:
   the cluster) with ``user``, ``password``, ``host``, ``port``, ``dbname``; pods labelled
   ``postgres-operator.crunchydata.com/cluster`` and ``…/role`` (``master``/``replica``).
 
-All three listen on 5432.
+All three listen on 5432. For ``sslmode: verify-ca`` or ``verify-full`` the server's CA comes
+from CloudNativePG's ``<name>-ca`` or Crunchy's ``<name>-cluster-cert`` (key ``ca.crt`` in both;
+PGO's "Connect to a Postgres Cluster", TLS); Zalando's is the user's own (``spec.tls.caSecretName``),
+given with ``sslrootcert`` and a mounted Secret as for any connection.
 """
 
 from __future__ import annotations
@@ -163,3 +166,16 @@ def instances_of(pods: list[dict[str, Any]]) -> list[Instance]:
         if (pod.get("status") or {}).get("podIP") and not pod["metadata"].get("deletionTimestamp")
     ]
     return sorted(found)
+
+
+VERIFYING = ("verify-ca", "verify-full")
+"""The ``sslmode`` values that need the server's CA."""
+
+
+def ca_secret(kind: ClusterKind, cluster: str) -> str | None:
+    """The Secret holding the cluster's server CA as ``ca.crt`` (None: its operator keeps none)."""
+    if kind is ClusterKind.CLOUDNATIVEPG:
+        return f"{cluster}-ca"
+    if kind is ClusterKind.CRUNCHY:
+        return f"{cluster}-cluster-cert"
+    return None

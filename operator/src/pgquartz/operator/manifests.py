@@ -38,6 +38,8 @@ from pgquartz.runner.plan import matrix
 
 JOB_DIR = "/etc/pgquartz/job"
 SCRIPTS_DIR = "/etc/pgquartz/scripts"
+CA_DIR = "/etc/pgquartz/ca"
+"""Where a cluster's server CA is mounted, a folder per connection."""
 LABEL_NAME = "pgquartz.io/job"
 """The resource's name, or for long names a digest of it (label values have 63 characters)."""
 ANNOTATION_NAME = "pgquartz.io/job-name"
@@ -91,6 +93,8 @@ def job_file(
     connections: dict[str, Any] = {}
     for connection_name, connection in spec.connections.items():
         params = {**connection.params, **connection.address(namespace)}
+        if connection.ca_secret() is not None:
+            params["sslrootcert"] = f"{CA_DIR}/{connection_name}/ca.crt"
         entry: dict[str, Any] = {"role": connection.role.value, "conn_params": params}
         if connection.on_failover is not None:
             entry["onFailover"] = connection.on_failover.value
@@ -375,6 +379,22 @@ def _pod_spec(spec: resource.PgQuartzJobSpec, *, name: str, child: str, defaults
         {"name": "job", "configMap": {"name": child}},
         {"name": "tmp", "emptyDir": {}},
     ]
+    for index, (connection_name, connection) in enumerate(spec.connections.items()):
+        ca = connection.ca_secret()
+        if ca is not None:  # the cluster's server CA, for sslmode verify-ca/verify-full
+            mounts.append(
+                {"name": f"ca-{index}", "mountPath": f"{CA_DIR}/{connection_name}", "readOnly": True}
+            )
+            volumes.append(
+                {
+                    "name": f"ca-{index}",
+                    "secret": {
+                        "secretName": ca,
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        "defaultMode": 0o444,
+                    },
+                }
+            )
     if spec.scripts is not None:
         mounts.append({"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True})
         volumes.append(

@@ -190,6 +190,15 @@ class ConnectionSpec(_Strict):
         found = clusters.password_secret(self.cluster.kind, self.cluster.name, user)
         return SecretKeyRef(name=found[0], key=found[1]) if found is not None else None
 
+    def ca_secret(self) -> str | None:
+        """The Secret with the cluster's CA (``ca.crt``) when the connection verifies the server and
+        names no ``sslrootcert`` of its own."""
+        if self.cluster is None or self.params.get("sslmode") not in clusters.VERIFYING:
+            return None
+        if "sslrootcert" in self.params:
+            return None
+        return clusters.ca_secret(self.cluster.kind, self.cluster.name)
+
     def address(self, namespace: str) -> dict[str, str]:
         """The libpq keywords a cluster gives the connection: host, port and user (none without one)."""
         if self.cluster is None:
@@ -522,6 +531,12 @@ class PgQuartzJobSpec(_Strict):
             Reference(connection.cluster.kind.value, connection.cluster.name)
             for connection in self.connections.values()
             if connection.cluster is not None
+        ]
+        found += [
+            Reference("Secret", ca, "ca.crt")
+            for connection in self.connections.values()
+            for ca in (connection.ca_secret(),)
+            if ca is not None
         ]
         if self.scripts is not None:
             found.append(Reference("ConfigMap", self.scripts.config_map_ref.name))
