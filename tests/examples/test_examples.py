@@ -202,3 +202,94 @@ def test_05_is_gated_while_the_standby_is_behind(tmp_path: pathlib.Path, pg_clus
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SKIPPED (gated)" in result.stdout
     assert json.loads((workdir / "summary.json").read_text())["result"] == "gated"
+
+
+def test_06_cloudnativepg_jobs_render_from_the_cluster_as_its_operator_made_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Both manifests applied with kubectl to the operator process, beside a CNPG Cluster, its
+    Secrets and its three instance pods as CloudNativePG makes them."""
+    import yaml
+
+    from tests.support.kube import operator_cluster, secret_manifest
+
+    environment = {
+        "PGQUARTZ_RUNNER_IMAGE": "registry.example/pgquartz/runner:test",
+        "PGQUARTZ_ETCD_ENDPOINTS": "etcd.pgquartz:2379",
+        "PGQUARTZ_RECHECK_SECONDS": "1",
+    }
+    with operator_cluster(tmp_path, namespace="databases", environment=environment) as cluster:
+        cnpg = {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "Cluster",
+            "metadata": {"name": "main"},
+            "spec": {"instances": 3, "storage": {"size": "1Gi"}},
+        }
+        cluster.kubectl("apply", "--validate=false", "-f", "-", stdin=json.dumps(cnpg))
+        cluster.kubectl(
+            "apply", "--validate=false", "-f", "-", stdin=secret_manifest("main-app", {"password": "s"})
+        )
+        cluster.kubectl(
+            "apply", "--validate=false", "-f", "-", stdin=secret_manifest("main-ca", {"ca.crt": "PEM"})
+        )
+        for number, role in ((1, "primary"), (2, "replica"), (3, "replica")):
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"main-{number}",
+                    "labels": {"cnpg.io/cluster": "main", "cnpg.io/instanceRole": role},
+                },
+                "spec": {
+                    "containers": [{"name": "postgres", "image": "ghcr.io/cloudnative-pg/postgresql:17"}]
+                },
+            }
+            cluster.kubectl("apply", "--validate=false", "-f", "-", stdin=json.dumps(pod))
+            cluster.kubectl(
+                "patch",
+                "pod",
+                f"main-{number}",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                json.dumps({"status": {"phase": "Running", "podIP": f"10.0.0.{number}"}}),
+            )
+        cluster.kubectl("apply", "--validate=false", "-f", str(EXAMPLES / "06-cloudnativepg"))
+
+        def targets() -> list[str] | None:
+            obj = cluster.get("pgqj", "rolling-checkpoint") or {}
+            return (obj.get("status") or {}).get("targets")
+
+        assert cluster.eventually(targets) == ["main-1", "main-2", "main-3"]
+        files = (cluster.get("configmap", "pgqj-rolling-checkpoint") or {})["data"]
+        hosts = [yaml.safe_load(files[key])["node"]["host"] for key in sorted(files) if key.endswith(".conn")]
+        assert hosts == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        # kubectl's columns come from the API server's Table form, which the test API does not serve:
+        # the CRD's column is checked instead
+        from pgquartz.operator import crd
+
+        [version] = crd.definition()["spec"]["versions"]
+        assert {"name": "Cluster", "type": "string", "jsonPath": ".spec.targetsFrom.cluster.name"} in (
+            version["additionalPrinterColumns"]
+        )
+
+        def vacuum_ready() -> bool:
+            obj = cluster.get("pgqj", "nightly-vacuum") or {}
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        assert cluster.eventually(vacuum_ready)
+        job = yaml.safe_load(
+            (cluster.get("configmap", "pgqj-nightly-vacuum") or {})["data"]["nightly-vacuum.yml"]
+        )
+        params = job["connections"]["primary"]["conn_params"]
+        assert (
+            params["host"] == "main-rw.databases.svc"
+            and params["sslrootcert"] == "/etc/pgquartz/ca/primary/ca.crt"
+        )
+        assert job["etcdConfig"]["budget"] == {"slots": 2, "scope": "databases"}
+        cron_job = cluster.get("cronjob", "pgqj-nightly-vacuum") or {}
+        volumes = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+        assert {"key": "ca.crt", "path": "ca.crt"} in next(v for v in volumes if v["name"] == "ca-0")[
+            "secret"
+        ]["items"]
