@@ -159,3 +159,32 @@ def test_a_scope_keeps_budgets_with_the_same_key_or_cluster_apart() -> None:
     assert BudgetConfig.from_data({"slots": 1}).etcd_key("7301") == "cluster-7301"
     assert BudgetConfig.from_data({"slots": 1, "scope": "db"}).etcd_key("7301") == "db/cluster-7301"
     assert BudgetConfig.from_data({"slots": 1, "key": "k", "scope": "db"}).etcd_key(None) == "db/k"
+
+
+def test_waiting_for_a_slot_is_bounded_by_the_timeout_and_says_so(
+    tmp_path: pathlib.Path, etcd: EtcdCluster, pg_cluster: PgCluster
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    budget = f"{{slots: 1, key: heavy-{tag}}}"
+    marker = f"pgq-test-{uuid.uuid4().hex}"
+    holder_text = budget_job(etcd, pg_cluster.primary, f"h{tag}", tmp_path / "held", budget).replace(
+        f"sleep {WORK}", f"exec -a {marker} sleep 30"
+    )
+    [holder_job] = nodes(tmp_path, ("holder",), holder_text)
+    late_text = "timeout: 2s\n" + budget_job(
+        etcd, pg_cluster.primary, f"l{tag}", tmp_path / "late-ledger", budget
+    )
+    [late_job] = nodes(tmp_path, ("late",), late_text)
+    holder = start(holder_job)
+    try:
+        wait_for(tmp_path / "held")
+        started = time.monotonic()
+        result = run_pgquartz("-c", str(late_job), cwd=late_job.parent)
+        assert result.returncode == 4, result.stdout + result.stderr
+        assert time.monotonic() - started < 6
+        assert "the lock was not acquired (with a slot of its budget) within the timeout" in result.stderr
+        assert not (tmp_path / "late-ledger").exists()  # nothing ran
+    finally:
+        holder.terminate()
+        holder.wait(timeout=20)
+    assert processes_with_marker(marker) == []  # SIGTERM stopped the holder's command

@@ -151,7 +151,9 @@ async def run(
             message = f"timeout of {job.timeout} expired; every running command was stopped"
         else:
             outcome = Outcome.LOCK_NOT_ACQUIRED
-            message = f"the lock was not acquired within the timeout of {job.timeout}; nothing ran"
+            budgeted = job.etcd_config is not None and job.etcd_config.budget is not None
+            also = " (with a slot of its budget)" if budgeted else ""
+            message = f"the lock was not acquired{also} within the timeout of {job.timeout}; nothing ran"
     except asyncio.CancelledError:
         outcome = cancelled_outcome()
         emit(
