@@ -118,6 +118,7 @@ VALUES = {
             "allowTolerations": True,
             "deniedAnnotations": [],
             "allowCrossNamespaceLocks": True,
+            "allowCrossNamespaceClusters": True,
         },
         "image": {"repository": "registry.example/pgquartz/operator", "tag": "1.2.3", "pullPolicy": "Always"},
         "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -182,6 +183,7 @@ def test_values_become_the_operators_settings(api: Api) -> None:
     assert env["PGQUARTZ_ALLOWED_IMAGES"] == "registry.example/dba/"
     assert env["PGQUARTZ_ALLOW_TOLERATIONS"] == "true" and env["PGQUARTZ_ALLOW_SERVICE_ACCOUNTS"] == "false"
     assert env["PGQUARTZ_DENIED_ANNOTATIONS"] == "" and env["PGQUARTZ_ALLOW_CROSS_NAMESPACE_LOCKS"] == "true"
+    assert env["PGQUARTZ_ALLOW_CROSS_NAMESPACE_CLUSTERS"] == "true"
     parsed = settings.from_environment(env)
     assert parsed.defaults.policy.allow_tolerations and parsed.defaults.policy.denied_annotations == ()
 

@@ -1063,3 +1063,17 @@ async def test_only_the_operators_own_jobs_and_cron_jobs_are_streamed_to_it(clus
         "app.kubernetes.io/managed-by=pgquartz-operator,pgquartz.io/job"
     }
     assert streams["jobs"] and set(streams["jobs"]) == {"pgquartz.io/job"}
+
+
+async def test_a_cluster_in_another_namespace_is_not_allowed_by_default(cluster: Cluster) -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"]["primary"] = {
+        "cluster": {"kind": "Zalando", "name": "acid", "namespace": "other"},
+        "passwordSecretRef": {"name": "pg-maint", "key": "password"},
+    }
+    await cluster.post(JOBS, pgqj("elsewhere", spec))
+    obj = await cluster.eventually(f"{JOBS}/elsewhere", lambda o: ready(o) is not None)
+    condition = ready(obj) or {}
+    assert (condition.get("status"), condition.get("reason")) == ("False", "NotAllowed")
+    assert "PGQUARTZ_ALLOW_CROSS_NAMESPACE_CLUSTERS" in condition["message"]
+    assert await cluster.get("/apis/batch/v1/namespaces/db/cronjobs/pgqj-elsewhere") is None

@@ -71,6 +71,7 @@ def test_each_rule_can_be_widened_by_the_admin() -> None:
             "PGQUARTZ_ALLOW_NODE_SELECTORS": "1",
             "PGQUARTZ_DENIED_ANNOTATIONS": "",
             "PGQUARTZ_ALLOW_LOCK_ENDPOINTS": "true",
+            "PGQUARTZ_ALLOW_CROSS_NAMESPACE_CLUSTERS": "true",
         }
     ).defaults.policy
     everything = spec(
@@ -82,8 +83,9 @@ def test_each_rule_can_be_widened_by_the_admin() -> None:
             "annotations": {"sidecar.istio.io/inject": "false"},
         },
         lock={"endpoints": ["etcd.dba:2379"]},
+        connections={"primary": {"cluster": {"kind": "Crunchy", "name": "hippo", "namespace": "dbs"}}},
     )
-    assert policy.problems(everything, widened) == []
+    assert policy.problems(everything, widened, namespace="db") == []
 
 
 def test_annotations_of_ones_own_are_fine() -> None:
@@ -107,3 +109,24 @@ def test_bad_flags_are_refused() -> None:
         settings.from_environment({"PGQUARTZ_ALLOW_TOLERATIONS": "maybe"})
     with pytest.raises(settings.SettingsError, match="PGQUARTZ_MAX_INSTANCES must be a positive number"):
         settings.from_environment({"PGQUARTZ_MAX_INSTANCES": "0"})
+
+
+def test_a_cluster_of_another_namespace_needs_the_admins_allowance() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["connections"] = {
+        "primary": {"cluster": {"kind": "CloudNativePG", "name": "main", "namespace": "databases"}}
+    }
+    parsed = resource.PgQuartzJobSpec.model_validate(spec)
+    [problem] = policy.problems(parsed, policy.Policy(), namespace="team-a")
+    assert problem == (
+        "spec.connections.primary.cluster.namespace: 'databases' is not this resource's namespace"
+        " (PGQUARTZ_ALLOW_CROSS_NAMESPACE_CLUSTERS)"
+    )
+    assert policy.problems(parsed, policy.Policy(), namespace="databases") == []
+    assert (
+        policy.problems(parsed, policy.Policy(allow_cross_namespace_clusters=True), namespace="team-a") == []
+    )
+    # its Service in its namespace, and no default Secret: a pod reads its own namespace's only
+    connection = parsed.connections["primary"]
+    assert connection.address("team-a")["host"] == "main-r.databases.svc"
+    assert connection.password_secret() is None and connection.ca_secret() is None

@@ -158,8 +158,9 @@ def missing_references(store: ObjectStore, namespace: str, rendered: manifests.R
                 missing.append(f"{reference.describe()} not found in namespace {namespace}")
             continue
         if reference.kind in clusters.KINDS:
-            if store.read(reference.kind, namespace, reference.name) is None:
-                missing.append(f"{reference.describe()} not found in namespace {namespace}")
+            where = reference.namespace or namespace
+            if store.read(reference.kind, where, reference.name) is None:
+                missing.append(f"{reference.describe()} not found in namespace {where}")
             continue
         scripts = store.read(reference.kind, namespace, reference.name)
         if scripts is None:

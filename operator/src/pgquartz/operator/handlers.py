@@ -96,8 +96,8 @@ def current_instances(
         return None, ""
     if spec.targets_from is None:
         return None, ""
-    namespace = body["metadata"]["namespace"]
     cluster = spec.targets_from.cluster
+    namespace = cluster.namespace_or(body["metadata"]["namespace"])
     selector = clusters.selector(cluster.kind, cluster.name, spec.targets_from.instances.value)
     instances = clusters.instances_of(store.list("Pod", namespace, selector))
     if instances:
@@ -201,7 +201,12 @@ def register(
             rendered = manifests.render(body, defaults=defaults, instances=instances)
         except pydantic.ValidationError as error:
             return None, *spec_problem(error)
-        not_allowed = policy.problems(rendered.spec, defaults.policy) if rendered.spec is not None else []
+        namespace = body["metadata"]["namespace"]
+        not_allowed = (
+            policy.problems(rendered.spec, defaults.policy, namespace=namespace)
+            if rendered.spec is not None
+            else []
+        )
         if not_allowed:
             return None, "NotAllowed", "; ".join(not_allowed)[:1024]
         too_large = validation.size_problems(rendered.config_map)

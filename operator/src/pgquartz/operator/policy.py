@@ -62,6 +62,7 @@ class Policy:
     ``container.apparmor.security.beta.kubernetes.io/x``)."""
     allow_lock_endpoints: bool = False
     allow_cross_namespace_locks: bool = False
+    allow_cross_namespace_clusters: bool = False
 
     def image_allowed(self, image: str) -> bool:
         for entry in self.allowed_images:
@@ -86,9 +87,20 @@ class Policy:
         return False
 
 
-def problems(spec: resource.PgQuartzJobSpec, policy: Policy) -> list[str]:
-    """What ``spec`` asks for that ``policy`` does not allow, each naming the field and the setting."""
+def problems(spec: resource.PgQuartzJobSpec, policy: Policy, *, namespace: str | None = None) -> list[str]:
+    """What ``spec`` (of a resource in ``namespace``) asks for that ``policy`` does not allow, each
+    naming the field and the setting."""
     found: list[str] = []
+    if not policy.allow_cross_namespace_clusters:
+        named = [(f"spec.connections.{name}.cluster", c.cluster) for name, c in spec.connections.items()]
+        if spec.targets_from is not None:
+            named.append(("spec.targetsFrom.cluster", spec.targets_from.cluster))
+        for field, cluster in named:
+            if cluster is not None and cluster.namespace not in (None, namespace):
+                found.append(
+                    f"{field}.namespace: {cluster.namespace!r} is not this resource's namespace"
+                    " (PGQUARTZ_ALLOW_CROSS_NAMESPACE_CLUSTERS)"
+                )
     if spec.image is not None and not policy.image_allowed(spec.image):
         allowed = ", ".join(policy.allowed_images) or "none"
         found.append(

@@ -124,14 +124,28 @@ Params = Annotated[
 
 
 class ClusterRef(_Strict):
-    """A database cluster that CloudNativePG, Zalando's postgres-operator or Crunchy PGO runs, in the
-    resource's namespace."""
+    """A database cluster that CloudNativePG, Zalando's postgres-operator or Crunchy PGO runs."""
 
     kind: clusters.ClusterKind
     name: str = pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str | None = pydantic.Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description=(
+            "Default: the resource's. A cluster named with a namespace gives no default Secret or CA (a"
+            " pod reads Secrets of its own namespace only): give passwordSecretRef. Another namespace"
+            " than the resource's needs the operator's PGQUARTZ_ALLOW_CROSS_NAMESPACE_CLUSTERS."
+        ),
+    )
 
     def describe(self) -> str:
-        return f"{self.kind.value} cluster {self.name!r}"
+        where = f" (namespace {self.namespace})" if self.namespace else ""
+        return f"{self.kind.value} cluster {self.name!r}{where}"
+
+    def namespace_or(self, namespace: str) -> str:
+        return self.namespace or namespace
 
 
 CLUSTER_PARAMS = ("host", "hostaddr", "port")
@@ -184,7 +198,7 @@ class ConnectionSpec(_Strict):
     def password_secret(self) -> SecretKeyRef | None:
         """Where the password is: the connection's own Secret, else the one its cluster's operator
         makes for the user (None: no password from a Secret)."""
-        if self.password_secret_ref is not None or self.cluster is None:
+        if self.password_secret_ref is not None or self.cluster is None or self.cluster.namespace:
             return self.password_secret_ref
         user = clusters.user_of(self.cluster.kind, self.cluster.name, self.params.get("user"))
         found = clusters.password_secret(self.cluster.kind, self.cluster.name, user)
@@ -193,7 +207,11 @@ class ConnectionSpec(_Strict):
     def ca_secret(self) -> str | None:
         """The Secret with the cluster's CA (``ca.crt``) when the connection verifies the server and
         names no ``sslrootcert`` of its own."""
-        if self.cluster is None or self.params.get("sslmode") not in clusters.VERIFYING:
+        if (
+            self.cluster is None
+            or self.cluster.namespace
+            or self.params.get("sslmode") not in clusters.VERIFYING
+        ):
             return None
         if "sslrootcert" in self.params:
             return None
@@ -204,8 +222,9 @@ class ConnectionSpec(_Strict):
         if self.cluster is None:
             return {}
         kind, name = self.cluster.kind, self.cluster.name
+        service = clusters.service(kind, name, self.role.value)
         return {
-            "host": f"{clusters.service(kind, name, self.role.value)}.{namespace}.svc",
+            "host": f"{service}.{self.cluster.namespace_or(namespace)}.svc",
             "port": clusters.PORT,
             "user": clusters.user_of(kind, name, self.params.get("user")),
         }
@@ -378,6 +397,8 @@ class Reference(NamedTuple):
     kind: str
     name: str
     key: str | None = None
+    namespace: str | None = None
+    """Where it is, when not in the resource's namespace (a cluster's only)."""
 
     def describe(self) -> str:
         if self.kind in clusters.KINDS:
@@ -528,7 +549,9 @@ class PgQuartzJobSpec(_Strict):
             if secret is not None
         ]
         found += [
-            Reference(connection.cluster.kind.value, connection.cluster.name)
+            Reference(
+                connection.cluster.kind.value, connection.cluster.name, namespace=connection.cluster.namespace
+            )
             for connection in self.connections.values()
             if connection.cluster is not None
         ]

@@ -18,6 +18,7 @@
 | ``PGQUARTZ_DENIED_ANNOTATIONS`` | pod annotations a spec may not set: keys, or ``prefix/`` | see policy |
 | ``PGQUARTZ_ALLOW_LOCK_ENDPOINTS`` | may a spec name its own etcd endpoints | ``false`` |
 | ``PGQUARTZ_ALLOW_CROSS_NAMESPACE_LOCKS`` | may a lock key or budget leave the namespace | ``false`` |
+| ``PGQUARTZ_ALLOW_CROSS_NAMESPACE_CLUSTERS`` | may a spec name another namespace's cluster | ``false`` |
 
 See pgquartz.operator.policy for why the defaults are what they are.
 """
@@ -71,6 +72,7 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
         denied_annotations=policies.DENIED_ANNOTATIONS if denied is None else _items(denied),
         allow_lock_endpoints=_flag(environ, "PGQUARTZ_ALLOW_LOCK_ENDPOINTS"),
         allow_cross_namespace_locks=_flag(environ, "PGQUARTZ_ALLOW_CROSS_NAMESPACE_LOCKS"),
+        allow_cross_namespace_clusters=_flag(environ, "PGQUARTZ_ALLOW_CROSS_NAMESPACE_CLUSTERS"),
     )
     max_instances = environ.get("PGQUARTZ_MAX_INSTANCES", "10000")
     if not max_instances.isdigit() or int(max_instances) < 1:
