@@ -56,8 +56,6 @@ KINDS = frozenset(kind.value for kind in ClusterKind)
 class Convention(NamedTuple):
     """Where an operator keeps a cluster and what it makes for it."""
 
-    api_kind: str
-    """The cluster resource's own kind (what ``kubectl get`` names)."""
     path: str
     """Its collection's API path, with ``{namespace}``."""
     primary_service: str
@@ -73,7 +71,6 @@ class Convention(NamedTuple):
 
 CONVENTIONS = {
     ClusterKind.CLOUDNATIVEPG: Convention(
-        api_kind="Cluster",
         path="/apis/postgresql.cnpg.io/v1/namespaces/{namespace}/clusters",
         primary_service="{name}-rw",
         replicas_service="{name}-ro",
@@ -85,7 +82,6 @@ CONVENTIONS = {
         default_user="app",
     ),
     ClusterKind.ZALANDO: Convention(
-        api_kind="postgresql",
         path="/apis/acid.zalan.do/v1/namespaces/{namespace}/postgresqls",
         primary_service="{name}",
         replicas_service="{name}-repl",
@@ -97,7 +93,6 @@ CONVENTIONS = {
         default_user="postgres",
     ),
     ClusterKind.CRUNCHY: Convention(
-        api_kind="PostgresCluster",
         path="/apis/postgres-operator.crunchydata.com/v1beta1/namespaces/{namespace}/postgresclusters",
         primary_service="{name}-primary",
         replicas_service="{name}-replicas",

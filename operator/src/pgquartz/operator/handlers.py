@@ -90,6 +90,8 @@ def current_instances(
 ) -> tuple[list[clusters.Instance] | None, str]:
     """The instance pods of the cluster a resource's ``targetsFrom`` names (None: it names none, or
     the spec does not parse: the rendering says why), and why it must wait if there are none."""
+    if not (body.get("spec") or {}).get("targetsFrom"):
+        return None, ""  # most resources: no second validation of their spec on every reconcile
     try:
         spec = resource.PgQuartzJobSpec.model_validate(dict(body.get("spec") or {}))
     except pydantic.ValidationError:

@@ -72,6 +72,9 @@ CONNECTION_NAMES: dict[str, pydantic.JsonValue] = {
 }
 
 ObjectName = Annotated[str, pydantic.Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LabelName = Annotated[str, pydantic.Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+"""Names of namespaces, of database clusters and of targets (one DNS label)."""
 
 
 class SecretKeyRef(_Strict):
@@ -127,12 +130,9 @@ class ClusterRef(_Strict):
     """A database cluster that CloudNativePG, Zalando's postgres-operator or Crunchy PGO runs."""
 
     kind: clusters.ClusterKind
-    name: str = pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    namespace: str | None = pydantic.Field(
+    name: LabelName
+    namespace: LabelName | None = pydantic.Field(
         default=None,
-        min_length=1,
-        max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description=(
             "Default: the resource's. A cluster named with a namespace gives no default Secret or CA (a"
             " pod reads Secrets of its own namespace only): give passwordSecretRef. Another namespace"
@@ -262,7 +262,7 @@ class LockSpec(_Strict):
 class TargetSpec(_Strict):
     """One database target: the job runs once per target, with these connection parameters."""
 
-    name: str = pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: LabelName
     connections: dict[str, Params] = pydantic.Field(
         default_factory=dict, description="Per connection name: libpq parameters that replace the spec's."
     )
