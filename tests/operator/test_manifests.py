@@ -340,6 +340,12 @@ def test_targets_from_a_cluster_are_one_per_instance_in_name_order(tmp_path: pat
     kubernetes_validate.validate(rendered.cron_job, "1.30.0", strict=True)
     with pytest.raises(ValueError, match="instances"):
         manifests.render(resource(spec), defaults=DEFAULTS)
+    odd = [clusters.Instance("hippo.a", "10.1.0.1"), clusters.Instance("h" * 70, "10.1.0.2")]
+    names = [
+        target.name
+        for target in manifests.render(resource(spec), defaults=DEFAULTS, instances=odd).spec.targets
+    ]
+    assert names == ["instance-0", "instance-1"]  # pod names that are no DNS label
 
 
 @pytest.mark.parametrize(("kind", "secret"), [("CloudNativePG", "main-ca"), ("Crunchy", "main-cluster-cert")])

@@ -533,7 +533,10 @@ class PgQuartzJobSpec(_Strict):
         on_cluster = self.connections_on(self.targets_from.cluster)
         targets = [
             TargetSpec(
-                name=instance.name if len(instance.name) <= 63 else f"instance-{index}",
+                # a target's name is a DNS label; a pod's may be longer or hold dots
+                name=instance.name
+                if len(instance.name) <= 63 and re.match(DNS_LABEL, instance.name)
+                else f"instance-{index}",
                 connections={name: {"host": instance.host} for name in on_cluster},
             )
             for index, instance in enumerate(instances)
